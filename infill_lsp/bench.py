@@ -1,0 +1,200 @@
+"""`infill-lsp bench`: where the time goes, per pipeline stage, p50/p95.
+
+Two tables:
+1. the pipeline over every hole in fixtures/holes.json, for 1, 4 and 8 candidates;
+2. LSP overhead: a real `infill-lsp serve` subprocess driven over stdio with a 5,000-line
+   file; overhead = editor-side round trip minus the model's own time (tokenize, encode,
+   denoise) as the server reports it in `infill/stats`. That is JSON-RPC, document sync,
+   windowing, validation, ranking and the reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from . import context, pipeline
+from .config import Settings
+from .types import Budget
+
+STAGES = ("tokenize_ms", "encode_ms", "denoise_ms", "validate_ms", "rank_ms", "total_ms")
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def default_holes() -> Path:
+    return Path(__file__).resolve().parent.parent / "fixtures" / "holes.json"
+
+
+def load_holes(path: Path) -> list[tuple[str, int, str, str]]:
+    """(text, offset, language, path) per hole; LINE:COL are 1-based code points."""
+    holes = []
+    for hole in json.loads(path.read_text()):
+        file = path.parent / hole["file"]
+        text = file.read_text()
+        cursor = context.cursor_at(text, hole["line"] - 1, hole["col"] - 1, context.UTF32)
+        if cursor is None:
+            raise ValueError(f"{file}:{hole['line']} does not exist")
+        holes.append((text, cursor.offset, hole.get("language", ""), str(file)))
+    return holes
+
+
+def pipeline_table(engine, holes, counts: list[int], args, settings: Settings) -> list[dict]:
+    rows = []
+    for count in counts:
+        budget = Budget(candidates=count, max_middle_tokens=args.max_tokens, steps=args.steps)
+        samples: dict[str, list[float]] = {stage: [] for stage in (*STAGES, "overhead_ms")}
+        steps = []
+        for text, offset, language, path in holes[:1]:  # warm-up, not counted
+            pipeline.complete(engine, text, offset, language_id=language, path=path, settings=settings,
+                              budget=budget, seed=0)
+        for run in range(args.repeat):
+            for text, offset, language, path in holes:
+                result = pipeline.complete(engine, text, offset, language_id=language, path=path,
+                                           settings=settings, budget=budget, seed=run)
+                for stage in STAGES:
+                    samples[stage].append(getattr(result.timings, stage))
+                samples["overhead_ms"].append(result.timings.overhead_ms)
+                steps.append(result.timings.steps)
+        row = {"candidates": count, "n": len(samples["total_ms"]), "mean_steps": statistics.mean(steps)}
+        for stage, values in samples.items():
+            row[stage] = {"p50": percentile(values, 50), "p95": percentile(values, 95)}
+        rows.append(row)
+    return rows
+
+
+def print_pipeline_table(rows: list[dict]) -> None:
+    names = ("tokenize", "encode", "denoise", "validate", "rank", "overhead", "total")
+    keys = ("tokenize_ms", "encode_ms", "denoise_ms", "validate_ms", "rank_ms", "overhead_ms", "total_ms")
+    print("\npipeline latency (ms, p50 / p95) over the fixture holes")
+    header = f"| {'cand':>4} | {'n':>4} | {'steps':>5} | " + " | ".join(f"{n:>15}" for n in names) + " |"
+    print(header)
+    print("|" + "|".join("-" * (len(cell) + 2) for cell in header.strip("|").split("|")[:-1]) + "|")
+    for row in rows:
+        cells = [f"{row[k]['p50']:7.1f} / {row[k]['p95']:5.1f}" for k in keys]
+        print(f"| {row['candidates']:>4} | {row['n']:>4} | {row['mean_steps']:5.1f} | " + " | ".join(cells) + " |")
+
+
+def big_python_file(lines: int) -> tuple[str, int, int]:
+    """A plausible 5,000-line module and a cursor in its middle (line, character)."""
+    block = [
+        "def function_{i}(values, scale={i}):",
+        '    """Scale and sum the values."""',
+        "    total = 0",
+        "    for value in values:",
+        "        total += value * scale",
+        "    return total",
+        "",
+    ]
+    out: list[str] = []
+    i = 0
+    while len(out) < lines:
+        out.extend(line.format(i=i) for line in block)
+        i += 1
+    out = out[:lines]
+    middle = (lines // 2) // len(block) * len(block) + 5  # a "    return total" line
+    out[middle] = "    return "
+    return "\n".join(out) + "\n", middle, len(out[middle])
+
+
+async def lsp_overhead(args, settings: Settings, candidates: int = 8) -> dict:
+    from lsprotocol import types
+    from pygls.lsp.client import LanguageClient
+
+    text, line, character = big_python_file(args.big_file_lines)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "big_module.py"
+        path.write_text(text)
+        uri = path.as_uri()
+        client = LanguageClient("infill-bench", "1")
+        command = [sys.executable, "-m", "infill_lsp", "--log-level", "WARNING", "serve"]
+        if settings.engine_address:
+            command += ["--engine", settings.engine_address]
+        else:
+            command += ["--model", settings.model, "--device", settings.device, "--dtype", settings.dtype]
+        await client.start_io(*command)
+        try:
+            options = {"candidates": candidates, "invokedCandidates": candidates, "maxTokens": args.max_tokens,
+                       "steps": args.steps, "invokedSteps": args.steps}
+            await client.initialize_async(types.InitializeParams(
+                capabilities=types.ClientCapabilities(), initialization_options=options))
+            client.initialized(types.InitializedParams())
+            client.text_document_did_open(types.DidOpenTextDocumentParams(
+                types.TextDocumentItem(uri=uri, language_id="python", version=1, text=text)))
+            params = types.InlineCompletionParams(
+                text_document=types.TextDocumentIdentifier(uri),
+                position=types.Position(line, character),
+                context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Invoked),
+            )
+            for _ in range(600):  # wait for the model to load
+                stats = await client.protocol.send_request_async("infill/stats", {})
+                if getattr(stats, "engineReady", False) or (isinstance(stats, dict) and stats.get("engineReady")):
+                    break
+                await asyncio.sleep(0.1)
+            overheads, totals = [], []
+            for run in range(args.repeat * 6 + 1):
+                # One keystroke elsewhere, so each request sees a new document version.
+                client.text_document_did_change(types.DidChangeTextDocumentParams(
+                    text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=run + 2),
+                    content_changes=[types.TextDocumentContentChangePartial(
+                        range=types.Range(types.Position(0, 0), types.Position(0, 0)), text="#\n" if run % 2 == 0 else "")],
+                ))
+                if run % 2 == 0:
+                    params.position = types.Position(params.position.line + 1, character)
+                start = time.perf_counter()
+                await client.text_document_inline_completion_async(params)
+                elapsed = (time.perf_counter() - start) * 1e3
+                stats = await client.protocol.send_request_async("infill/stats", {})
+                last = stats["lastTimings"] if isinstance(stats, dict) else getattr(stats, "lastTimings")
+                last = last if isinstance(last, dict) else last.__dict__
+                model_ms = last["tokenize_ms"] + last["encode_ms"] + last["denoise_ms"]
+                if run:  # the first one warms caches
+                    overheads.append(elapsed - model_ms)
+                    totals.append(elapsed)
+            await client.shutdown_async(None)
+            client.exit(None)
+        finally:
+            await client.stop()
+    return {"lines": args.big_file_lines, "candidates": candidates, "n": len(overheads),
+            "overhead_p50": percentile(overheads, 50), "overhead_p95": percentile(overheads, 95),
+            "roundtrip_p50": percentile(totals, 50), "roundtrip_p95": percentile(totals, 95)}
+
+
+def run_bench(args, settings: Settings) -> int:
+    from .engine import load_engine
+
+    counts = [int(c) for c in args.candidates.split(",") if c.strip()]
+    holes = load_holes(Path(args.holes) if args.holes else default_holes())
+    engine = load_engine(settings.engine_config())
+    import torch
+
+    print(f"model {engine.info.model} ({engine.info.backend}, {engine.info.device}, {engine.info.dtype}); "
+          f"torch threads {torch.get_num_threads()}; {len(holes)} holes x {args.repeat} runs; "
+          f"max {args.max_tokens} tokens, {args.steps} steps")
+    rows = pipeline_table(engine, holes, counts, args, settings)
+    print_pipeline_table(rows)
+    report = {"model": engine.info.model, "device": engine.info.device, "pipeline": rows}
+    engine.close()
+    if args.big_file_lines:
+        overhead = asyncio.run(lsp_overhead(args, settings))
+        report["lsp_overhead"] = overhead
+        print(f"\nLSP overhead, {overhead['lines']}-line file, {overhead['candidates']} candidates, "
+              f"n={overhead['n']} (round trip over stdio minus the model's own time)")
+        print(f"| overhead p50 | overhead p95 | round trip p50 | round trip p95 |")
+        print(f"|---|---|---|---|")
+        print(f"| {overhead['overhead_p50']:.2f} ms | {overhead['overhead_p95']:.2f} ms | "
+              f"{overhead['roundtrip_p50']:.1f} ms | {overhead['roundtrip_p95']:.1f} ms |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    return 0

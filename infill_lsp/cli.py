@@ -1,0 +1,175 @@
+"""`infill-lsp`: serve (the language server), engine (the shared model daemon),
+complete (one completion on a file, for a first look), bench (latency table)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from . import __version__
+
+
+def _engine_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="", help="checkpoint directory or hub id in the local HF cache "
+                        "(default: google/diffusiongemma-26B-A4B-it); never downloaded")
+    parser.add_argument("--engine", default="", metavar="SOCKET",
+                        help="use a running `infill-lsp engine` at this Unix socket instead of loading a model")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16")
+    parser.add_argument("--context-tokens", type=int, default=1024, help="prefix tokens sent to the model")
+
+
+def _settings(args: argparse.Namespace):
+    from .config import Settings
+
+    return Settings(model=args.model, engine_address=args.engine, device=args.device, dtype=args.dtype,
+                    context_tokens=args.context_tokens)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .lsp.server import build_server
+
+    server = build_server(_settings(args))
+    if args.tcp:
+        host, _, port = args.tcp.rpartition(":")
+        server.start_tcp(host or "127.0.0.1", int(port))
+    else:
+        server.start_io()
+    return 0
+
+
+def cmd_engine(args: argparse.Namespace) -> int:
+    from .engine import load_engine
+    from .engine.daemon import EngineDaemon, default_socket_path
+
+    settings = _settings(args)
+    config = settings.engine_config()
+    if config.address:
+        print("infill-lsp engine loads a model itself; --engine is for serve/complete", file=sys.stderr)
+        return 2
+    path = Path(args.socket) if args.socket else default_socket_path()
+    engine = load_engine(config, progress=lambda message, percent: logging.info("%3d%% %s", percent, message))
+    try:
+        asyncio.run(EngineDaemon(engine, path).serve())
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _read_target(target: str) -> tuple[Path, int, int]:
+    """FILE:LINE:COL, 1-based like compiler messages."""
+    try:
+        file, line, col = target.rsplit(":", 2)
+        return Path(file), int(line), int(col)
+    except ValueError:
+        raise SystemExit(f"expected FILE:LINE:COL (1-based), got {target!r}") from None
+
+
+def cmd_complete(args: argparse.Namespace) -> int:
+    from . import context, pipeline, syntax
+    from .engine import load_engine
+    from .types import Budget
+
+    path, line, col = _read_target(args.target)
+    try:
+        text = path.read_text(encoding="utf-8", errors="surrogateescape")
+    except OSError as exc:
+        raise SystemExit(f"cannot read {path}: {exc}") from None
+    cursor = context.cursor_at(text, line - 1, col - 1, context.UTF32)
+    if cursor is None:
+        raise SystemExit(f"{path} has no line {line}")
+    settings = _settings(args)
+    engine = load_engine(settings.engine_config())
+    language = args.language or syntax.language_for(None, str(path)) or ""
+    budget = Budget(candidates=args.candidates, max_middle_tokens=args.max_tokens, steps=args.steps)
+    result = pipeline.complete(engine, text, cursor.offset, language_id=language, path=str(path),
+                               settings=settings, budget=budget, seed=args.seed)
+    t = result.timings
+    print(f"{path}:{line}:{col}  language={language or '?'}  model={engine.info.model} "
+          f"({engine.info.backend}, {engine.info.device}, {engine.info.dtype})")
+    if not result.items:
+        print("no suggestion passed validation" + ("" if args.verbose else " (use -v to see the raw candidates)"))
+    for rank, item in enumerate(result.items, 1):
+        state = "valid" if item.valid else "INVALID"
+        if not item.checked:
+            state = "unchecked"
+        if item.truncated:
+            state += ", truncated"
+        print(f"#{rank}  score={item.score:+.3f}  {state}")
+        for row in item.text.split("\n"):
+            print(f"    | {row}")
+    if args.verbose:
+        print("raw candidates from the engine:")
+        for candidate in result.raw:
+            print(f"    {candidate.score:+.3f} {candidate.text!r}")
+    print(f"timings (ms): tokenize {t.tokenize_ms:.1f}  encode {t.encode_ms:.1f}  denoise {t.denoise_ms:.1f} "
+          f"({t.steps} steps)  validate {t.validate_ms:.1f}  rank {t.rank_ms:.1f}  total {t.total_ms:.1f}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run_bench
+
+    return run_bench(args, _settings(args))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="infill-lsp", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"infill-lsp {__version__}")
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR (logs go to stderr)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the language server (stdio unless --tcp)")
+    _engine_args(serve)
+    serve.add_argument("--tcp", metavar="HOST:PORT", help="listen on TCP instead of stdio")
+    serve.set_defaults(func=cmd_serve)
+
+    engine = sub.add_parser("engine", help="run the resident model daemon on an owner-only Unix socket")
+    _engine_args(engine)
+    engine.add_argument("--socket", help="socket path (default: $XDG_RUNTIME_DIR/infill-lsp/engine.sock)")
+    engine.set_defaults(func=cmd_engine)
+
+    complete = sub.add_parser("complete", help="print ranked completions at FILE:LINE:COL (1-based)")
+    _engine_args(complete)
+    complete.add_argument("target", metavar="FILE:LINE:COL")
+    complete.add_argument("--language", default="", help="LSP languageId (default: from the extension)")
+    complete.add_argument("-n", "--candidates", type=int, default=4)
+    complete.add_argument("--max-tokens", type=int, default=32)
+    complete.add_argument("--steps", type=int, default=16)
+    complete.add_argument("--seed", type=int, default=None)
+    complete.add_argument("-v", "--verbose", action="store_true", help="also print the raw engine candidates")
+    complete.set_defaults(func=cmd_complete)
+
+    bench = sub.add_parser("bench", help="latency table over the fixtures (p50/p95 per stage)")
+    _engine_args(bench)
+    bench.add_argument("--holes", default="", help="holes.json (default: the repo's fixtures/holes.json)")
+    bench.add_argument("--candidates", default="1,4,8", help="comma-separated candidate counts")
+    bench.add_argument("--max-tokens", type=int, default=32)
+    bench.add_argument("--steps", type=int, default=16)
+    bench.add_argument("--repeat", type=int, default=5, help="runs per hole and candidate count")
+    bench.add_argument("--big-file-lines", type=int, default=5000,
+                       help="also time LSP overhead in a generated file of this many lines (0: skip)")
+    bench.add_argument("--json", help="also write the results here")
+    bench.set_defaults(func=cmd_bench)
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("pygls", "transformers", "httpx", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # a newcomer's first command: say what went wrong, no traceback
+        if args.log_level.upper() == "DEBUG":
+            raise
+        print(f"infill-lsp {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

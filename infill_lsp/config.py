@@ -1,0 +1,79 @@
+"""Server settings: command-line defaults, then `initializationOptions`, then
+`workspace/didChangeConfiguration` (`{"settings": {"infill": {...}}}`), camelCase on the wire.
+
+A bad value is dropped with a log line; it never takes the server down.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import msgspec
+
+from .engine import EngineConfig
+from .types import Budget
+
+log = logging.getLogger(__name__)
+
+
+class Settings(msgspec.Struct, frozen=True, rename="camel", forbid_unknown_fields=False):
+    candidates: int = 4  # shown for automatic (as-you-type) requests
+    max_tokens: int = 32  # longest middle, in tokens
+    steps: int = 16  # denoising steps for automatic requests
+    invoked_candidates: int = 8  # when the user asks explicitly, spend more
+    invoked_steps: int = 24
+    languages: dict[str, bool] = {}  # languageId -> enabled; "*" is the default for the rest
+    model: str = ""
+    engine_address: str = ""
+    device: str = "auto"
+    dtype: str = "auto"
+    show_invalid: bool = False
+    context_tokens: int = 1024  # prefix budget sent to the model
+    suffix_tokens: int = 16  # suffix head clamped into the canvas
+    prefix_chars: int = 8000  # character windows cut before tokenizing (a 10 MB file never is)
+    suffix_chars: int = 2000
+
+    def enabled_for(self, language_id: str) -> bool:
+        return self.languages.get(language_id, self.languages.get("*", True))
+
+    def budget(self, invoked: bool) -> Budget:
+        return Budget(
+            candidates=_clamp(self.invoked_candidates if invoked else self.candidates, 1, 32),
+            max_middle_tokens=_clamp(self.max_tokens, 1, 512),
+            steps=_clamp(self.invoked_steps if invoked else self.steps, 1, 256),
+        )
+
+    def engine_config(self) -> EngineConfig:
+        return EngineConfig(
+            model=self.model,
+            address=self.engine_address,
+            device=self.device,
+            dtype=self.dtype,
+            prefix_tokens=_clamp(self.context_tokens, 16, 32768),
+            suffix_head_tokens=_clamp(self.suffix_tokens, 1, 256),
+        )
+
+
+def _clamp(value: int, lo: int, hi: int) -> int:
+    return max(lo, min(hi, value))
+
+
+def merge(settings: Settings, changes: Any) -> Settings:
+    """Apply a client's settings object; unknown keys are ignored, bad values dropped."""
+    if isinstance(changes, dict) and isinstance(changes.get("infill"), dict):
+        changes = changes["infill"]
+    if not isinstance(changes, dict):
+        if changes is not None:
+            log.warning("ignoring settings that are not an object: %r", changes)
+        return settings
+    current = msgspec.to_builtins(settings)
+    for key, value in changes.items():
+        trial = {**current, key: value}
+        try:
+            msgspec.convert(trial, Settings)
+        except msgspec.ValidationError as exc:
+            log.warning("ignoring setting %s=%r: %s", key, value, exc)
+            continue
+        current = trial
+    return msgspec.convert(current, Settings)

@@ -1,0 +1,108 @@
+"""Where the cursor is, and the prefix/suffix windows around it.
+
+LSP positions count UTF-16 code units by default (UTF-8 bytes or code points when
+negotiated); Python strings index code points. Everything here converts once, clamps the
+way the LSP spec asks (a character past the end of a line means the end of the line), and
+never raises on odd input: a position that cannot exist (line past the end of the file)
+returns None and the caller answers with an empty result.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+UTF8, UTF16, UTF32 = "utf-8", "utf-16", "utf-32"
+
+
+class Cursor(msgspec.Struct, frozen=True):
+    offset: int  # code-point index into the document text
+    line: int  # 0-based line
+    line_start: int  # offset of the first character of the line
+    line_end: int  # offset of the line's end (before its newline)
+
+
+class Window(msgspec.Struct, frozen=True):
+    """What the engine sees: a bounded slice before and after the cursor."""
+
+    prefix: str
+    suffix: str
+
+
+def _line_bounds(text: str, line: int) -> tuple[int, int] | None:
+    start = 0
+    for _ in range(line):
+        newline = text.find("\n", start)
+        if newline < 0:
+            return None
+        start = newline + 1
+    end = text.find("\n", start)
+    if end < 0:
+        end = len(text)
+    if end > start and text[end - 1] == "\r":
+        end -= 1
+    return start, end
+
+
+def _units(char: str, encoding: str) -> int:
+    if encoding == UTF32:
+        return 1
+    code = ord(char)
+    if encoding == UTF8:
+        return 1 if code < 0x80 else 2 if code < 0x800 else 3 if code < 0x10000 else 4
+    return 2 if code >= 0x10000 else 1
+
+
+def column_to_index(line_text: str, column: int, encoding: str = UTF16) -> int:
+    """Code-point index of a client column; a column inside a character snaps to its start."""
+    if column <= 0:
+        return 0
+    if encoding == UTF32:
+        return min(column, len(line_text))
+    if encoding == UTF16 and line_text.isascii():
+        return min(column, len(line_text))
+    units = 0
+    for index, char in enumerate(line_text):
+        units += _units(char, encoding)
+        if units > column:
+            return index
+        if units == column:
+            return index + 1
+    return len(line_text)
+
+
+def index_to_column(line_text: str, index: int, encoding: str = UTF16) -> int:
+    """Client column of a code-point index within a line."""
+    head = line_text[:index]
+    if encoding == UTF32 or head.isascii():
+        return len(head)
+    return sum(_units(char, encoding) for char in head)
+
+
+def cursor_at(text: str, line: int, character: int, encoding: str = UTF16) -> Cursor | None:
+    """Resolve an LSP position; None when the line does not exist."""
+    if line < 0 or character < 0:
+        return None
+    bounds = _line_bounds(text, line)
+    if bounds is None:
+        return None
+    start, end = bounds
+    offset = start + column_to_index(text[start:end], character, encoding)
+    return Cursor(offset=offset, line=line, line_start=start, line_end=end)
+
+
+def window(text: str, offset: int, prefix_chars: int = 8000, suffix_chars: int = 4000) -> Window:
+    """Bounded prefix/suffix around `offset`, cut at line boundaries when the budget bites.
+
+    The engine trims again in tokens; this keeps a 10 MB file from ever being tokenized.
+    """
+    lo = max(0, offset - prefix_chars)
+    if lo > 0:
+        newline = text.find("\n", lo, offset)
+        if newline >= 0:
+            lo = newline + 1
+    hi = min(len(text), offset + suffix_chars)
+    if hi < len(text):
+        newline = text.rfind("\n", offset, hi)
+        if newline >= 0:
+            hi = newline
+    return Window(prefix=text[lo:offset], suffix=text[offset:hi])

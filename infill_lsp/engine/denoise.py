@@ -1,0 +1,146 @@
+"""The denoising loop: a batch of canvas rows refined in parallel against one encoded prefix.
+
+This mirrors `DiffusionGemmaGenerationMixin.generate()` in transformers (uniform-noise
+canvas, linear temperature schedule, entropy-bound acceptance, self-conditioning on the
+previous step's logits, stop when stable and confident) for a single block, with what
+infilling needs and `generate()` lacks:
+
+- clamped positions (the suffix head) are forced on every step, so they survive unchanged;
+- the first middle position can be restricted (token healing);
+- acceptance, the stopping rule and the score look only at the free (middle) positions;
+- each row stops on its own, and cancellation is checked between steps;
+- a per-request `torch.Generator`, so a seeded request is reproducible.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .canvas import CanvasBatch
+from .cancel import NEVER, CancelToken
+
+
+@dataclass
+class DenoiseSettings:
+    steps: int = 16
+    t_max: float = 0.8  # temperature at the first step (transformers' default schedule)
+    t_min: float = 0.4  # temperature at the last step
+    entropy_bound: float = 0.1  # entropy-bound sampler (arXiv:2505.24857), as in transformers
+    stability: int = 1  # argmax unchanged for this many steps ...
+    confidence: float = 0.005  # ... and mean free-position entropy below this: the row is done
+
+
+@dataclass
+class DenoiseOutput:
+    tokens: torch.Tensor  # (B, L) final argmax canvas (clamped positions hold their known tokens)
+    token_logprobs: torch.Tensor  # (B, L) log-probability of each final token (temperature 1)
+    steps: int  # decoder passes run
+
+
+def _entropy(logits: torch.Tensor) -> torch.Tensor:
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return -(logp.exp() * logp).sum(-1).nan_to_num(0.0)
+
+
+@torch.inference_mode()
+def denoise(
+    model,
+    cache,
+    batch: CanvasBatch,
+    settings: DenoiseSettings,
+    *,
+    first_token_allowed: torch.Tensor | None = None,
+    banned_tokens: torch.Tensor | None = None,
+    cancel: CancelToken = NEVER,
+    generator: torch.Generator | None = None,
+) -> DenoiseOutput:
+    """Run up to `settings.steps` decoder passes over the rows of `batch`.
+
+    `model` is a DiffusionGemmaForBlockDiffusion; `cache` holds the prefix, already repeated to
+    the batch size. `first_token_allowed` (V,) bool restricts free position 0 (token healing);
+    `banned_tokens` (V,) bool are never produced in the middle (control tokens).
+    """
+    device = cache.layers[0].keys.device
+    vocab = model.config.text_config.vocab_size
+    known = batch.known.to(device)
+    clamped = batch.clamped.to(device)
+    free = batch.free.to(device)
+    rows, width = known.shape
+
+    # Additive bias shared by all rows: -inf where a token may not go (control tokens; token healing).
+    bias = torch.zeros((1, width, vocab), device=device)
+    if banned_tokens is not None:
+        bias[:, :, banned_tokens.to(device)] = -math.inf
+    if first_token_allowed is not None:
+        bias[:, 0, ~first_token_allowed.to(device)] = -math.inf
+    clamped_flat = clamped.view(-1).nonzero().squeeze(-1)
+    known_flat = known.view(-1)[clamped_flat]
+
+    def constrain(raw: torch.Tensor) -> torch.Tensor:
+        """The logits-processor way of clamping: only the known token is possible there."""
+        raw = raw.float() + bias
+        raw.masked_fill_(clamped[..., None], -math.inf)
+        raw.view(-1, vocab)[clamped_flat, known_flat] = 0.0
+        return raw
+
+    def noise() -> torch.Tensor:
+        return torch.randint(0, vocab, (rows, width), device=device, generator=generator)
+
+    canvas = torch.where(clamped, known, noise())
+    argmax = canvas
+    self_conditioning = None
+    finished = torch.zeros(rows, dtype=torch.bool, device=device)
+    history = torch.full((max(settings.stability, 1), rows, width), -1, dtype=torch.long, device=device)
+    free_count = free.sum(-1).clamp(min=1)
+    logits = None
+    steps_run = 0
+
+    for remaining in range(settings.steps, 0, -1):
+        cancel.raise_if_cancelled()
+        raw = model(
+            decoder_input_ids=canvas,
+            past_key_values=cache,
+            self_conditioning_logits=self_conditioning,
+        ).logits
+        steps_run += 1
+        raw = constrain(raw)
+        temperature = settings.t_min + (settings.t_max - settings.t_min) * remaining / settings.steps
+        processed = raw / temperature
+
+        probs = torch.softmax(processed, dim=-1)
+        sampled = torch.multinomial(probs.view(-1, vocab), 1, generator=generator).view(rows, width)
+        new_argmax = processed.argmax(-1)
+
+        # Entropy-bound acceptance over the free positions: accept the lowest-entropy tokens whose
+        # summed entropy (minus the largest) stays under the bound; renoise the rest.
+        entropy = _entropy(processed).masked_fill(~free, 0.0)
+        sorted_entropy, order = torch.sort(entropy.masked_fill(~free, math.inf), dim=-1)
+        sorted_entropy = sorted_entropy.masked_fill(torch.isinf(sorted_entropy), 0.0)
+        take = (torch.cumsum(sorted_entropy, -1) - sorted_entropy) <= settings.entropy_bound
+        accepted = torch.zeros_like(take).scatter(-1, order, take) & free
+        new_canvas = torch.where(accepted, sampled, noise())
+        new_canvas = torch.where(clamped, known, new_canvas)
+
+        # Finished rows keep what they had; the rest move on.
+        keep = finished[:, None]
+        canvas = torch.where(keep, canvas, new_canvas)
+        argmax = torch.where(keep, argmax, torch.where(clamped, known, new_argmax))
+        logits = raw if logits is None else torch.where(keep[..., None], logits, raw)
+        processed = processed.to(model.dtype)
+        self_conditioning = processed if self_conditioning is None else torch.where(
+            keep[..., None], self_conditioning, processed
+        )
+
+        stable = (history == argmax[None]).all(-1).all(0)
+        history = torch.roll(history, -1, 0)
+        history[-1] = argmax
+        confident = entropy.sum(-1) / free_count < settings.confidence
+        finished |= stable & confident
+        if bool(finished.all()):
+            break
+
+    token_logprobs = torch.log_softmax(logits, -1).gather(-1, argmax[..., None]).squeeze(-1)
+    return DenoiseOutput(tokens=argmax.cpu(), token_logprobs=token_logprobs.cpu(), steps=steps_run)

@@ -1,0 +1,187 @@
+"""In-process engine on transformers' DiffusionGemmaForBlockDiffusion.
+
+One request: tokenize -> encode the prefix once (causal encoder pass fills a KV cache) ->
+repeat the cache across the candidate rows -> denoise all rows as one batch -> decode.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from ..types import Candidate, EngineInfo, EngineTimings, InfillRequest, InfillResult
+from .cancel import NEVER, CancelToken
+from .canvas import TokenHealer, build_canvas, middle_lengths
+from .denoise import DenoiseSettings, denoise
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int], None]
+
+
+class ModelNotFound(Exception):
+    """The model is neither a local directory nor in the local Hugging Face cache."""
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    try:
+        return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+                "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[dtype]
+    except KeyError:
+        raise ValueError(f"unknown dtype {dtype!r}: use auto, float32, bfloat16 or float16") from None
+
+
+class TransformersEngine:
+    """Holds one DiffusionGemma checkpoint and answers infill requests, one at a time."""
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        device: str = "auto",
+        dtype: str = "auto",
+        prefix_tokens: int = 1024,
+        suffix_head_tokens: int = 16,
+        denoise_settings: DenoiseSettings | None = None,
+        progress: Progress | None = None,
+    ):
+        from transformers import AutoTokenizer, DiffusionGemmaForBlockDiffusion
+
+        progress = progress or (lambda message, percent: None)
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.prefix_tokens = prefix_tokens
+        self.suffix_head_tokens = suffix_head_tokens
+        self.denoise_settings = denoise_settings or DenoiseSettings()
+        self._lock = threading.Lock()
+
+        # Never download: a path, or a hub id already in the local cache.
+        is_dir = Path(model).expanduser().is_dir()
+        source = str(Path(model).expanduser()) if is_dir else model
+        try:
+            progress("loading tokenizer", 5)
+            self.tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
+            progress("loading weights", 20)
+            self.model = DiffusionGemmaForBlockDiffusion.from_pretrained(
+                source, dtype=self.dtype, local_files_only=True
+            )
+        except OSError as exc:
+            raise ModelNotFound(
+                f"model {model!r} is not a directory and is not in the local Hugging Face cache "
+                f"(HF_HOME={os.environ.get('HF_HOME', '~/.cache/huggingface')}); infill-lsp never "
+                f"downloads weights: fetch them once with `hf download {model}` or pass a path"
+            ) from exc
+        self.model.to(self.device).eval()
+        self.info = EngineInfo(model=model, backend="transformers", device=self.device,
+                               dtype=str(self.dtype).removeprefix("torch."))
+
+        progress("indexing vocabulary", 80)
+        vocab = self.model.config.text_config.vocab_size
+        backend = self.tokenizer.backend_tokenizer
+        texts = backend.decode_batch([[i] for i in range(vocab)], skip_special_tokens=False)
+        self.healer = TokenHealer(texts)
+        self.bos_id = self.tokenizer.bos_token_id
+        self.end_id = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else 1
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self.stop_ids = {self.end_id, self.pad_id}
+        self.banned = torch.zeros(vocab, dtype=torch.bool)
+        for special in self.tokenizer.all_special_ids:
+            if special < vocab and special not in self.stop_ids:
+                self.banned[special] = True
+        progress("warming up", 90)
+        self.infill(InfillRequest(prefix="def f(x):\n    return", suffix="\n"), NEVER)
+        progress("ready", 100)
+
+    # -- tokenize ---------------------------------------------------------------------------
+    def _encode_text(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+    def _prompt(self, prefix: str) -> tuple[list[int], str]:
+        """Prompt ids for the prefix window and the healed text (the backed-off last token)."""
+        ids = self._encode_text(prefix)[-self.prefix_tokens:]
+        healed = ""
+        if ids:
+            last = self.healer_text(ids[-1])
+            if last and prefix.endswith(last):
+                healed = last
+                ids = ids[:-1]
+        if self.bos_id is not None:
+            ids = [self.bos_id, *ids]
+        if not ids:  # an empty file: the encoder needs at least one token
+            ids = [self.pad_id]
+        return ids, healed
+
+    def healer_text(self, token_id: int) -> str:
+        return self.tokenizer.backend_tokenizer.decode([token_id], skip_special_tokens=False)
+
+    # -- the request ------------------------------------------------------------------------
+    def infill(self, request: InfillRequest, cancel: CancelToken = NEVER) -> InfillResult:
+        with self._lock:
+            return self._infill(request, cancel)
+
+    def _infill(self, request: InfillRequest, cancel: CancelToken) -> InfillResult:
+        timings = EngineTimings()
+        t0 = time.perf_counter()
+        budget = request.budget
+        prompt_ids, healed = self._prompt(request.prefix)
+        suffix_ids = self._encode_text(request.suffix[: self.suffix_head_tokens * 16])[: self.suffix_head_tokens]
+        lengths = middle_lengths(budget.candidates, budget.max_middle_tokens)
+        batch = build_canvas(lengths, suffix_ids, self.suffix_head_tokens, self.end_id, self.pad_id)
+        allowed = self.healer.allowed_mask(healed) if healed else None
+        timings.prompt_tokens = len(prompt_ids)
+        t1 = time.perf_counter()
+        timings.tokenize_ms = (t1 - t0) * 1e3
+
+        cancel.raise_if_cancelled()
+        with torch.inference_mode():
+            encoded = self.model.model.encoder(
+                input_ids=torch.tensor([prompt_ids], device=self.device), use_cache=True
+            )
+            cache = encoded.past_key_values
+            cache.batch_repeat_interleave(len(lengths))
+        t2 = time.perf_counter()
+        timings.encode_ms = (t2 - t1) * 1e3
+
+        seed = request.seed if request.seed is not None else random.randrange(2**63)
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        settings = DenoiseSettings(**{**self.denoise_settings.__dict__, "steps": max(1, budget.steps)})
+        out = denoise(
+            self.model, cache, batch, settings,
+            first_token_allowed=allowed, banned_tokens=self.banned, cancel=cancel, generator=generator,
+        )
+        timings.denoise_ms = (time.perf_counter() - t2) * 1e3
+        timings.steps = out.steps
+        return InfillResult(candidates=self._decode_rows(out.tokens, out.token_logprobs, lengths, healed),
+                            timings=timings)
+
+    def _decode_rows(self, tokens, logprobs, lengths: list[int], healed: str) -> list[Candidate]:
+        candidates = []
+        for row, m in enumerate(lengths):
+            ids = tokens[row, :m].tolist()
+            cut = next((i for i, t in enumerate(ids) if t in self.stop_ids), len(ids))
+            scored = logprobs[row, : min(cut + 1, m)]  # the end marker's confidence counts too
+            text = self.tokenizer.backend_tokenizer.decode(ids[:cut], skip_special_tokens=False)
+            if healed:
+                if not text.startswith(healed):
+                    continue
+                text = text[len(healed):]
+            candidates.append(Candidate(text=text, score=float(scored.mean()), tokens=cut))
+        return candidates
+
+    def close(self) -> None:
+        pass

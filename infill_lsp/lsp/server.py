@@ -1,0 +1,354 @@
+"""The language server: documents in, ghost text out.
+
+Handlers stay on the event loop and never touch the model: the whole pipeline (window ->
+engine -> validate -> rank) runs on one worker thread. Each request carries a CancelToken;
+`$/cancelRequest`, a newer request for the same document, or a settings change that swaps
+the engine cancels it, and the engine stops between denoising steps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections import Counter, OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+from urllib.parse import unquote
+
+import msgspec
+from lsprotocol import types
+from pygls.lsp.server import LanguageServer
+
+from .. import __version__, context, pipeline
+from ..config import Settings, merge
+from ..engine import Cancelled, CancelToken, Engine, EngineUnavailable, load_engine
+from ..rank import Ranked
+from .typing_cache import TypingCache
+
+log = logging.getLogger(__name__)
+
+STATUS = "infill/status"
+DID_SHOW = "infill/didShowCompletion"
+DID_PARTIALLY_ACCEPT = "infill/didPartiallyAcceptCompletion"
+STATS = "infill/stats"
+ACCEPT_COMMAND = "infill.accept"
+_KEEP_SHOWN = 512  # item ids remembered for acceptance telemetry
+
+
+class EngineHolder:
+    """The current engine, or why there is none; swapped when model settings change."""
+
+    def __init__(self) -> None:
+        self.engine: Engine | None = None
+        self.error: str | None = None
+        self.loading: asyncio.Task | None = None
+        self.config = None
+
+
+class InfillServer(LanguageServer):
+    def __init__(self, settings: Settings | None = None, engine: Engine | None = None):
+        super().__init__("infill-lsp", __version__, text_document_sync_kind=types.TextDocumentSyncKind.Incremental)
+        self.settings = settings or Settings()
+        self.holder = EngineHolder()
+        if engine is not None:
+            self.holder.engine = engine
+            self.holder.config = self.settings.engine_config()
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="infill-pipeline")
+        self.inflight: dict[str, CancelToken] = {}
+        self.typing = TypingCache()
+        self.shown: OrderedDict[str, str] = OrderedDict()
+        self.stats: Counter[str] = Counter()
+        self.request_ids = itertools.count(1)
+        self.state = "idle"
+        self.last_timings: dict[str, Any] | None = None  # stage timings of the last completion
+
+    # -- status ------------------------------------------------------------------------------
+    def set_status(self, state: str, message: str | None = None) -> None:
+        self.state = state
+        payload: dict[str, Any] = {"state": state}
+        if message:
+            payload["message"] = message
+        try:
+            self.protocol.notify(STATUS, payload)
+        except Exception:  # no client attached (unit tests) or the transport is gone
+            log.debug("could not send status", exc_info=True)
+
+    # -- engine lifecycle --------------------------------------------------------------------
+    def ensure_engine(self) -> None:
+        """Start loading the engine the settings ask for, unless it is already there or loading."""
+        wanted = self.settings.engine_config()
+        holder = self.holder
+        if holder.config == wanted and (holder.engine is not None or holder.loading is not None or holder.error):
+            return
+        if holder.loading is not None:
+            holder.loading.cancel()
+        old, holder.engine, holder.error, holder.config = holder.engine, None, None, wanted
+        for token in self.inflight.values():
+            token.cancel()
+        if old is not None:
+            self.worker.submit(old.close)
+        holder.loading = asyncio.get_running_loop().create_task(self._load(wanted))
+
+    async def _load(self, wanted) -> None:
+        holder = self.holder
+        what = wanted.address or wanted.model or "default model"
+        self.set_status("loading", f"loading {what}")
+        progress_token = f"infill-load-{id(wanted)}"
+        reporter = await self._begin_progress(progress_token, f"infill-lsp: loading {what}")
+        loop = asyncio.get_running_loop()
+
+        def progress(message: str, percent: int) -> None:
+            if reporter:
+                loop.call_soon_threadsafe(reporter, message, percent)
+
+        try:
+            engine = await loop.run_in_executor(self.worker, load_engine, wanted, progress)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            holder.error = f"{type(exc).__name__}: {exc}"
+            log.error("engine failed to load: %s", holder.error)
+            self.set_status("error", holder.error)
+            self._safe(self.window_show_message, types.ShowMessageParams(
+                type=types.MessageType.Error, message=f"infill-lsp: {holder.error}"))
+        else:
+            if holder.config == wanted:
+                holder.engine = engine
+                log.info("engine ready: %s", engine.info)
+                self.set_status("idle")
+            else:
+                self.worker.submit(engine.close)
+        finally:
+            if holder.config == wanted:
+                holder.loading = None
+            if reporter:
+                self._safe(self.work_done_progress.end, progress_token, types.WorkDoneProgressEnd())
+
+    async def _begin_progress(self, token: str, title: str):
+        capabilities = getattr(self, "client_capabilities", None)
+        if not (capabilities and capabilities.window and capabilities.window.work_done_progress):
+            return None
+        try:
+            await asyncio.wait_for(self.work_done_progress.create_async(token), 5)
+            self.work_done_progress.begin(token, types.WorkDoneProgressBegin(title=title, percentage=0))
+        except Exception:
+            log.debug("client refused a progress token", exc_info=True)
+            return None
+
+        def report(message: str, percent: int) -> None:
+            self._safe(self.work_done_progress.report, token,
+                       types.WorkDoneProgressReport(message=message, percentage=percent))
+
+        return report
+
+    @staticmethod
+    def _safe(fn, *args) -> None:
+        try:
+            fn(*args)
+        except Exception:
+            log.debug("notification failed", exc_info=True)
+
+    # -- settings ----------------------------------------------------------------------------
+    def apply_settings(self, changes: Any) -> None:
+        self.settings = merge(self.settings, changes)
+
+    # -- completion --------------------------------------------------------------------------
+    async def inline_completion(self, params: types.InlineCompletionParams) -> types.InlineCompletionList:
+        empty = types.InlineCompletionList(items=[])
+        uri = params.text_document.uri
+        document = self.workspace.text_documents.get(unquote(uri))
+        if document is None:
+            log.warning("inlineCompletion for a document that is not open: %s", uri)
+            return empty
+        language_id = document.language_id or ""
+        if not self.settings.enabled_for(language_id):
+            return empty
+        text = document.source
+        encoding = str(self.workspace.position_encoding or context.UTF16)
+        cursor = context.cursor_at(text, params.position.line, params.position.character, encoding)
+        if cursor is None:
+            log.warning("position %s:%s is past the end of %s", params.position.line,
+                        params.position.character, uri)
+            return empty
+        self.stats["requests"] += 1
+        invoked = params.context.trigger_kind == types.InlineCompletionTriggerKind.Invoked
+
+        if (previous := self.inflight.pop(uri, None)) is not None:
+            previous.cancel()  # a newer request for this document makes the old one stale
+            self.stats["cancelled"] += 1
+
+        if not invoked and (cached := self.typing.lookup(uri, text, cursor.offset)) is not None:
+            self.stats["typing_through"] += 1
+            return self._to_lsp(cached, text, cursor, encoding, remember=False)
+
+        engine = self.holder.engine
+        if engine is None:
+            if self.holder.loading is None and self.holder.error is None:
+                self.ensure_engine()
+            if self.holder.error:
+                self.set_status("error", self.holder.error)
+            return empty
+
+        token = CancelToken()
+        self.inflight[uri] = token
+        self.set_status("busy")
+        loop = asyncio.get_running_loop()
+        try:
+            result = await loop.run_in_executor(
+                self.worker, self._complete_in_worker, engine, text, cursor.offset, language_id, uri, invoked, token
+            )
+        except asyncio.CancelledError:  # $/cancelRequest: stop the engine too, not only the reply
+            token.cancel()
+            self.stats["cancelled"] += 1
+            raise
+        except Cancelled:
+            return empty
+        except EngineUnavailable as exc:
+            log.error("engine unavailable: %s", exc)
+            self.set_status("error", str(exc))
+            return empty
+        except Exception:
+            log.exception("completion failed for %s", uri)
+            self.set_status("error", "completion failed; see the log")
+            return empty
+        finally:
+            if self.inflight.get(uri) is token:
+                del self.inflight[uri]
+                if self.state == "busy":
+                    self.set_status("idle")
+        self.last_timings = msgspec.to_builtins(result.timings)
+        log.info("completed %s in %.1f ms (%d shown)", uri, result.timings.total_ms, len(result.items))
+        self.typing.remember(uri, text, cursor.offset, result.items)
+        return self._to_lsp(result.items, text, cursor, encoding)
+
+    def _complete_in_worker(self, engine, text, offset, language_id, uri, invoked, token):
+        try:
+            return pipeline.complete(
+                engine, text, offset, language_id=language_id, path=unquote(uri),
+                settings=self.settings, budget=self.settings.budget(invoked), cancel=token,
+            )
+        except Cancelled:
+            self.stats["engine_cancelled"] += 1  # the model stopped early, not just the reply
+            raise
+
+    def _to_lsp(self, items: list[Ranked], text: str, cursor: context.Cursor, encoding: str,
+                remember: bool = True) -> types.InlineCompletionList:
+        """Each item replaces [cursor, end of line] with middle + rest of line: the same edit as
+        inserting the middle, in the shape editors render as ghost text mid-line."""
+        line_text = text[cursor.line_start:cursor.line_end]
+        rest = text[cursor.offset:cursor.line_end]
+        start = types.Position(cursor.line, context.index_to_column(line_text, cursor.offset - cursor.line_start, encoding))
+        end = types.Position(cursor.line, context.index_to_column(line_text, len(line_text), encoding))
+        request_id = next(self.request_ids)
+        out = []
+        for index, item in enumerate(items):
+            item_id = f"{request_id}.{index}"
+            self.shown[item_id] = item.text
+            out.append(types.InlineCompletionItem(
+                insert_text=item.text + rest,
+                range=types.Range(start, end),
+                command=types.Command(title="accept", command=ACCEPT_COMMAND, arguments=[{"id": item_id}]),
+            ))
+        while len(self.shown) > _KEEP_SHOWN:
+            self.shown.popitem(last=False)
+        return types.InlineCompletionList(items=out)
+
+    # -- telemetry (local only) --------------------------------------------------------------
+    def record(self, event: str, params: Any) -> None:
+        item_id = _get(params, "id")
+        if item_id not in self.shown:
+            log.debug("%s for an unknown item %r", event, item_id)
+            return
+        self.stats[event] += 1
+        if event == "partiallyAccepted":
+            self.stats["acceptedChars"] += max(0, int(_get(params, "acceptedLength") or 0))
+
+    def stats_report(self) -> dict[str, Any]:
+        keys = {"requests": "requests", "shown": "shown", "accepted": "accepted",
+                "partiallyAccepted": "partiallyAccepted", "cancelled": "cancelled",
+                "typingThrough": "typing_through", "engineCancelled": "engine_cancelled"}
+        report: dict[str, Any] = {name: self.stats[key] for name, key in keys.items()}
+        report["engineReady"] = self.holder.engine is not None
+        report["engineError"] = self.holder.error
+        report["lastTimings"] = self.last_timings
+        return report
+
+
+def _get(params: Any, key: str) -> Any:
+    if isinstance(params, dict):
+        return params.get(key)
+    if isinstance(params, (list, tuple)) and params:
+        return _get(params[0], key)
+    return getattr(params, key, None)
+
+
+def build_server(settings: Settings | None = None, engine: Engine | None = None) -> InfillServer:
+    server = InfillServer(settings, engine)
+
+    @server.feature(types.INITIALIZE)
+    def initialize(ls: InfillServer, params: types.InitializeParams) -> None:
+        ls.apply_settings(params.initialization_options)
+
+    @server.feature(types.INITIALIZED)
+    def initialized(ls: InfillServer, params: types.InitializedParams) -> None:
+        package_log = logging.getLogger("infill_lsp")
+        if not any(isinstance(h, LspLogHandler) for h in package_log.handlers):
+            package_log.addHandler(LspLogHandler(ls, asyncio.get_running_loop()))
+        ls.ensure_engine()
+
+    @server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
+    def did_change_configuration(ls: InfillServer, params: types.DidChangeConfigurationParams) -> None:
+        ls.apply_settings(params.settings)
+        ls.ensure_engine()
+
+    @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
+    def did_close(ls: InfillServer, params: types.DidCloseTextDocumentParams) -> None:
+        ls.typing.forget(params.text_document.uri)
+        if (token := ls.inflight.pop(params.text_document.uri, None)) is not None:
+            token.cancel()
+
+    @server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
+    async def inline_completion(ls: InfillServer, params: types.InlineCompletionParams):
+        return await ls.inline_completion(params)
+
+    @server.command(ACCEPT_COMMAND)
+    def accept(ls: InfillServer, *args: Any) -> None:
+        ls.record("accepted", args)
+
+    @server.feature(DID_SHOW)
+    def did_show(ls: InfillServer, params: Any) -> None:
+        ls.record("shown", params)
+
+    @server.feature(DID_PARTIALLY_ACCEPT)
+    def did_partially_accept(ls: InfillServer, params: Any) -> None:
+        ls.record("partiallyAccepted", params)
+
+    @server.feature(STATS)
+    def stats(ls: InfillServer, params: Any) -> dict[str, int]:
+        return ls.stats_report()
+
+    return server
+
+
+class LspLogHandler(logging.Handler):
+    """Mirror warnings and errors to the client's log (`window/logMessage`), from any thread."""
+
+    LEVELS = {logging.ERROR: types.MessageType.Error, logging.WARNING: types.MessageType.Warning,
+              logging.INFO: types.MessageType.Info}
+
+    def __init__(self, server: InfillServer, loop: asyncio.AbstractEventLoop, level=logging.INFO):
+        super().__init__(level)
+        self.server, self.loop = server, loop
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.name.startswith("pygls"):
+            return  # pygls logs every message it handles; that belongs on stderr only
+        kind = self.LEVELS.get(record.levelno if record.levelno <= logging.ERROR else logging.ERROR,
+                               types.MessageType.Log)
+        params = types.LogMessageParams(type=kind, message=self.format(record))
+        try:
+            self.loop.call_soon_threadsafe(self.server._safe, self.server.window_log_message, params)
+        except RuntimeError:
+            pass  # loop closed during shutdown
+

@@ -1,0 +1,88 @@
+"""One completion, top to bottom: context window -> engine -> clean -> validate -> rank.
+
+Shared by the LSP handlers, `infill-lsp complete` and `infill-lsp bench`, so what the
+benchmark times is what the editor gets. Runs in a worker thread (it blocks on the model).
+"""
+
+from __future__ import annotations
+
+import time
+
+import msgspec
+
+from . import context, rank, syntax
+from .config import Settings
+from .engine import NEVER, CancelToken, Engine
+from .rank import Ranked
+from .types import Budget, Candidate, InfillRequest
+
+
+class StageTimings(msgspec.Struct):
+    context_ms: float = 0.0
+    tokenize_ms: float = 0.0
+    encode_ms: float = 0.0
+    denoise_ms: float = 0.0
+    validate_ms: float = 0.0
+    rank_ms: float = 0.0
+    total_ms: float = 0.0
+    steps: int = 0
+    prompt_tokens: int = 0
+
+    @property
+    def overhead_ms(self) -> float:
+        """Everything but the model's forward passes (tokenize and encode count as model work)."""
+        return self.context_ms + self.validate_ms + self.rank_ms
+
+
+class Completions(msgspec.Struct):
+    items: list[Ranked]
+    raw: list[Candidate]  # what the engine returned, before cleaning/validation (for `complete -v`)
+    timings: StageTimings
+
+
+def complete(
+    engine: Engine,
+    text: str,
+    offset: int,
+    *,
+    language_id: str = "",
+    path: str | None = None,
+    settings: Settings = Settings(),
+    budget: Budget | None = None,
+    cancel: CancelToken = NEVER,
+    seed: int | None = None,
+) -> Completions:
+    timings = StageTimings()
+    t0 = time.perf_counter()
+    language = syntax.language_for(language_id, path)
+    win = context.window(text, offset, settings.prefix_chars, settings.suffix_chars)
+    request = InfillRequest(
+        prefix=win.prefix,
+        suffix=win.suffix,
+        language=language or language_id,
+        budget=budget or settings.budget(invoked=False),
+        seed=seed,
+    )
+    t1 = time.perf_counter()
+    result = engine.infill(request, cancel)
+    t2 = time.perf_counter()
+    cancel.raise_if_cancelled()
+
+    doc_prefix, doc_suffix = text[:offset], text[offset:]
+    cleaned = [msgspec.structs.replace(c, text=rank.clean(c.text, doc_suffix)) for c in result.candidates]
+    validations = syntax.validate(language, doc_prefix, doc_suffix, [c.text for c in cleaned])
+    t3 = time.perf_counter()
+    items = rank.rank(cleaned, validations, show_invalid=settings.show_invalid)
+    t4 = time.perf_counter()
+
+    engine_timings = result.timings
+    timings.context_ms = (t1 - t0) * 1e3
+    timings.tokenize_ms = engine_timings.tokenize_ms
+    timings.encode_ms = engine_timings.encode_ms
+    timings.denoise_ms = engine_timings.denoise_ms
+    timings.validate_ms = (t3 - t2) * 1e3
+    timings.rank_ms = (t4 - t3) * 1e3
+    timings.total_ms = (t4 - t0) * 1e3
+    timings.steps = engine_timings.steps
+    timings.prompt_tokens = engine_timings.prompt_tokens
+    return Completions(items=items, raw=result.candidates, timings=timings)

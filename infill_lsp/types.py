@@ -1,0 +1,58 @@
+"""Plain data flowing between the pipeline stages: lsp -> context -> engine -> syntax -> rank.
+
+Every stage takes and returns these msgspec Structs, so the same values cross the engine
+socket (msgpack) unchanged and tests can build them by hand.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class Budget(msgspec.Struct, frozen=True):
+    """How much model work one request may spend."""
+
+    candidates: int = 4
+    max_middle_tokens: int = 32
+    steps: int = 16
+
+
+class InfillRequest(msgspec.Struct, frozen=True):
+    """What the engine is asked: fill the gap between `prefix` and `suffix`.
+
+    Both are already windowed by `context`; the engine never sees the whole file.
+    """
+
+    prefix: str
+    suffix: str
+    language: str = ""
+    budget: Budget = Budget()
+    seed: int | None = None
+
+
+class Candidate(msgspec.Struct, frozen=True):
+    """One filled middle with the model's own confidence in it."""
+
+    text: str
+    score: float  # mean log-probability of the middle tokens (and end marker); higher is better
+    tokens: int = 0
+
+
+class EngineTimings(msgspec.Struct):
+    tokenize_ms: float = 0.0
+    encode_ms: float = 0.0
+    denoise_ms: float = 0.0
+    steps: int = 0
+    prompt_tokens: int = 0
+
+
+class InfillResult(msgspec.Struct):
+    candidates: list[Candidate]
+    timings: EngineTimings = msgspec.field(default_factory=EngineTimings)
+
+
+class EngineInfo(msgspec.Struct, frozen=True):
+    model: str
+    backend: str
+    device: str = "cpu"
+    dtype: str = "float32"

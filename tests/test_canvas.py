@@ -1,0 +1,110 @@
+import torch
+
+from infill_lsp.engine import CancelToken, Cancelled
+from infill_lsp.engine.canvas import TokenHealer, build_canvas, middle_lengths
+from infill_lsp.engine.denoise import DenoiseSettings, denoise
+
+
+def test_middle_lengths_ladder_cycles_over_rows():
+    assert middle_lengths(4, 32) == [32, 16, 8, 4]
+    assert middle_lengths(8, 32) == [32, 16, 8, 4, 32, 16, 8, 4]
+    assert middle_lengths(1, 32) == [32]
+    assert middle_lengths(3, 5) == [5, 5, 5]
+    assert middle_lengths(0, 0) == [1]
+
+
+def test_canvas_rows_share_suffix_head_after_their_middle():
+    suffix = [10, 11, 12]
+    batch = build_canvas([4, 2], suffix, suffix_head=3, end_id=1, pad_id=0)
+    assert batch.shape == (2, 7)
+    # row 0: 4 free, then the suffix head, nothing else fits
+    assert batch.clamped[0].tolist() == [False] * 4 + [True] * 3
+    assert batch.known[0, 4:].tolist() == [10, 11, 12]
+    # row 1: 2 free, the whole suffix, then the end marker and padding
+    assert batch.clamped[1].tolist() == [False] * 2 + [True] * 5
+    assert batch.known[1, 2:].tolist() == [10, 11, 12, 1, 0]
+    assert torch.equal(batch.free, ~batch.clamped)
+
+
+def test_canvas_at_end_of_file_clamps_end_marker_then_padding():
+    batch = build_canvas([3], [], suffix_head=4, end_id=1, pad_id=0)
+    assert batch.known[0, 3:].tolist() == [1, 0, 0, 0]
+
+
+def test_token_healer_finds_every_token_with_the_prefix():
+    texts = ["<pad>", "re", "ret", "return", "r", "x", "retina", "  "]
+    healer = TokenHealer(texts)
+    assert sorted(healer.ids_starting_with("ret").tolist()) == [2, 3, 6]
+    assert healer.allowed_mask("re").nonzero().squeeze(-1).tolist() == [1, 2, 3, 6]
+    assert healer.ids_starting_with("zzz").numel() == 0
+
+
+def _run(engine, batch, steps=6, **kwargs):
+    with torch.inference_mode():
+        cache = engine.model.model.encoder(input_ids=torch.tensor([[2, 40, 41, 42]]), use_cache=True).past_key_values
+        cache.batch_repeat_interleave(batch.shape[0])
+    return denoise(engine.model, cache, batch, DenoiseSettings(steps=steps), **kwargs)
+
+
+def test_clamped_tokens_survive_every_step(engine, monkeypatch):
+    """Wrap the model so every canvas it is fed during denoising is checked."""
+    batch = build_canvas([5, 3, 2], [100, 101, 102, 103], suffix_head=4, end_id=1, pad_id=0)
+    seen = []
+    model = engine.model
+    original = model.forward
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["decoder_input_ids"].clone())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", spy)
+    out = _run(engine, batch, steps=8, generator=torch.Generator().manual_seed(0))
+    assert len(seen) == out.steps >= 1
+    for canvas in [*seen, out.tokens]:
+        assert torch.equal(canvas[batch.clamped], batch.known[batch.clamped])
+
+
+def test_first_position_respects_token_healing(engine):
+    batch = build_canvas([4, 4], [50], suffix_head=1, end_id=1, pad_id=0)
+    allowed = torch.zeros(engine.model.config.text_config.vocab_size, dtype=torch.bool)
+    allowed[[300, 301]] = True
+    out = _run(engine, batch, first_token_allowed=allowed, generator=torch.Generator().manual_seed(1))
+    assert set(out.tokens[:, 0].tolist()) <= {300, 301}
+
+
+def test_banned_tokens_never_appear_in_the_middle(engine):
+    batch = build_canvas([8, 8], [], suffix_head=2, end_id=1, pad_id=0)
+    banned = torch.zeros(engine.model.config.text_config.vocab_size, dtype=torch.bool)
+    banned[:256] = True
+    out = _run(engine, batch, banned_tokens=banned, generator=torch.Generator().manual_seed(2))
+    assert (out.tokens[batch.free] >= 256).all()
+
+
+def test_seeded_denoising_is_reproducible(engine):
+    batch = build_canvas([6, 3], [60, 61], suffix_head=2, end_id=1, pad_id=0)
+    a = _run(engine, batch, generator=torch.Generator().manual_seed(7))
+    b = _run(engine, batch, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(a.tokens, b.tokens)
+    assert torch.allclose(a.token_logprobs, b.token_logprobs)
+    assert (a.token_logprobs[batch.clamped] == 0).all()  # forced tokens are certain
+
+
+def test_cancel_stops_between_steps(engine, monkeypatch):
+    batch = build_canvas([4], [], suffix_head=1, end_id=1, pad_id=0)
+    token = CancelToken()
+    calls = []
+    original = engine.model.forward
+
+    def cancel_after_first(*args, **kwargs):
+        calls.append(1)
+        token.cancel()
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(engine.model, "forward", cancel_after_first)
+    try:
+        _run(engine, batch, steps=50, cancel=token)
+    except Cancelled:
+        pass
+    else:
+        raise AssertionError("denoise did not stop")
+    assert len(calls) == 1

@@ -1,0 +1,80 @@
+import math
+
+import pytest
+
+from infill_lsp.engine import CancelToken, Cancelled, EngineConfig, load_engine
+from infill_lsp.engine.transformers_backend import ModelNotFound, TransformersEngine
+from infill_lsp.types import Budget, InfillRequest
+
+
+def test_infill_returns_one_scored_candidate_per_row(engine):
+    request = InfillRequest(prefix="def f(x):\n    return ", suffix="\n\nprint(f(1))\n",
+                            budget=Budget(candidates=4, max_middle_tokens=16, steps=4), seed=3)
+    result = engine.infill(request)
+    assert len(result.candidates) == 4
+    for candidate in result.candidates:
+        assert isinstance(candidate.text, str)
+        assert math.isfinite(candidate.score) and candidate.score <= 0
+        assert 0 <= candidate.tokens <= 16
+    t = result.timings
+    assert 1 <= t.steps <= 4 and t.prompt_tokens > 0
+    assert t.encode_ms > 0 and t.denoise_ms > 0
+
+
+def test_same_seed_same_candidates(engine):
+    request = InfillRequest(prefix="x = ", suffix="\n", budget=Budget(candidates=2, max_middle_tokens=8, steps=3), seed=11)
+    assert engine.infill(request).candidates == engine.infill(request).candidates
+
+
+def test_prefix_is_encoded_once_for_the_whole_batch(engine, monkeypatch):
+    calls = []
+    encoder = engine.model.model.encoder
+    original = encoder.forward
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs["input_ids"].shape)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(encoder, "forward", spy)
+    engine.infill(InfillRequest(prefix="a = 1\nb = ", suffix="", budget=Budget(candidates=8, max_middle_tokens=8, steps=2)))
+    assert len(calls) == 1 and calls[0][0] == 1
+
+
+def test_token_healing_backs_off_the_partial_token(engine):
+    """With the cursor inside `counts`, every candidate continues the word (healing strips `co`'s token)."""
+    prompt_ids, healed = engine._prompt("self.co")
+    assert healed and "self.co".endswith(healed)
+    full = engine._encode_text("self.co")
+    assert prompt_ids[1:] == full[:-1]  # bos, then all but the backed-off token
+    result = engine.infill(InfillRequest(prefix="self.co", suffix="\n", budget=Budget(candidates=4, max_middle_tokens=6, steps=3), seed=5))
+    # every row's first token was constrained to start with the healed text, so no row was dropped
+    # for failing to continue it (rows that do not start with it are discarded by the engine)
+    assert len(result.candidates) == 4
+    allowed = engine.healer.ids_starting_with(healed).tolist()
+    texts = [engine.healer_text(i) for i in allowed]
+    assert all(t.startswith(healed) for t in texts) and texts
+
+
+def test_empty_file_and_empty_suffix(engine):
+    result = engine.infill(InfillRequest(prefix="", suffix="", budget=Budget(candidates=2, max_middle_tokens=4, steps=2)))
+    assert len(result.candidates) == 2
+
+
+def test_long_prefix_is_cut_to_the_token_budget(tiny_model_path):
+    small = TransformersEngine(str(tiny_model_path), device="cpu", prefix_tokens=32)
+    result = small.infill(InfillRequest(prefix="value = value + 1\n" * 500, suffix="",
+                                        budget=Budget(candidates=1, max_middle_tokens=4, steps=1)))
+    assert result.timings.prompt_tokens <= 33
+
+
+def test_cancelled_request_raises(engine):
+    token = CancelToken()
+    token.cancel()
+    with pytest.raises(Cancelled):
+        engine.infill(InfillRequest(prefix="x", suffix=""), token)
+
+
+def test_missing_model_is_a_clear_error_not_a_download(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    with pytest.raises(ModelNotFound, match="never downloads"):
+        load_engine(EngineConfig(model="google/diffusiongemma-26B-A4B-it"))

@@ -1,0 +1,151 @@
+"""The server as an editor sees it: a subprocess over stdio (initialize ... shutdown/exit)."""
+
+import asyncio
+
+import pytest
+from lsprotocol import types
+from pygls.exceptions import JsonRpcException
+
+from lsp_harness import Editor, apply
+
+PLAIN_URI = "file:///tmp/notes.txt"  # plaintext: no grammar, so every candidate is shown
+PY_URI = "file:///tmp/example.py"
+
+
+@pytest.fixture
+async def editor():
+    ed = Editor()
+    yield ed
+    await ed.close()
+
+
+async def test_initialize_advertises_inline_completion_and_encodings(editor):
+    result = await editor.start()
+    caps = result.capabilities
+    assert caps.inline_completion_provider is not None
+    assert caps.position_encoding == types.PositionEncodingKind.Utf16
+    assert caps.text_document_sync.change == types.TextDocumentSyncKind.Incremental
+
+
+async def test_utf8_is_used_when_the_client_offers_it():
+    ed = Editor()
+    try:
+        result = await ed.start(encodings=[types.PositionEncodingKind.Utf8, types.PositionEncodingKind.Utf16])
+        assert result.capabilities.position_encoding == types.PositionEncodingKind.Utf8
+        await ed.wait_ready()
+        text = "é = 'ü'\nvalue = \n"
+        ed.open(PLAIN_URI, text, "plaintext")
+        # UTF-8: "value = " is 8 bytes on line 1
+        items = (await ed.complete(PLAIN_URI, 1, 8)).items
+        assert items and all(i.range.start == types.Position(1, 8) for i in items)
+    finally:
+        await ed.close()
+
+
+async def test_full_round_trip_open_change_complete_accept(editor):
+    await editor.start(init_options={"candidates": 4, "invokedCandidates": 4, "maxTokens": 8, "steps": 4,
+                                     "invokedSteps": 4})
+    stats = await editor.wait_ready()
+    assert stats["engineReady"], stats
+    assert any(s["state"] == "loading" for s in editor.statuses)
+    assert editor.progress, "model loading is reported with workDoneProgress"
+    text = "first line\nsecond (\n"
+    editor.open(PLAIN_URI, text, "plaintext")
+    editor.change(PLAIN_URI, 2, (1, 8), (1, 8), ")")  # incremental sync: "second ()"
+    text = "first line\nsecond ()\n"
+    result = await editor.complete(PLAIN_URI, 1, 8)
+    assert isinstance(result, types.InlineCompletionList) and 1 <= len(result.items) <= 4
+    for item in result.items:
+        # mid-line: the item replaces the rest of the line and carries it in its text
+        assert item.range.start == types.Position(1, 8) and item.range.end == types.Position(1, 9)
+        assert item.insert_text.endswith(")")
+        accepted = apply(text, 1, item)
+        assert accepted.startswith("first line\nsecond (") and accepted.endswith(")\n")
+        assert not any(line != line.rstrip() for line in item.insert_text.split("\n"))
+        assert item.command.command == "infill.accept"
+    first = result.items[0]
+    await editor.client.workspace_execute_command_async(types.ExecuteCommandParams(
+        command=first.command.command, arguments=first.command.arguments))
+    editor.client.protocol.notify("infill/didShowCompletion", first.command.arguments[0])
+    editor.client.protocol.notify("infill/didPartiallyAcceptCompletion", {**first.command.arguments[0], "acceptedLength": 2})
+    stats = await editor.stats()
+    assert stats["accepted"] == 1 and stats["shown"] == 1 and stats["partiallyAccepted"] == 1
+    assert stats["requests"] == 1
+
+
+async def test_python_suggestions_shown_all_parse(editor):
+    await editor.start(init_options={"invokedCandidates": 8, "maxTokens": 8, "invokedSteps": 3})
+    await editor.wait_ready()
+    text = "def f(x):\n    return \n"
+    editor.open(PY_URI, text)
+    for _ in range(3):
+        for item in (await editor.complete(PY_URI, 1, 11)).items:
+            from infill_lsp.syntax import validate
+            accepted = apply(text, 1, item)
+            middle = accepted[len("def f(x):\n    return "):-1]
+            assert validate("python", "def f(x):\n    return ", "\n", [middle])[0].valid
+
+
+async def test_cancel_request_stops_the_engine(editor):
+    await editor.start(init_options={"invokedSteps": 256, "invokedCandidates": 8, "maxTokens": 64})
+    await editor.wait_ready()
+    editor.open(PLAIN_URI, "some text ", "plaintext")
+    protocol = editor.client.protocol
+    pending = protocol.send_request_async(types.TEXT_DOCUMENT_INLINE_COMPLETION,
+                                          editor.inline_params(PLAIN_URI, 0, 10), msg_id="slow-1")
+    await asyncio.sleep(0.3)
+    protocol.notify(types.CANCEL_REQUEST, {"id": "slow-1"})
+    with pytest.raises(JsonRpcException):
+        await asyncio.wait_for(pending, 30)
+    for _ in range(200):
+        if (await editor.stats())["engineCancelled"] >= 1:
+            break
+        await asyncio.sleep(0.05)
+    assert (await editor.stats())["engineCancelled"] == 1
+    # the server keeps serving
+    editor.client.workspace_did_change_configuration(types.DidChangeConfigurationParams(
+        settings={"infill": {"invokedSteps": 2, "maxTokens": 4}}))
+    assert (await editor.complete(PLAIN_URI, 0, 10)).items
+
+
+async def test_newer_request_for_a_document_cancels_the_older(editor):
+    await editor.start(init_options={"invokedSteps": 256, "invokedCandidates": 8, "maxTokens": 64})
+    await editor.wait_ready()
+    editor.open(PLAIN_URI, "abc ", "plaintext")
+    first = asyncio.ensure_future(editor.complete(PLAIN_URI, 0, 4))
+    await asyncio.sleep(0.3)
+    editor.client.workspace_did_change_configuration(types.DidChangeConfigurationParams(
+        settings={"infill": {"invokedSteps": 2, "maxTokens": 4}}))
+    second = await editor.complete(PLAIN_URI, 0, 4)
+    assert (await asyncio.wait_for(first, 30)).items == []
+    assert second.items
+    assert (await editor.stats())["engineCancelled"] == 1
+
+
+async def test_typing_through_a_suggestion_is_answered_from_cache(editor):
+    await editor.start(init_options={"candidates": 4, "maxTokens": 8, "steps": 3})
+    await editor.wait_ready()
+    text = "x = "
+    editor.open(PLAIN_URI, text, "plaintext")
+    items = (await editor.complete(PLAIN_URI, 0, 4, invoked=False)).items
+    suggestion = next((i.insert_text for i in items if len(i.insert_text) >= 2), None)
+    if suggestion is None:
+        pytest.skip("the random model gave only one-character suggestions")
+    editor.change(PLAIN_URI, 2, (0, 4), (0, 4), suggestion[0])
+    again = (await editor.complete(PLAIN_URI, 0, 5, invoked=False)).items
+    assert suggestion[1:] in [i.insert_text for i in again]
+    stats = await editor.stats()
+    assert stats["typingThrough"] == 1 and stats["requests"] == 2
+
+
+async def test_disabled_language_gets_nothing(editor):
+    await editor.start(init_options={"languages": {"plaintext": False}})
+    await editor.wait_ready()
+    editor.open(PLAIN_URI, "abc", "plaintext")
+    assert (await editor.complete(PLAIN_URI, 0, 3)).items == []
+
+
+async def test_shutdown_and_exit_end_the_process():
+    ed = Editor()
+    await ed.start()
+    assert await ed.close() == 0
