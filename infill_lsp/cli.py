@@ -116,6 +116,26 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return run_bench(args, _settings(args))
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train.loop import load_config, train
+
+    config = load_config(Path(args.config) if args.config else None)
+    if args.steps:
+        import msgspec
+
+        config = msgspec.structs.replace(config, optim=msgspec.structs.replace(config.optim, steps=args.steps))
+    history = train(config, Path(args.out), init=args.init or None, data=Path(args.data) if args.data else None,
+                    device=args.device, humaneval_dir=Path(args.humaneval) if args.humaneval else None)
+    print(f"wrote {args.out}: final loss {history[-1]['loss']:.4f} at step {history[-1]['step']}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from . import evaluate
+
+    return evaluate.run(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="infill-lsp", description=__doc__)
     parser.add_argument("--version", action="version", version=f"infill-lsp {__version__}")
@@ -154,6 +174,27 @@ def main(argv: list[str] | None = None) -> int:
                        help="also time LSP overhead in a generated file of this many lines (0: skip)")
     bench.add_argument("--json", help="also write the results here")
     bench.set_defaults(func=cmd_bench)
+
+    train = sub.add_parser("train", help="train (or with --init, fine-tune) a small DiffusionGemma infill model")
+    train.add_argument("--config", help="TOML training config (default: the built-in small config)")
+    train.add_argument("--out", required=True, help="checkpoint directory to write")
+    train.add_argument("--init", default="", help="start from this checkpoint (fine-tuning)")
+    train.add_argument("--data", default="", help="train on this repository's source files (fine-tuning)")
+    train.add_argument("--steps", type=int, default=0, help="override the config's step count")
+    train.add_argument("--device", default="auto")
+    train.add_argument("--humaneval", default=str(Path(__file__).resolve().parent.parent.parent / "shared" /
+                                                  "fim_data" / "humaneval-infilling"),
+                       help="HumanEval-Infilling data; files containing its signatures are left out")
+    train.set_defaults(func=cmd_train)
+
+    try:
+        from . import evaluate
+    except ImportError:  # evaluator not installed in this checkout
+        evaluate = None
+    if evaluate is not None:
+        ev = sub.add_parser("eval", help="HumanEval-Infilling: pass@1 of the top suggestion and of a raw sample")
+        evaluate.add_arguments(ev)
+        ev.set_defaults(func=cmd_eval)
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,

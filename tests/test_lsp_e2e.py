@@ -149,3 +149,33 @@ async def test_shutdown_and_exit_end_the_process():
     ed = Editor()
     await ed.start()
     assert await ed.close() == 0
+
+
+async def test_serve_through_the_resident_engine(tmp_path):
+    import subprocess
+    import sys
+
+    from lsp_harness import TINY_MODEL
+
+    sock = tmp_path / "run" / "engine.sock"
+    daemon = subprocess.Popen([sys.executable, "-m", "infill_lsp", "engine", "--model", str(TINY_MODEL),
+                               "--socket", str(sock)], stderr=subprocess.DEVNULL)
+    ed = Editor()
+    try:
+        for _ in range(600):
+            if sock.exists():
+                break
+            await asyncio.sleep(0.05)
+        await ed.start("--engine", str(sock), init_options={"invokedSteps": 2, "maxTokens": 4})
+        stats = await ed.wait_ready()
+        assert stats["engineReady"], stats
+        ed.open(PLAIN_URI, "hello ", "plaintext")
+        assert (await ed.complete(PLAIN_URI, 0, 6)).items
+        daemon.kill()
+        daemon.wait(10)
+        assert (await ed.complete(PLAIN_URI, 0, 6)).items == []  # engine gone: empty, not an error
+        assert ed.statuses[-1]["state"] == "error"
+        assert ed.client._server.returncode is None
+    finally:
+        daemon.kill()
+        await ed.close()

@@ -58,9 +58,14 @@ def build_canvas(
     suffix_head: int,
     end_id: int,
     pad_id: int,
+    width: int | None = None,
 ) -> CanvasBatch:
-    """Lay out the rows: [m_i free | suffix head clamped, then end marker, then padding]."""
-    canvas_len = max(lengths) + max(1, suffix_head)
+    """Lay out the rows: [m_i free | suffix head clamped, then end marker, then padding].
+
+    The width defaults to the longest slot plus the suffix head; training passes the width of
+    the full ladder so a single row looks exactly as it does inside an inference batch.
+    """
+    canvas_len = width or max(lengths) + max(1, suffix_head)
     tail = list(suffix_ids[: canvas_len]) + [end_id]
     tail += [pad_id] * (canvas_len - len(tail) + 1)
     known = torch.full((len(lengths), canvas_len), pad_id, dtype=torch.long)

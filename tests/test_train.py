@@ -1,0 +1,73 @@
+"""The training loop on the tiny checkpoint: a few optimisation steps must lower the infill loss."""
+
+import random
+
+import torch
+from transformers import AutoTokenizer, DiffusionGemmaForBlockDiffusion
+
+from infill_lsp.train.corpus import Corpus, ManifestEntry, humaneval_signatures, collect_repository
+from infill_lsp.train.loop import OptimConfig, TrainConfig, DataConfig, train
+from infill_lsp.train.objective import ExampleBuilder, collate, sample_split
+
+from conftest import ROOT, TINY_MODEL
+
+SAMPLES = sorted((ROOT / "fixtures" / "samples").iterdir())
+
+
+def test_split_kinds_cover_lines_spans_and_end_of_file():
+    rng = random.Random(0)
+    text = (ROOT / "fixtures" / "samples" / "fib.py").read_text()
+    splits = [s for s in (sample_split(text, rng) for _ in range(400)) if s]
+    assert all(s.prefix + s.middle + s.suffix == text for s in splits)
+    assert any(s.suffix == "" for s in splits)
+    assert any(s.prefix.endswith("\n") and s.middle.endswith("\n") for s in splits)
+    assert any(not s.prefix.endswith("\n") for s in splits)
+
+
+def test_examples_match_the_engine_canvas_layout():
+    tokenizer = AutoTokenizer.from_pretrained(TINY_MODEL)
+    builder = ExampleBuilder(tokenizer, prefix_tokens=64, max_middle=32, suffix_head=16)
+    rng = random.Random(1)
+    text = SAMPLES[0].read_text()
+    for _ in range(50):
+        split = sample_split(text, rng)
+        example = split and builder.build(split, rng)
+        if not example:
+            continue
+        m = sum(example.free)
+        assert m in (4, 8, 16, 32) and len(example.canvas) == 48
+        middle = example.canvas[:m]
+        end = middle.index(tokenizer.eos_token_id)  # the end marker is always inside the slot
+        assert all(t == tokenizer.pad_token_id for t in middle[end + 1:])
+        healed_middle = tokenizer.decode(middle[:end])
+        assert healed_middle.endswith(split.middle)
+        assert example.prompt[0] == tokenizer.bos_token_id and len(example.prompt) <= 65
+
+
+def test_a_few_steps_lower_the_loss(tmp_path):
+    corpus = Corpus(texts=[p.read_text() for p in SAMPLES], manifest=[ManifestEntry("fixtures", "0", "Apache-2.0")])
+    config = TrainConfig(seed=0, data=DataConfig(prefix_tokens=64),
+                         optim=OptimConfig(steps=40, batch_size=8, lr=3e-3, warmup=1, log_every=10))
+    history = train(config, tmp_path / "ft", init=str(TINY_MODEL), corpus=corpus, device="cpu")
+    assert history[-1]["loss"] < history[0]["loss"] - 0.5, history
+    assert (tmp_path / "ft" / "model.safetensors").exists()
+    assert (tmp_path / "ft" / "loss.csv").read_text().startswith("step,loss")
+    assert "Corpus manifest" in (tmp_path / "ft" / "README.md").read_text()
+    model = DiffusionGemmaForBlockDiffusion.from_pretrained(tmp_path / "ft")  # loads as the engine would
+    assert model.config.text_config.vocab_size == 512
+
+
+def test_repository_corpus_and_humaneval_exclusion(tmp_path):
+    repo = tmp_path / "repo"
+    (repo / "pkg").mkdir(parents=True)
+    (repo / "pkg" / "a.py").write_text("def add(a, b):\n    return a + b\n")
+    (repo / "pkg" / "leak.py").write_text("def has_close_elements(numbers: List[float], threshold: float) -> bool:\n    pass\n")
+    (repo / "node_modules").mkdir()
+    (repo / "node_modules" / "x.js").write_text("var x = 1;\n")
+    data = ROOT.parent / "shared" / "fim_data" / "humaneval-infilling"
+    corpus = collect_repository(repo, data if data.is_dir() else None)
+    if data.is_dir():
+        assert len(humaneval_signatures(data)) >= 160
+        assert corpus.excluded_for_humaneval == 1 and len(corpus.texts) == 1
+    else:
+        assert len(corpus.texts) == 2
