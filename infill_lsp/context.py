@@ -12,6 +12,7 @@ from __future__ import annotations
 import msgspec
 
 UTF8, UTF16, UTF32 = "utf-8", "utf-16", "utf-32"
+WINDOW_STEP = 1024
 
 
 class Cursor(msgspec.Struct, frozen=True):
@@ -97,6 +98,7 @@ def window(text: str, offset: int, prefix_chars: int = 8000, suffix_chars: int =
     """
     lo = max(0, offset - prefix_chars)
     if lo > 0:
+        lo = lo // WINDOW_STEP * WINDOW_STEP  # move the start in steps: the engine's prefix cache keeps hitting
         newline = text.find("\n", lo, offset)
         if newline >= 0:
             lo = newline + 1

@@ -48,7 +48,7 @@ def test_window_cuts_at_line_boundaries():
     offset = text.index("line 500")
     win = context.window(text, offset, prefix_chars=100, suffix_chars=50)
     assert win.prefix.startswith("line ") and win.prefix.endswith("line 499\n")
-    assert len(win.prefix) <= 100 and len(win.suffix) <= 50
+    assert len(win.prefix) <= 100 + context.WINDOW_STEP and len(win.suffix) <= 50
     assert win.suffix.startswith("line 500") and not win.suffix.endswith("\n")
     whole = context.window(text, offset)
     assert whole.prefix == text[:offset]
@@ -57,4 +57,15 @@ def test_window_cuts_at_line_boundaries():
 def test_window_of_a_ten_megabyte_file_is_bounded():
     text = "x" * 10_000_000
     win = context.window(text, 5_000_000)
-    assert len(win.prefix) <= 8000 and len(win.suffix) <= 4000
+    assert len(win.prefix) <= 8000 + context.WINDOW_STEP and len(win.suffix) <= 4000
+
+
+def test_window_start_stays_put_while_typing():
+    text = "".join(f"row {i}\n" for i in range(5000))
+    offset = len(text) // 2
+    starts = set()
+    for typed in range(200):
+        edited = text[:offset] + "x" * typed + text[offset:]
+        win = context.window(edited, offset + typed, prefix_chars=2000)
+        starts.add(edited[: offset + typed].rfind(win.prefix[:20]))
+    assert len(starts) <= 2

@@ -78,3 +78,18 @@ def test_missing_model_is_a_clear_error_not_a_download(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path))
     with pytest.raises(ModelNotFound, match="never downloads"):
         load_engine(EngineConfig(model="google/diffusiongemma-26B-A4B-it"))
+
+
+def test_encoded_prefix_is_reused_across_keystrokes(tiny_model_path):
+    engine = TransformersEngine(str(tiny_model_path), device="cpu")
+    prefix = "".join(f"total = total + value_{i}\n" for i in range(40))
+    budget = Budget(candidates=2, max_middle_tokens=6, steps=2)
+    first = engine.infill(InfillRequest(prefix=prefix, suffix="", budget=budget, seed=9))
+    misses = engine.stats["prefix_cache_misses"]
+    typed = engine.infill(InfillRequest(prefix=prefix + "res", suffix="", budget=budget, seed=9))
+    assert engine.stats["prefix_cache_hits"] == 1 and engine.stats["prefix_cache_misses"] == misses
+    # a hit gives exactly what encoding from scratch gives
+    engine._checkpoint = None
+    again = engine.infill(InfillRequest(prefix=prefix + "res", suffix="", budget=budget, seed=9))
+    assert again.candidates == typed.candidates
+    assert engine.infill(InfillRequest(prefix=prefix, suffix="", budget=budget, seed=9)).candidates == first.candidates

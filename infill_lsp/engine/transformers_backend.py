@@ -6,11 +6,13 @@ repeat the cache across the candidate rows -> denoise all rows as one batch -> d
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import random
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,6 +24,16 @@ from .canvas import TokenHealer, build_canvas, middle_lengths
 from .denoise import DenoiseSettings, denoise
 
 log = logging.getLogger(__name__)
+
+WINDOW_STEP = 128  # the prefix window's start moves in steps of this many tokens
+CHECKPOINT_STEP = 64  # the encoded-prefix checkpoint sits on a multiple of this many tokens
+
+
+def _snapshot(cache):
+    """A copy of a DynamicCache that later appends (and batch repeats) cannot disturb."""
+    clone = copy.copy(cache)
+    clone.layers = [copy.copy(layer) for layer in cache.layers]
+    return clone
 
 Progress = Callable[[str, int], None]
 
@@ -69,6 +81,8 @@ class TransformersEngine:
         self.suffix_head_tokens = suffix_head_tokens
         self.denoise_settings = denoise_settings or DenoiseSettings()
         self._lock = threading.Lock()
+        self._checkpoint: tuple[tuple[int, ...], object] | None = None  # (prompt head, its KV cache)
+        self.stats: Counter[str] = Counter()
 
         # Never download: a path, or a hub id already in the local cache.
         is_dir = Path(model).expanduser().is_dir()
@@ -112,8 +126,15 @@ class TransformersEngine:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
 
     def _prompt(self, prefix: str) -> tuple[list[int], str]:
-        """Prompt ids for the prefix window and the healed text (the backed-off last token)."""
-        ids = self._encode_text(prefix)[-self.prefix_tokens:]
+        """Prompt ids for the prefix window and the healed text (the backed-off last token).
+
+        Over-long prefixes are cut at a multiple of WINDOW_STEP tokens, so the window's start
+        stays put while the user types and the encoded-prefix cache keeps hitting.
+        """
+        ids = self._encode_text(prefix)
+        if len(ids) > self.prefix_tokens:
+            start = -(-(len(ids) - self.prefix_tokens) // WINDOW_STEP) * WINDOW_STEP
+            ids = ids[start:]
         healed = ""
         if ids:
             last = self.healer_text(ids[-1])
@@ -148,12 +169,8 @@ class TransformersEngine:
         timings.tokenize_ms = (t1 - t0) * 1e3
 
         cancel.raise_if_cancelled()
-        with torch.inference_mode():
-            encoded = self.model.model.encoder(
-                input_ids=torch.tensor([prompt_ids], device=self.device), use_cache=True
-            )
-            cache = encoded.past_key_values
-            cache.batch_repeat_interleave(len(lengths))
+        cache = self._encode(prompt_ids)
+        cache.batch_repeat_interleave(len(lengths))
         t2 = time.perf_counter()
         timings.encode_ms = (t2 - t1) * 1e3
 
@@ -168,6 +185,31 @@ class TransformersEngine:
         timings.steps = out.steps
         return InfillResult(candidates=self._decode_rows(out.tokens, out.token_logprobs, lengths, healed),
                             timings=timings)
+
+    @torch.inference_mode()
+    def _encode(self, prompt_ids: list[int]):
+        """The prefix's KV cache (batch 1), reusing the encoded head of the previous prompt.
+
+        Keystrokes change only the end of the prompt, so the encoder pass is split at a stable
+        checkpoint (a multiple of CHECKPOINT_STEP tokens, at least CHECKPOINT_STEP before the end):
+        the part before it is kept between requests and only the tail is encoded again. Cache
+        layers rebind, never mutate, their tensors, so a shallow copy is a safe snapshot.
+        """
+        cut = (len(prompt_ids) - CHECKPOINT_STEP) // CHECKPOINT_STEP * CHECKPOINT_STEP
+        head, tail = tuple(prompt_ids[:cut]), prompt_ids[cut:]
+        if head and self._checkpoint is not None and self._checkpoint[0] == head:
+            cache = _snapshot(self._checkpoint[1])
+            self.stats["prefix_cache_hits"] += 1
+        else:
+            cache = None
+            if head:
+                cache = self.model.model.encoder(
+                    input_ids=torch.tensor([list(head)], device=self.device), use_cache=True).past_key_values
+                self._checkpoint = (head, _snapshot(cache))
+            self.stats["prefix_cache_misses"] += 1
+        encoded = self.model.model.encoder(input_ids=torch.tensor([tail], device=self.device),
+                                           past_key_values=cache, use_cache=True)
+        return encoded.past_key_values
 
     def _decode_rows(self, tokens, logprobs, lengths: list[int], healed: str) -> list[Candidate]:
         candidates = []
