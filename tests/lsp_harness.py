@@ -58,6 +58,20 @@ class Editor:
         self.client.initialized(types.InitializedParams())
         return result
 
+    def send_raw(self, payload: bytes) -> None:
+        """Bytes straight onto the server's stdin, framed: for messages no well-behaved client would send."""
+        self.client.protocol.writer.write(b"Content-Length: %d\r\n\r\n" % len(payload) + payload)
+
+    async def raw_request(self, method: str, params, msg_id: str):
+        """A request with hand-written (possibly malformed) params; resolves to the server's answer."""
+        import concurrent.futures
+        import json
+
+        future = concurrent.futures.Future()
+        self.client.protocol._request_futures[msg_id] = future
+        self.send_raw(json.dumps({"jsonrpc": "2.0", "id": msg_id, "method": method, "params": params}).encode())
+        return await asyncio.wait_for(asyncio.wrap_future(future), 10)
+
     async def stats(self) -> dict:
         return _plain(await self.client.protocol.send_request_async("infill/stats", {}))
 

@@ -28,10 +28,11 @@ async def test_serve_over_tcp():
             except OSError:
                 assert proc.poll() is None
                 await asyncio.sleep(0.1)
-        result = await client.initialize_async(types.InitializeParams(capabilities=types.ClientCapabilities()))
+        result = await asyncio.wait_for(
+            client.initialize_async(types.InitializeParams(capabilities=types.ClientCapabilities())), 30)
         assert result.capabilities.inline_completion_provider is not None
-        await client.shutdown_async(None)
+        await asyncio.wait_for(client.shutdown_async(None), 30)
     finally:
-        await client.stop()
         proc.kill()
         proc.wait(10)
+        await asyncio.wait_for(client.stop(), 10)

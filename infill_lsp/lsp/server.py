@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from types import SimpleNamespace
 from collections import Counter, OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -18,7 +19,9 @@ from urllib.parse import unquote
 
 import msgspec
 from lsprotocol import types
+from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams
 from pygls.lsp.server import LanguageServer
+from pygls.protocol import LanguageServerProtocol
 
 from .. import __version__, context, pipeline
 from ..config import Settings, merge
@@ -36,6 +39,25 @@ ACCEPT_COMMAND = "infill.accept"
 _KEEP_SHOWN = 512  # item ids remembered for acceptance telemetry
 
 
+_ANSWERED = SimpleNamespace(jsonrpc="answered")  # handle_message drops it: the error reply is already sent
+
+
+class InfillProtocol(LanguageServerProtocol):
+    """pygls reports a request whose params do not deserialize with a popup and never answers it,
+    leaving the editor waiting. Answer it with InvalidParams instead, and keep serving."""
+
+    def structure_message(self, data):
+        try:
+            return super().structure_message(data)
+        except JsonRpcException:
+            if isinstance(data, dict) and "id" in data and isinstance(data.get("method"), str):
+                message = f"invalid params for {data['method']}"
+                log.warning("%s (request id %r)", message, data["id"])
+                self._send_response(data["id"], error=JsonRpcInvalidParams(message=message).to_response_error())
+                return _ANSWERED
+            raise
+
+
 class EngineHolder:
     """The current engine, or why there is none; swapped when model settings change."""
 
@@ -48,7 +70,8 @@ class EngineHolder:
 
 class InfillServer(LanguageServer):
     def __init__(self, settings: Settings | None = None, engine: Engine | None = None):
-        super().__init__("infill-lsp", __version__, text_document_sync_kind=types.TextDocumentSyncKind.Incremental)
+        super().__init__("infill-lsp", __version__, protocol_cls=InfillProtocol,
+                         text_document_sync_kind=types.TextDocumentSyncKind.Incremental)
         self.settings = settings or Settings()
         self.holder = EngineHolder()
         if engine is not None:
@@ -62,6 +85,10 @@ class InfillServer(LanguageServer):
         self.request_ids = itertools.count(1)
         self.state = "idle"
         self.last_timings: dict[str, Any] | None = None  # stage timings of the last completion
+
+    def report_server_error(self, error: Exception, source) -> None:
+        """Bad messages are logged (stderr and window/logMessage), never shown as a popup."""
+        log.warning("ignored a message the server could not handle: %s", error)
 
     # -- status ------------------------------------------------------------------------------
     def set_status(self, state: str, message: str | None = None) -> None:
@@ -276,8 +303,11 @@ class InfillServer(LanguageServer):
 
 
 def _get(params: Any, key: str) -> Any:
+    """A field of custom-method params, which pygls hands over as dicts, namedtuples or lists."""
     if isinstance(params, dict):
         return params.get(key)
+    if hasattr(params, "_fields"):
+        return getattr(params, key, None)
     if isinstance(params, (list, tuple)) and params:
         return _get(params[0], key)
     return getattr(params, key, None)

@@ -1,0 +1,68 @@
+"""From raw candidates to what the editor shows: clean, drop, order.
+
+Valid before invalid (invalid ones only when the user asks), then the model's own score;
+empty and duplicate suggestions are dropped, and text the document already has right after
+the cursor is not suggested again.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from .syntax import Validation
+from .types import Candidate
+
+_OVERLAP_LIMIT = 200  # characters of the suffix's first line compared for overlap
+
+
+class Ranked(msgspec.Struct, frozen=True):
+    text: str
+    score: float
+    valid: bool
+    truncated: bool = False
+    checked: bool = True
+
+
+def clean(text: str, suffix: str) -> str:
+    """What a user should see of a middle, given the text after the cursor."""
+    ends_line = suffix[:1] in ("", "\n", "\r") or not suffix.strip()
+    lines = text.split("\n")
+    lines = [line.rstrip() for line in lines[:-1]] + [lines[-1].rstrip() if ends_line else lines[-1]]
+    text = "\n".join(lines)
+    if ends_line:
+        text = text.rstrip()
+
+    # The rest of the current line is already there: don't suggest it twice ("foo(x)" before ")").
+    rest_of_line, _, below = suffix.partition("\n")
+    rest_of_line = rest_of_line.rstrip("\r")[:_OVERLAP_LIMIT]
+    for size in range(min(len(text), len(rest_of_line)), 0, -1):
+        head = rest_of_line[:size]
+        if head.strip() and text.endswith(head):
+            text = text[:-size]
+            break
+
+    # A middle ending with the line right below the cursor would duplicate it.
+    next_line = below.split("\n", 1)[0].strip()
+    if not rest_of_line.strip() and next_line and "\n" in text:
+        kept = text.split("\n")
+        while len(kept) > 1 and kept[-1].strip() == next_line:
+            kept.pop()
+        text = "\n".join(kept).rstrip()
+    return text
+
+
+def rank(candidates: list[Candidate], validations: list[Validation], show_invalid: bool = False,
+         limit: int | None = None) -> list[Ranked]:
+    ranked = [
+        Ranked(text=v.text, score=c.score, valid=v.valid, truncated=v.truncated, checked=v.checked)
+        for c, v in zip(candidates, validations)
+        if v.text.strip() and (v.valid or show_invalid)
+    ]
+    ranked.sort(key=lambda r: (not r.valid, -r.score))
+    seen: set[str] = set()
+    unique = []
+    for item in ranked:
+        if item.text not in seen:
+            seen.add(item.text)
+            unique.append(item)
+    return unique[:limit] if limit is not None else unique
