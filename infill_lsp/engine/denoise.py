@@ -110,11 +110,11 @@ def denoise(
         temperature = settings.t_min + (settings.t_max - settings.t_min) * remaining / settings.steps
         processed = raw / temperature
 
-        # Exponential-race sampling: argmax(p / E), E ~ Exp(1), draws exactly from p and is far
-        # cheaper than torch.multinomial on CPU.
+        # Inverse-CDF sampling: one uniform per position against the cumulative distribution. Exact,
+        # and an order of magnitude cheaper on CPU than torch.multinomial or an exponential race.
         probs = torch.softmax(processed, dim=-1)
-        race = torch.empty_like(probs).exponential_(generator=generator)
-        sampled = (probs / race).argmax(-1)
+        uniform = torch.rand((rows, width, 1), device=device, generator=generator)
+        sampled = (probs.cumsum(-1) < uniform).sum(-1).clamp(max=vocab - 1)
         new_argmax = processed.argmax(-1)
 
         # Entropy-bound acceptance over the free positions: accept the lowest-entropy tokens whose
