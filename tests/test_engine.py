@@ -93,3 +93,19 @@ def test_encoded_prefix_is_reused_across_keystrokes(tiny_model_path):
     again = engine.infill(InfillRequest(prefix=prefix + "res", suffix="", budget=budget, seed=9))
     assert again.candidates == typed.candidates
     assert engine.infill(InfillRequest(prefix=prefix, suffix="", budget=budget, seed=9)).candidates == first.candidates
+
+
+def test_loads_a_hub_id_from_the_local_cache_only(tiny_model_path, tmp_path, monkeypatch):
+    """A hub id resolves through the HF cache layout (models--org--name/snapshots/<rev>), offline."""
+    import shutil
+
+    repo = tmp_path / "hub" / "models--acme--tiny-infill"
+    snapshot = repo / "snapshots" / ("0" * 40)
+    shutil.copytree(tiny_model_path, snapshot)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    engine = load_engine(EngineConfig(model="acme/tiny-infill", device="cpu"))
+    assert engine.info.model == "acme/tiny-infill"
+    assert engine.infill(InfillRequest(prefix="a", suffix="", budget=Budget(candidates=1, max_middle_tokens=2, steps=1))).candidates
