@@ -179,3 +179,33 @@ async def test_serve_through_the_resident_engine(tmp_path):
     finally:
         daemon.kill()
         await ed.close()
+
+
+async def test_engine_that_comes_up_later_is_picked_up(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    from lsp_harness import TINY_MODEL
+
+    monkeypatch.setenv("INFILL_LSP_RETRY_S", "0.2")
+    sock = tmp_path / "late" / "engine.sock"
+    ed = Editor()
+    daemon = None
+    try:
+        await ed.start("--engine", str(sock), init_options={"invokedSteps": 2, "maxTokens": 4})
+        stats = await ed.wait_ready()
+        assert "unreachable" in stats["engineError"]
+        ed.open(PLAIN_URI, "later ", "plaintext")
+        assert not (await ed.complete(PLAIN_URI, 0, 6)).items
+        daemon = subprocess.Popen([sys.executable, "-m", "infill_lsp", "engine", "--model", str(TINY_MODEL),
+                                   "--socket", str(sock)], stderr=subprocess.DEVNULL)
+        for _ in range(600):
+            items = (await ed.complete(PLAIN_URI, 0, 6)).items
+            if items:
+                break
+            await asyncio.sleep(0.1)
+        assert items and (await ed.stats())["engineReady"]
+    finally:
+        if daemon is not None:
+            daemon.kill()
+        await ed.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
 import time
 from types import SimpleNamespace
 from collections import Counter, OrderedDict
@@ -38,6 +39,8 @@ DID_PARTIALLY_ACCEPT = "infill/didPartiallyAcceptCompletion"
 STATS = "infill/stats"
 ACCEPT_COMMAND = "infill.accept"
 _KEEP_SHOWN = 512  # item ids remembered for acceptance telemetry
+# A failed engine (daemon not up yet, weights not there yet) is tried again after this many seconds.
+RETRY_AFTER_S = float(os.environ.get("INFILL_LSP_RETRY_S", "10"))
 
 
 _ANSWERED = SimpleNamespace(jsonrpc="answered")  # handle_message drops it: the error reply is already sent
@@ -67,6 +70,7 @@ class EngineHolder:
         self.error: str | None = None
         self.loading: asyncio.Task | None = None
         self.config = None
+        self.failed_at = 0.0
 
 
 class InfillServer(LanguageServer):
@@ -107,7 +111,8 @@ class InfillServer(LanguageServer):
         """Start loading the engine the settings ask for, unless it is already there or loading."""
         wanted = self.settings.engine_config()
         holder = self.holder
-        if holder.config == wanted and (holder.engine is not None or holder.loading is not None or holder.error):
+        recently_failed = holder.error is not None and time.monotonic() - holder.failed_at < RETRY_AFTER_S
+        if holder.config == wanted and (holder.engine is not None or holder.loading is not None or recently_failed):
             return
         if holder.loading is not None:
             holder.loading.cancel()
@@ -136,6 +141,7 @@ class InfillServer(LanguageServer):
             raise
         except Exception as exc:
             holder.error = f"{type(exc).__name__}: {exc}"
+            holder.failed_at = time.monotonic()
             log.error("engine failed to load: %s", holder.error)
             self.set_status("error", holder.error)
             self._safe(self.window_show_message, types.ShowMessageParams(
@@ -213,8 +219,8 @@ class InfillServer(LanguageServer):
 
         engine = self.holder.engine
         if engine is None:
-            if self.holder.loading is None and self.holder.error is None:
-                self.ensure_engine()
+            if self.holder.loading is None:
+                self.ensure_engine()  # first use, or a retry once RETRY_AFTER_S has passed
             if self.holder.error:
                 self.set_status("error", self.holder.error)
             return empty
