@@ -104,8 +104,9 @@ def test_loads_a_hub_id_from_the_local_cache_only(tiny_model_path, tmp_path, mon
     shutil.copytree(tiny_model_path, snapshot)
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text("0" * 40)
-    monkeypatch.setenv("HF_HOME", str(tmp_path))
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))  # read once at import: patch it
     engine = load_engine(EngineConfig(model="acme/tiny-infill", device="cpu"))
     assert engine.info.model == "acme/tiny-infill"
     assert engine.infill(InfillRequest(prefix="a", suffix="", budget=Budget(candidates=1, max_middle_tokens=2, steps=1))).candidates

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import platform
 import sysconfig
 from importlib import metadata
 from pathlib import Path
@@ -73,62 +74,54 @@ def _read(path: Path) -> str | None:
         return None
 
 
-def collect_installed(humaneval_dir: Path | None = None, max_bytes: int | None = None) -> Corpus:
-    """The stdlib plus every permissively licensed installed distribution's Python files."""
-    banned = humaneval_signatures(humaneval_dir) if humaneval_dir and humaneval_dir.is_dir() else set()
-    texts: list[str] = []
-    manifest: list[ManifestEntry] = []
-    excluded = 0
-    total = 0
+class _Collector:
+    """Reads files into a corpus, skipping unreadable and HumanEval-contaminated ones."""
 
-    def add(entry: ManifestEntry, paths) -> None:
-        nonlocal excluded, total
+    def __init__(self, humaneval_dir: Path | None, max_bytes: int | None = None):
+        self.banned = humaneval_signatures(humaneval_dir) if humaneval_dir and humaneval_dir.is_dir() else set()
+        self.max_bytes = max_bytes
+        self.corpus = Corpus(texts=[], manifest=[])
+        self.total = 0
+
+    def add(self, entry: ManifestEntry, paths) -> None:
         for path in paths:
-            if max_bytes is not None and total >= max_bytes:
+            if self.max_bytes is not None and self.total >= self.max_bytes:
                 break
             text = _read(path)
             if not text:
                 continue
-            if banned and any(signature in text for signature in banned):
-                excluded += 1
+            if self.banned and any(signature in text for signature in self.banned):
+                self.corpus.excluded_for_humaneval += 1
                 continue
-            texts.append(text)
+            size = len(text.encode())
+            self.corpus.texts.append(text)
             entry.files += 1
-            entry.bytes += len(text.encode())
-            total += len(text.encode())
+            entry.bytes += size
+            self.total += size
         if entry.files:
-            manifest.append(entry)
+            self.corpus.manifest.append(entry)
 
+
+def collect_installed(humaneval_dir: Path | None = None, max_bytes: int | None = None) -> Corpus:
+    """The stdlib plus every permissively licensed installed distribution's Python files."""
+    collector = _Collector(humaneval_dir, max_bytes)
     stdlib = Path(sysconfig.get_paths()["stdlib"])
-    import platform
-
-    add(ManifestEntry("python-stdlib", platform.python_version(), "PSF-2.0"),
-        sorted(p for p in stdlib.glob("**/*.py") if "site-packages" not in p.parts and "test" not in p.parts))
+    collector.add(ManifestEntry("python-stdlib", platform.python_version(), "PSF-2.0"),
+                  sorted(p for p in stdlib.glob("**/*.py") if "site-packages" not in p.parts and "test" not in p.parts))
     for dist in sorted(metadata.distributions(), key=lambda d: (d.metadata["Name"] or "").lower()):
         licence = licence_of(dist)
-        name = dist.metadata["Name"] or "?"
         if not licence or not dist.files:
             continue
         paths = [Path(dist.locate_file(f)) for f in dist.files if str(f).endswith(".py")]
-        add(ManifestEntry(name, dist.version, licence), sorted(paths))
-    return Corpus(texts=texts, manifest=manifest, excluded_for_humaneval=excluded)
+        collector.add(ManifestEntry(dist.metadata["Name"] or "?", dist.version, licence), sorted(paths))
+    return collector.corpus
 
 
 def collect_repository(root: Path, humaneval_dir: Path | None = None) -> Corpus:
     """A user's own repository, for fine-tuning: its source files, skipping VCS and build folders."""
-    banned = humaneval_signatures(humaneval_dir) if humaneval_dir and humaneval_dir.is_dir() else set()
     skip = {".git", ".hg", "node_modules", ".venv", "venv", "build", "dist", "__pycache__", "target"}
-    texts, excluded, size = [], 0, 0
-    for path in sorted(root.rglob("*")):
-        if path.suffix not in SOURCE_SUFFIXES or any(part in skip for part in path.parts) or not path.is_file():
-            continue
-        text = _read(path)
-        if not text:
-            continue
-        if banned and any(signature in text for signature in banned):
-            excluded += 1
-            continue
-        texts.append(text)
-        size += len(text.encode())
-    entry = ManifestEntry(root.name, "local", "the user's own code", files=len(texts), bytes=size)
-    return Corpus(texts=texts, manifest=[entry], excluded_for_humaneval=excluded)
+    collector = _Collector(humaneval_dir)
+    paths = [p for p in sorted(root.rglob("*"))
+             if p.suffix in SOURCE_SUFFIXES and not any(part in skip for part in p.parts) and p.is_file()]
+    collector.add(ManifestEntry(root.name, "local", "the user's own code"), paths)
+    return collector.corpus
