@@ -77,3 +77,12 @@ def test_far_away_errors_do_not_make_a_big_file_invalid():
     prefix = "def broken(:\n" + body + "def target(x):\n    return "
     ok, bad = validate("python", prefix, "\n\n" + body, ["x * 2", "x *"])
     assert ok.valid and not bad.valid
+
+
+def test_python_indentation_errors_tree_sitter_tolerates_are_caught():
+    prefix = "def f(x):\n    y = 1\n"
+    bad_indent = "      z = 2\n"  # deeper than the block: tree-sitter shrugs, CPython refuses
+    good = "    z = 2\n"
+    assert [v.valid for v in validate("python", prefix, "    return y\n", [good, bad_indent])] == [True, False]
+    # a region CPython already rejects gives no stricter verdict than tree-sitter's
+    assert validate("python", "def f(:\n    ", "\n", ["1"])[0].valid

@@ -15,9 +15,11 @@ subtrees flagged `has_error`.
 
 from __future__ import annotations
 
+import ast
 import logging
 import re
 import threading
+import warnings
 
 import msgspec
 import tree_sitter
@@ -98,15 +100,35 @@ def count_errors(node: tree_sitter.Node) -> int:
     return count
 
 
-class RegionChecker:
-    """The region around the cursor, parsed once; candidates are checked as insertions into it."""
+def python_compiles(source: bytes) -> bool:
+    """CPython's own parser (parse only, nothing runs): stricter than tree-sitter about indentation."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ast.parse(source)
+        return True
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return False
 
-    def __init__(self, parser: tree_sitter.Parser, before: bytes, after: bytes):
+
+STRICT_PARSERS = {"python": python_compiles}
+
+
+class RegionChecker:
+    """The region around the cursor, parsed once; candidates are checked as insertions into it.
+
+    Where a language has a stricter parser of its own (Python: `ast`), a candidate must also
+    keep the region accepted by it whenever the region was accepted before.
+    """
+
+    def __init__(self, parser: tree_sitter.Parser, before: bytes, after: bytes, language: str = ""):
         self.parser = parser
         self.at = len(before)
         self.data = before + after
         self.tree = parser.parse(self.data)
         self.errors = count_errors(self.tree.root_node)
+        strict = STRICT_PARSERS.get(language)
+        self.strict = strict if strict is not None and strict(self.data) else None
 
     def errors_with(self, inserted: bytes) -> int:
         tree = self.tree.copy()
@@ -118,7 +140,10 @@ class RegionChecker:
 
     def check(self, middle: str, truncate: bool) -> Validation:
         def ok(text: str) -> bool:
-            return self.errors_with(_encode(text)) <= self.errors
+            inserted = _encode(text)
+            if self.errors_with(inserted) > self.errors:
+                return False
+            return self.strict is None or self.strict(self.data[: self.at] + inserted + self.data[self.at:])
 
         if ok(middle):
             return Validation(text=middle, valid=True)
@@ -151,7 +176,7 @@ def validate(language: str | None, prefix: str, suffix: str, middles: list[str],
             before = _encode(prefix[-before_bytes * 4:])  # characters are at most 4 bytes
             after = _encode(suffix[: after_bytes * 4])
             checker = RegionChecker(parser, before[region_start(before, before_bytes):],
-                                    after[: region_end(after, after_bytes)])
+                                    after[: region_end(after, after_bytes)], language)
             return [checker.check(middle, truncate) for middle in middles]
     except Exception:  # a grammar bug must not cost the user their suggestions
         log.exception("syntax validation failed for %s; showing candidates unchecked", language)

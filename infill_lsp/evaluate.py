@@ -1,0 +1,179 @@
+"""`infill-lsp eval`: HumanEval-Infilling, scored the way the editor would show suggestions.
+
+For each problem the document is prompt + suffix with the cursor between them; the full
+pipeline (engine -> clean -> validate -> rank) runs as for a real completion. Metrics:
+pass@1 of the top-ranked suggestion (no suggestion = fail), pass@1 of one raw sample (the
+engine's first row, cleaned but neither validated nor ranked), the share of shown suggestions
+that parse (Python's own `ast`), mean and p95 latency. Model output runs only in
+`sandbox.run_python`, never here.
+"""
+
+from __future__ import annotations
+
+import ast
+import gzip
+import json
+import statistics
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import msgspec
+
+from . import pipeline, rank
+from .config import Settings
+from .sandbox import run_python
+from .types import Budget
+
+SUBSETS = {
+    "single-line": "HumanEval-SingleLineInfilling.jsonl.gz",
+    "multi-line": "HumanEval-MultiLineInfilling.jsonl.gz",
+    "random-span": "HumanEval-RandomSpanInfilling.jsonl.gz",
+    "random-span-light": "HumanEval-RandomSpanInfillingLight.jsonl.gz",
+}
+
+
+class Problem(msgspec.Struct, frozen=True):
+    task_id: str
+    entry_point: str
+    prompt: str
+    suffix: str
+    canonical_solution: str
+    test: str
+
+
+class Record(msgspec.Struct):
+    task_id: str
+    passed_top: bool
+    passed_raw: bool
+    shown: int
+    shown_parsing: int
+    latency_ms: float
+    top: str | None
+
+
+class SubsetScore(msgspec.Struct):
+    subset: str
+    problems: int
+    pass_top: float
+    pass_raw: float
+    shown_parse_share: float
+    mean_ms: float
+    p95_ms: float
+
+
+def default_data_dir() -> Path:
+    return Path(__file__).resolve().parent.parent.parent / "shared" / "fim_data" / "humaneval-infilling"
+
+
+def load_problems(path: Path, limit: int | None = None) -> list[Problem]:
+    problems = []
+    with gzip.open(path, "rt") as fh:
+        for line in fh:
+            problems.append(msgspec.json.decode(line, type=Problem))
+            if limit is not None and len(problems) >= limit:
+                break
+    return problems
+
+
+def program(problem: Problem, middle: str) -> str:
+    return f"{problem.prompt}{middle}{problem.suffix}\n{problem.test}\ncheck({problem.entry_point})\n"
+
+
+def parses(problem: Problem, middle: str) -> bool:
+    try:
+        ast.parse(problem.prompt + middle + problem.suffix)
+        return True
+    except (SyntaxError, ValueError):
+        return False
+
+
+def evaluate(engine, problems: list[Problem], *, budget: Budget, settings: Settings = Settings(),
+             seed: int | None = 0, timeout: float = 3.0, workers: int = 2) -> tuple[list[Record], SubsetScore]:
+    """Complete every problem (sequentially: one model), then test the answers in parallel sandboxes."""
+    completions = []
+    for problem in problems:
+        text = problem.prompt + problem.suffix
+        result = pipeline.complete(engine, text, len(problem.prompt), language_id="python", settings=settings,
+                                   budget=budget, seed=seed)
+        top = result.items[0].text if result.items else None
+        raw = rank.clean(result.raw[0].text, problem.suffix) if result.raw else ""
+        shown_parsing = sum(parses(problem, item.text) for item in result.items)
+        completions.append((problem, top, raw, len(result.items), shown_parsing, result.timings.total_ms))
+
+    def judge(entry):
+        problem, top, raw, shown, shown_parsing, latency = entry
+        passed_top = top is not None and run_python(program(problem, top), timeout).passed
+        passed_raw = passed_top if raw == top else run_python(program(problem, raw), timeout).passed
+        return Record(problem.task_id, passed_top, passed_raw, shown, shown_parsing, latency, top)
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        records = list(pool.map(judge, completions))
+    return records, score("", records)
+
+
+def score(subset: str, records: list[Record]) -> SubsetScore:
+    n = max(1, len(records))
+    latencies = sorted(r.latency_ms for r in records) or [0.0]
+    shown = sum(r.shown for r in records)
+    return SubsetScore(
+        subset=subset, problems=len(records),
+        pass_top=sum(r.passed_top for r in records) / n,
+        pass_raw=sum(r.passed_raw for r in records) / n,
+        shown_parse_share=(sum(r.shown_parsing for r in records) / shown) if shown else 1.0,
+        mean_ms=statistics.fmean(latencies),
+        p95_ms=latencies[min(len(latencies) - 1, round(0.95 * (len(latencies) - 1)))],
+    )
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--model", default="", help="checkpoint directory or cached hub id")
+    parser.add_argument("--engine", default="", metavar="SOCKET", help="use a running `infill-lsp engine`")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--context-tokens", type=int, default=1024)
+    parser.add_argument("--data", default=str(default_data_dir()), help="HumanEval-Infilling directory")
+    parser.add_argument("--subsets", default="single-line,multi-line,random-span-light",
+                        help=f"comma-separated, of: {', '.join(SUBSETS)}")
+    parser.add_argument("--limit", type=int, default=None, help="first N problems of each subset")
+    parser.add_argument("--candidates", type=int, default=4)
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--timeout", type=float, default=3.0, help="seconds per test run")
+    parser.add_argument("--workers", type=int, default=2, help="sandboxes run in parallel")
+    parser.add_argument("--json", help="write the scores and per-problem records here")
+
+
+def run(args) -> int:
+    from .engine import load_engine
+
+    settings = Settings(model=args.model, engine_address=args.engine, device=args.device, dtype=args.dtype,
+                        context_tokens=args.context_tokens)
+    data = Path(args.data)
+    names = [s.strip() for s in args.subsets.split(",") if s.strip()]
+    unknown = [n for n in names if n not in SUBSETS]
+    if unknown or not data.is_dir():
+        raise SystemExit(f"unknown subsets {unknown}" if unknown else f"no HumanEval-Infilling data at {data}")
+    engine = load_engine(settings.engine_config())
+    budget = Budget(candidates=args.candidates, max_middle_tokens=args.max_tokens, steps=args.steps)
+    scores, report = [], {"model": engine.info.model, "device": engine.info.device, "candidates": args.candidates,
+                          "max_tokens": args.max_tokens, "steps": args.steps, "seed": args.seed,
+                          "limit": args.limit, "subsets": {}}
+    for name in names:
+        problems = load_problems(data / SUBSETS[name], args.limit)
+        records, subset_score = evaluate(engine, problems, budget=budget, settings=settings, seed=args.seed,
+                                         timeout=args.timeout, workers=args.workers)
+        subset_score.subset = name
+        scores.append(subset_score)
+        report["subsets"][name] = {"score": msgspec.to_builtins(subset_score),
+                                   "records": msgspec.to_builtins(records)}
+    print(f"HumanEval-Infilling, model {engine.info.model} ({engine.info.device}), {args.candidates} candidates, "
+          f"{args.steps} steps, max {args.max_tokens} tokens")
+    print("| subset | problems | pass@1 top-ranked | pass@1 raw sample | shown that parse | mean ms | p95 ms |")
+    print("|---|---|---|---|---|---|---|")
+    for s in scores:
+        print(f"| {s.subset} | {s.problems} | {s.pass_top:.1%} | {s.pass_raw:.1%} | {s.shown_parse_share:.1%} "
+              f"| {s.mean_ms:.0f} | {s.p95_ms:.0f} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1))
+    return 0
