@@ -69,7 +69,7 @@ def test_known_good_scores_full_and_known_bad_scores_zero():
 
     def indented_exit(p):  # parses where the solution stands, fails its tests
         indent = p.canonical_solution[: len(p.canonical_solution) - len(p.canonical_solution.lstrip())]
-        return [(indent + "raise SystemExit(1)\n", -0.1)]
+        return [(indent + "raise SystemExit(1)\n" + p.canonical_solution, -0.1)]
 
     bad = ScriptedEngine(indented_exit)
     bad.register(problems)
