@@ -209,3 +209,15 @@ async def test_engine_that_comes_up_later_is_picked_up(tmp_path, monkeypatch):
         if daemon is not None:
             daemon.kill()
         await ed.close()
+
+
+async def test_full_document_sync_is_accepted_too(editor):
+    await editor.start(init_options={"invokedSteps": 2, "maxTokens": 4})
+    await editor.wait_ready()
+    editor.open(PLAIN_URI, "old text", "plaintext")
+    editor.replace_all(PLAIN_URI, 2, "brand new\nline two ()\n")  # a client that only does full sync
+    items = (await editor.complete(PLAIN_URI, 1, 10)).items
+    assert items
+    for item in items:
+        assert item.range.start == types.Position(1, 10) and item.range.end == types.Position(1, 11)
+        assert item.insert_text.endswith(")")
