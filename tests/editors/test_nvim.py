@@ -136,3 +136,16 @@ def test_typing_through_keeps_the_suggestion_without_a_request(nvim):
     assert wait(lambda: ghost(nvim)) == shown[1:]
     time.sleep(0.3)  # longer than the debounce: no new request went out
     assert status(nvim)["requests"] == requests
+
+
+def test_toggle_off_means_no_requests(nvim):
+    nvim.command("InfillToggle")
+    assert status(nvim)["enabled"] is False
+    requests = status(nvim)["requests"]
+    nvim.input("Gow = ")
+    wait(lambda: nvim.current.line == "w = ")
+    time.sleep(0.3)
+    assert status(nvim)["requests"] == requests and not ghost(nvim)
+    nvim.command("InfillToggle")
+    nvim.input("1")
+    assert wait(lambda: ghost(nvim))

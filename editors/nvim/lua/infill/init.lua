@@ -12,6 +12,7 @@ M.config = {
   cmd = { "infill-lsp", "serve" },
   filetypes = nil, -- nil: every buffer with a filetype
   debounce_ms = 75,
+  own_client = false, -- true: use this plugin's client even where vim.lsp.inline_completion exists (0.12+)
   settings = {}, -- sent as initializationOptions (candidates, maxTokens, steps, languages, model, engineAddress)
   keys = {
     accept = "<M-l>",
@@ -303,6 +304,33 @@ function M.setup(opts)
       }, { bufnr = args.buf })
     end,
   })
+  vim.api.nvim_create_user_command("InfillToggle", function()
+    state.enabled = not state.enabled
+    if not state.enabled then
+      M.dismiss()
+    end
+    if vim.lsp.inline_completion and not M.config.own_client then
+      vim.lsp.inline_completion.enable(state.enabled)
+    end
+    vim.notify("infill: " .. (state.enabled and "on" or "off"))
+  end, {})
+  vim.api.nvim_create_user_command("InfillStatus", function()
+    local s = M.status()
+    vim.notify(string.format("infill: %s, server %s, %d suggestion(s)", s.enabled and "on" or "off", s.status, s.items))
+  end, {})
+  if vim.lsp.inline_completion and not M.config.own_client then
+    -- Neovim 0.12+: the built-in client draws and cycles inline completions itself.
+    vim.lsp.inline_completion.enable(true)
+    local keys = M.config.keys
+    vim.keymap.set("i", keys.accept, function()
+      if not vim.lsp.inline_completion.get() then
+        return keys.accept
+      end
+    end, { expr = true, desc = "infill: accept" })
+    vim.keymap.set("i", keys.next, function() vim.lsp.inline_completion.select({ count = 1 }) end)
+    vim.keymap.set("i", keys.prev, function() vim.lsp.inline_completion.select({ count = -1 }) end)
+    return
+  end
   vim.api.nvim_create_autocmd({ "TextChangedI", "TextChangedP" }, { group = group, callback = schedule_request })
   vim.api.nvim_create_autocmd("CursorMovedI", {
     group = group,
@@ -329,17 +357,6 @@ function M.setup(opts)
     return had
   end)
 
-  vim.api.nvim_create_user_command("InfillToggle", function()
-    state.enabled = not state.enabled
-    if not state.enabled then
-      M.dismiss()
-    end
-    vim.notify("infill: " .. (state.enabled and "on" or "off"))
-  end, {})
-  vim.api.nvim_create_user_command("InfillStatus", function()
-    local s = M.status()
-    vim.notify(string.format("infill: %s, server %s, %d suggestion(s)", s.enabled and "on" or "off", s.status, s.items))
-  end, {})
 end
 
 return M
