@@ -33,6 +33,7 @@ class Settings(msgspec.Struct, frozen=True, rename="camel", forbid_unknown_field
     suffix_tokens: int = 16  # suffix head clamped into the canvas
     prefix_chars: int = 8000  # character windows cut before tokenizing (a 10 MB file never is)
     suffix_chars: int = 2000
+    seed: int | None = None  # fixed noise for reproducible suggestions (debugging, tests); None = fresh noise
 
     def enabled_for(self, language_id: str) -> bool:
         return self.languages.get(language_id, self.languages.get("*", True))

@@ -22,3 +22,9 @@ def test_wildcard_language_default_and_budgets():
     auto, invoked = settings.budget(False), settings.budget(True)
     assert auto.candidates == 4 and invoked.candidates == 8 and invoked.steps > auto.steps
     assert Settings(candidates=10_000).budget(False).candidates == 32
+
+
+def test_seed_setting():
+    assert Settings().seed is None
+    assert merge(Settings(), {"seed": 3}).seed == 3
+    assert merge(Settings(), {"seed": "x"}).seed is None

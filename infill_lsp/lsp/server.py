@@ -262,7 +262,7 @@ class InfillServer(LanguageServer):
         try:
             return pipeline.complete(
                 engine, text, offset, language_id=language_id, path=unquote(uri),
-                settings=self.settings, budget=self.settings.budget(invoked), cancel=token,
+                settings=self.settings, budget=self.settings.budget(invoked), cancel=token, seed=self.settings.seed,
             )
         except Cancelled:
             self.stats["engine_cancelled"] += 1  # the model stopped early, not just the reply
