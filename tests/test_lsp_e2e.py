@@ -48,6 +48,8 @@ async def test_full_round_trip_open_change_complete_accept(editor):
     stats = await editor.wait_ready()
     assert stats["engineReady"], stats
     assert any(s["state"] == "loading" for s in editor.statuses)
+    percents = [s["percent"] for s in editor.statuses if "percent" in s]
+    assert percents and percents == sorted(percents) and percents[-1] == 100
     assert editor.progress, "model loading is reported with workDoneProgress"
     text = "first line\nsecond (\n"
     editor.open(PLAIN_URI, text, "plaintext")

@@ -96,11 +96,13 @@ class InfillServer(LanguageServer):
         log.warning("ignored a message the server could not handle: %s", error)
 
     # -- status ------------------------------------------------------------------------------
-    def set_status(self, state: str, message: str | None = None) -> None:
+    def set_status(self, state: str, message: str | None = None, percent: int | None = None) -> None:
         self.state = state
         payload: dict[str, Any] = {"state": state}
         if message:
             payload["message"] = message
+        if percent is not None:
+            payload["percent"] = percent
         try:
             self.protocol.notify(STATUS, payload)
         except Exception:  # no client attached (unit tests) or the transport is gone
@@ -132,6 +134,7 @@ class InfillServer(LanguageServer):
         loop = asyncio.get_running_loop()
 
         def progress(message: str, percent: int) -> None:
+            loop.call_soon_threadsafe(self.set_status, "loading", message, percent)  # for status bars
             if reporter:
                 loop.call_soon_threadsafe(reporter, message, percent)
 

@@ -154,3 +154,10 @@ def test_toggle_off_means_no_requests(nvim):
     nvim.command("InfillToggle")
     nvim.input("1")
     assert wait(lambda: ghost(nvim))
+
+
+def test_status_command_reports_the_server_state(nvim):
+    messages = nvim.exec_lua(
+        'local out = {}; local notify = vim.notify; vim.notify = function(m) table.insert(out, m) end;'
+        'vim.cmd("InfillStatus"); vim.notify = notify; return out')
+    assert messages == ["infill: on, server idle, 0 suggestion(s)"]

@@ -3,13 +3,17 @@ import * as path from "path";
 import * as vscode from "vscode";
 import { LanguageClient, LanguageClientOptions, ServerOptions, TransportKind } from "vscode-languageclient/node";
 import {
+  advance,
   DEFAULTS,
+  didPartiallyAcceptParams,
   didShowParams,
   itemId,
   missingServerMessage,
+  partialAcceptance,
   ServerState,
   serverSettings,
   Settings,
+  Shown,
   statusText,
   statusTooltip,
 } from "./logic";
@@ -18,6 +22,7 @@ let client: LanguageClient | undefined;
 let status: vscode.StatusBarItem;
 let output: vscode.LogOutputChannel;
 let enabled = true;
+let shown: Shown | undefined;
 
 function readSettings(): Settings {
   const c = vscode.workspace.getConfiguration("infill");
@@ -34,8 +39,8 @@ function readSettings(): Settings {
   };
 }
 
-function setState(state: ServerState, detail?: string): void {
-  status.text = statusText(state, detail);
+function setState(state: ServerState, detail?: string, percent?: number): void {
+  status.text = statusText(state, detail, percent);
   status.tooltip = statusTooltip(state, detail);
 }
 
@@ -65,19 +70,42 @@ async function start(context: vscode.ExtensionContext): Promise<void> {
         if (!enabled) return undefined;
         const result = await next(document, position, ctx, token);
         const items = Array.isArray(result) ? result : result?.items;
-        const id = itemId(items?.[0]?.command);
+        const first = items?.[0];
+        const id = itemId(first?.command);
         // VS Code's stable API does not report which item is shown; the first is shown first.
-        if (id && client) void client.sendNotification("infill/didShowCompletion", didShowParams(id));
+        if (id && client && first && typeof first.insertText === "string") {
+          void client.sendNotification("infill/didShowCompletion", didShowParams(id));
+          const start = first.range ? first.range.start : position;
+          shown = { uri: document.uri.toString(), line: start.line, character: start.character, text: first.insertText, id };
+        }
         return result;
       },
     },
   };
   client = new LanguageClient("infill", "infill-lsp", serverOptions, clientOptions);
-  client.onNotification("infill/status", (params: { state: ServerState; message?: string }) =>
-    setState(enabled ? params.state : "off", params.message),
+  client.onNotification("infill/status", (params: { state: ServerState; message?: string; percent?: number }) =>
+    setState(enabled ? params.state : "off", params.message, params.percent),
   );
   await client.start();
   context.subscriptions.push(
+    vscode.workspace.onDidChangeTextDocument((event) => {
+      for (const change of event.contentChanges) {
+        const edit = {
+          uri: event.document.uri.toString(),
+          line: change.range.start.line,
+          character: change.range.start.character,
+          text: change.text,
+          rangeLength: change.rangeLength,
+        };
+        const accepted = partialAcceptance(shown, edit);
+        if (accepted !== undefined && shown && client) {
+          void client.sendNotification("infill/didPartiallyAcceptCompletion", didPartiallyAcceptParams(shown.id, accepted));
+          shown = advance(shown, change.text);
+        } else if (shown && edit.uri === shown.uri) {
+          shown = undefined; // the user went elsewhere
+        }
+      }
+    }),
     vscode.workspace.onDidChangeConfiguration((event) => {
       if (event.affectsConfiguration("infill") && client) {
         void client.sendNotification("workspace/didChangeConfiguration", {

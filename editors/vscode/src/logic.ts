@@ -81,3 +81,29 @@ export function didShowParams(id: string): { id: string } {
 export function didPartiallyAcceptParams(id: string, acceptedLength: number): { id: string; acceptedLength: number } {
   return { id, acceptedLength: Math.max(0, Math.floor(acceptedLength)) };
 }
+
+/** The suggestion on screen, as far as the stable API lets the extension know (the first item). */
+export type Shown = { uri: string; line: number; character: number; text: string; id: string };
+
+export type Insertion = { uri: string; line: number; character: number; text: string; rangeLength: number };
+
+/**
+ * VS Code's stable API does not report partial acceptance, but its effect is visible: accept
+ * word / accept line insert several characters at the suggestion's position that begin the
+ * suggestion. A single character is typing; the whole suggestion arrives through the item's
+ * command. Returns the accepted length, or undefined when the edit is not a partial accept.
+ */
+export function partialAcceptance(shown: Shown | undefined, edit: Insertion): number | undefined {
+  if (!shown || edit.uri !== shown.uri || edit.rangeLength !== 0) return undefined;
+  if (edit.line !== shown.line || edit.character !== shown.character) return undefined;
+  if (edit.text.length < 2 || edit.text.length >= shown.text.length) return undefined;
+  return shown.text.startsWith(edit.text) ? edit.text.length : undefined;
+}
+
+/** Where the rest of the suggestion stands after `accepted` characters of it went in. */
+export function advance(shown: Shown, accepted: string): Shown {
+  const lines = accepted.split("\n");
+  const line = shown.line + lines.length - 1;
+  const character = (lines.length === 1 ? shown.character : 0) + lines[lines.length - 1].length;
+  return { ...shown, line, character, text: shown.text.slice(accepted.length) };
+}

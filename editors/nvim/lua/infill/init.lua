@@ -265,7 +265,7 @@ end
 
 function M.status()
   return { enabled = state.enabled, status = state.status, items = #state.items, index = state.index,
-           requests = state.requests }
+           requests = state.requests, percent = state.percent, message = state.message }
 end
 
 local function map(lhs, fn)
@@ -299,6 +299,8 @@ function M.setup(opts)
         handlers = {
           ["infill/status"] = function(_, result)
             state.status = result and result.state or state.status
+            state.percent = result and result.percent
+            state.message = result and result.message
           end,
         },
       }, { bufnr = args.buf })
@@ -316,7 +318,10 @@ function M.setup(opts)
   end, {})
   vim.api.nvim_create_user_command("InfillStatus", function()
     local s = M.status()
-    vim.notify(string.format("infill: %s, server %s, %d suggestion(s)", s.enabled and "on" or "off", s.status, s.items))
+    local detail = s.status == "loading" and s.percent and string.format(" %d%%", s.percent)
+      or (s.status == "error" and s.message and (": " .. s.message)) or ""
+    vim.notify(string.format("infill: %s, server %s%s, %d suggestion(s)", s.enabled and "on" or "off", s.status,
+      detail, s.items))
   end, {})
   if vim.lsp.inline_completion and not M.config.own_client then
     -- Neovim 0.12+: the built-in client draws and cycles inline completions itself.

@@ -1,11 +1,13 @@
 import assert from "node:assert/strict";
 import test from "node:test";
 import {
+  advance,
   DEFAULTS,
   didPartiallyAcceptParams,
   didShowParams,
   itemId,
   missingServerMessage,
+  partialAcceptance,
   serverSettings,
   statusText,
   statusTooltip,
@@ -49,4 +51,20 @@ test("telemetry payloads", () => {
   assert.deepEqual(didShowParams("3.1"), { id: "3.1" });
   assert.deepEqual(didPartiallyAcceptParams("3.1", 4.7), { id: "3.1", acceptedLength: 4 });
   assert.deepEqual(didPartiallyAcceptParams("3.1", -2), { id: "3.1", acceptedLength: 0 });
+});
+
+test("partial acceptance is a multi-character insertion that begins the shown suggestion", () => {
+  const shown = { uri: "file:///a.py", line: 3, character: 8, text: "total += value\n    return total", id: "1.0" };
+  const at = { uri: "file:///a.py", line: 3, character: 8, rangeLength: 0 };
+  assert.equal(partialAcceptance(shown, { ...at, text: "total " }), 6); // accept word
+  assert.equal(partialAcceptance(shown, { ...at, text: "total += value\n" }), 15); // accept line
+  assert.equal(partialAcceptance(shown, { ...at, text: "t" }), undefined); // typing
+  assert.equal(partialAcceptance(shown, { ...at, text: "tota1" }), undefined); // not the suggestion
+  assert.equal(partialAcceptance(shown, { ...at, text: shown.text }), undefined); // full accept: the command
+  assert.equal(partialAcceptance(shown, { ...at, character: 9, text: "otal" }), undefined); // elsewhere
+  assert.equal(partialAcceptance(undefined, { ...at, text: "total" }), undefined);
+  const rest = advance(shown, "total += value\n");
+  assert.deepEqual([rest.line, rest.character, rest.text], [4, 0, "    return total"]);
+  const word = advance(shown, "total ");
+  assert.deepEqual([word.line, word.character, word.text], [3, 14, "+= value\n    return total"]);
 });
