@@ -13,7 +13,9 @@ from __future__ import annotations
 import ast
 import gzip
 import json
+import logging
 import statistics
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -23,6 +25,8 @@ from . import pipeline, rank
 from .config import Settings
 from .sandbox import run_python
 from .types import Budget
+
+log = logging.getLogger(__name__)
 
 SUBSETS = {
     "single-line": "HumanEval-SingleLineInfilling.jsonl.gz",
@@ -49,6 +53,7 @@ class Record(msgspec.Struct):
     shown_parsing: int
     latency_ms: float
     top: str | None
+    error: str | None = None  # the pipeline raised on this problem (counted as a fail)
 
 
 class SubsetScore(msgspec.Struct):
@@ -56,9 +61,15 @@ class SubsetScore(msgspec.Struct):
     problems: int
     pass_top: float
     pass_raw: float
-    shown_parse_share: float
+    shown_parse_share: float | None  # None when nothing was shown at all
     mean_ms: float
     p95_ms: float
+    passed_top_count: int = 0
+    passed_raw_count: int = 0
+    shown: int = 0  # suggestions shown, all problems together
+    shown_parsing: int = 0
+    no_suggestion: int = 0  # problems where nothing was shown
+    errors: int = 0
 
 
 def default_data_dir() -> Path:
@@ -89,22 +100,45 @@ def parses(problem: Problem, middle: str) -> bool:
 
 def evaluate(engine, problems: list[Problem], *, budget: Budget, settings: Settings = Settings(),
              seed: int | None = 0, timeout: float = 3.0, workers: int = 2) -> tuple[list[Record], SubsetScore]:
-    """Complete every problem (sequentially: one model), then test the answers in parallel sandboxes."""
+    """Complete every problem (sequentially: one model), then test the answers in parallel sandboxes.
+
+    A problem whose completion raises counts as a fail with its error recorded; an engine that
+    is unavailable (daemon gone) stops the run.
+    """
+    from .engine import EngineUnavailable
+
     completions = []
-    for problem in problems:
+    started = last_report = time.perf_counter()
+    for i, problem in enumerate(problems):
         text = problem.prompt + problem.suffix
-        result = pipeline.complete(engine, text, len(problem.prompt), language_id="python", settings=settings,
-                                   budget=budget, seed=seed)
+        t0 = time.perf_counter()
+        try:
+            result = pipeline.complete(engine, text, len(problem.prompt), language_id="python", settings=settings,
+                                       budget=budget, seed=seed)
+        except EngineUnavailable:
+            raise
+        except Exception as exc:  # one bad problem must not lose the whole run
+            log.warning("%s: completion failed: %r", problem.task_id, exc)
+            completions.append((problem, None, None, 0, 0, (time.perf_counter() - t0) * 1e3, repr(exc)))
+            continue
         top = result.items[0].text if result.items else None
-        raw = rank.clean(result.raw[0].text, problem.suffix) if result.raw else ""
+        raw = rank.clean(result.raw[0].text, problem.suffix) if result.raw else None
         shown_parsing = sum(parses(problem, item.text) for item in result.items)
-        completions.append((problem, top, raw, len(result.items), shown_parsing, result.timings.total_ms))
+        completions.append((problem, top, raw, len(result.items), shown_parsing, result.timings.total_ms, None))
+        if time.perf_counter() - last_report > 30:
+            last_report = time.perf_counter()
+            log.info("completed %d/%d problems in %.0f s", i + 1, len(problems), last_report - started)
 
     def judge(entry):
-        problem, top, raw, shown, shown_parsing, latency = entry
+        problem, top, raw, shown, shown_parsing, latency, error = entry
         passed_top = top is not None and run_python(program(problem, top), timeout).passed
-        passed_raw = passed_top if raw == top else run_python(program(problem, raw), timeout).passed
-        return Record(problem.task_id, passed_top, passed_raw, shown, shown_parsing, latency, top)
+        if raw is None:  # the engine returned nothing at all
+            passed_raw = False
+        elif raw == top:
+            passed_raw = passed_top
+        else:
+            passed_raw = run_python(program(problem, raw), timeout).passed
+        return Record(problem.task_id, passed_top, passed_raw, shown, shown_parsing, latency, top, error)
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         records = list(pool.map(judge, completions))
@@ -119,10 +153,20 @@ def score(subset: str, records: list[Record]) -> SubsetScore:
         subset=subset, problems=len(records),
         pass_top=sum(r.passed_top for r in records) / n,
         pass_raw=sum(r.passed_raw for r in records) / n,
-        shown_parse_share=(sum(r.shown_parsing for r in records) / shown) if shown else 1.0,
+        shown_parse_share=(sum(r.shown_parsing for r in records) / shown) if shown else None,
         mean_ms=statistics.fmean(latencies),
         p95_ms=latencies[min(len(latencies) - 1, round(0.95 * (len(latencies) - 1)))],
+        passed_top_count=sum(r.passed_top for r in records),
+        passed_raw_count=sum(r.passed_raw for r in records),
+        shown=shown,
+        shown_parsing=sum(r.shown_parsing for r in records),
+        no_suggestion=sum(r.shown == 0 for r in records),
+        errors=sum(r.error is not None for r in records),
     )
+
+
+def _percent(share: float | None) -> str:
+    return "n/a" if share is None else f"{share:.1%}"
 
 
 def add_arguments(parser) -> None:
@@ -152,28 +196,38 @@ def run(args) -> int:
     data = Path(args.data)
     names = [s.strip() for s in args.subsets.split(",") if s.strip()]
     unknown = [n for n in names if n not in SUBSETS]
-    if unknown or not data.is_dir():
-        raise SystemExit(f"unknown subsets {unknown}" if unknown else f"no HumanEval-Infilling data at {data}")
-    engine = load_engine(settings.engine_config())
+    if unknown:
+        raise SystemExit(f"unknown subsets {unknown}; known: {', '.join(SUBSETS)}")
+    missing = [str(data / SUBSETS[n]) for n in names if not (data / SUBSETS[n]).is_file()]
+    if missing:
+        raise SystemExit(f"no HumanEval-Infilling data: {', '.join(missing)} (--data DIR)")
     budget = Budget(candidates=args.candidates, max_middle_tokens=args.max_tokens, steps=args.steps)
-    scores, report = [], {"model": engine.info.model, "device": engine.info.device, "candidates": args.candidates,
-                          "max_tokens": args.max_tokens, "steps": args.steps, "seed": args.seed,
-                          "limit": args.limit, "subsets": {}}
-    for name in names:
-        problems = load_problems(data / SUBSETS[name], args.limit)
-        records, subset_score = evaluate(engine, problems, budget=budget, settings=settings, seed=args.seed,
-                                         timeout=args.timeout, workers=args.workers)
-        subset_score.subset = name
-        scores.append(subset_score)
-        report["subsets"][name] = {"score": msgspec.to_builtins(subset_score),
-                                   "records": msgspec.to_builtins(records)}
+    engine = load_engine(settings.engine_config())
+    try:
+        scores, report = [], {"model": engine.info.model, "device": engine.info.device, "dtype": engine.info.dtype,
+                              "candidates": args.candidates, "max_tokens": args.max_tokens, "steps": args.steps,
+                              "seed": args.seed, "limit": args.limit, "timeout": args.timeout, "subsets": {}}
+        for name in names:
+            problems = load_problems(data / SUBSETS[name], args.limit)
+            records, subset_score = evaluate(engine, problems, budget=budget, settings=settings, seed=args.seed,
+                                             timeout=args.timeout, workers=args.workers)
+            subset_score.subset = name
+            scores.append(subset_score)
+            report["subsets"][name] = {"score": msgspec.to_builtins(subset_score),
+                                       "records": msgspec.to_builtins(records)}
+    finally:
+        engine.close()
     print(f"HumanEval-Infilling, model {engine.info.model} ({engine.info.device}), {args.candidates} candidates, "
-          f"{args.steps} steps, max {args.max_tokens} tokens")
-    print("| subset | problems | pass@1 top-ranked | pass@1 raw sample | shown that parse | mean ms | p95 ms |")
-    print("|---|---|---|---|---|---|---|")
+          f"{args.steps} steps, max {args.max_tokens} tokens, seed {args.seed}")
+    print("| subset | problems | pass@1 top-ranked | pass@1 raw sample | shown that parse | no suggestion "
+          "| mean ms | p95 ms |")
+    print("|---|---|---|---|---|---|---|---|")
     for s in scores:
-        print(f"| {s.subset} | {s.problems} | {s.pass_top:.1%} | {s.pass_raw:.1%} | {s.shown_parse_share:.1%} "
-              f"| {s.mean_ms:.0f} | {s.p95_ms:.0f} |")
+        print(f"| {s.subset} | {s.problems} | {s.pass_top:.1%} ({s.passed_top_count}) "
+              f"| {s.pass_raw:.1%} ({s.passed_raw_count}) | {_percent(s.shown_parse_share)} ({s.shown_parsing}/{s.shown}) "
+              f"| {s.no_suggestion} | {s.mean_ms:.0f} | {s.p95_ms:.0f} |")
+        if s.errors:
+            print(f"  {s.subset}: {s.errors} problems failed to complete (see the log / JSON records)")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
     return 0

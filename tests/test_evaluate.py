@@ -31,6 +31,33 @@ def test_sandbox_pass_fail_timeout_and_hostile_programs(tmp_path):
     assert "TRANSFORMERS_OFFLINE" in os.environ  # the evaluator's environment is untouched
 
 
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    try:  # killed but not yet reaped by whoever inherited it
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except OSError:
+        return True
+
+
+def test_sandbox_limits_memory_and_kills_what_the_program_started():
+    memory = run_python("x = bytearray(8 << 30)")
+    assert not memory.passed and not memory.timed_out and "MemoryError" in memory.stderr_tail
+    spawner = run_python("import subprocess, sys\n"
+                         "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+                         "sys.stderr.write('child %d\\n' % child.pid)\n")
+    assert spawner.passed
+    pid = int(spawner.stderr_tail.split("child ")[1].split()[0])
+    deadline = time.monotonic() + 5
+    while not _gone(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _gone(pid)  # the whole process group went, not just the program
+    hostile = run_python("import os\nos.close(0)\nos.close(1)\nos.close(2)\nraise SystemExit(3)")
+    assert hostile.returncode == 3 and not hostile.passed
+
+
 class ScriptedEngine:
     """Answers each problem with a fixed function of the problem (known-good or known-bad)."""
 
@@ -83,7 +110,68 @@ def test_scores_with_no_suggestion_count_as_fail():
     empty = ScriptedEngine(lambda p: [("(", -0.1)])  # never parses: nothing is shown
     empty.register([problem])
     records, score = evaluate.evaluate(empty, [problem], budget=Budget(candidates=1))
-    assert records[0].top is None and score.pass_top == 0.0 and score.shown_parse_share == 1.0
+    assert records[0].top is None and score.pass_top == 0.0 and score.shown_parse_share is None
+    assert score.no_suggestion == 1 and score.shown == 0 and not records[0].passed_raw
+
+
+def _toy(n: int) -> Problem:
+    return Problem(task_id=f"t/{n}", entry_point="f", prompt=f"def f():\n    # problem {n}\n    return ",
+                   suffix="\n", canonical_solution=str(n), test=f"def check(f):\n    assert f() == {n}\n")
+
+
+def test_counts_errors_and_empty_engine_output():
+    problems = [_toy(n) for n in range(4)]
+
+    def answer(p):
+        n = int(p.task_id.split("/")[1])
+        if n == 1:
+            raise RuntimeError("model blew up")
+        if n == 2:
+            return []  # the engine returned no candidates at all
+        if n == 3:
+            return [("99", -0.1), (str(n), -0.2)]  # wrong first, right second: top is the wrong one
+        return [(str(n), -0.1)]
+
+    engine = ScriptedEngine(answer)
+    engine.register(problems)
+    records, score = evaluate.evaluate(engine, problems, budget=Budget(candidates=2), workers=3)
+    by_id = {r.task_id: r for r in records}
+    assert [r.task_id for r in records] == [p.task_id for p in problems]  # input order kept
+    assert by_id["t/0"].passed_top and by_id["t/0"].passed_raw and by_id["t/0"].error is None
+    assert not by_id["t/1"].passed_top and "model blew up" in by_id["t/1"].error
+    assert by_id["t/2"].shown == 0 and not by_id["t/2"].passed_raw
+    assert by_id["t/3"].shown == 2 and by_id["t/3"].top == "99" and not by_id["t/3"].passed_top
+    assert score.problems == 4 and score.passed_top_count == 1 and score.pass_top == 0.25
+    assert score.passed_raw_count == 1 and score.errors == 1 and score.no_suggestion == 2
+    assert score.shown == 3 and score.shown_parsing == 3 and score.shown_parse_share == 1.0
+    assert score.mean_ms >= 0 and max(r.latency_ms for r in records) >= score.p95_ms >= 0
+
+
+def test_an_unavailable_engine_stops_the_run():
+    from infill_lsp.engine import EngineUnavailable
+
+    def answer(p):
+        raise EngineUnavailable("daemon gone")
+
+    engine = ScriptedEngine(answer)
+    engine.register([_toy(0)])
+    with pytest.raises(EngineUnavailable):
+        evaluate.evaluate(engine, [_toy(0)], budget=Budget(candidates=1))
+
+
+def test_cli_options_and_bad_subsets(tmp_path):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    evaluate.add_arguments(parser)
+    args = parser.parse_args([])
+    assert args.subsets == "single-line,multi-line,random-span-light" and args.candidates == 4
+    assert args.timeout == 3.0 and args.workers == 2 and args.model == "" and args.limit is None
+    assert Path(args.data) == DATA
+    with pytest.raises(SystemExit, match="unknown subsets"):
+        evaluate.run(parser.parse_args(["--subsets", "nope"]))
+    with pytest.raises(SystemExit, match="no HumanEval-Infilling data"):
+        evaluate.run(parser.parse_args(["--data", str(tmp_path)]))
 
 
 @needs_data
@@ -100,5 +188,18 @@ def test_eval_command_with_the_tiny_model(tmp_path):
     assert "| single-line | 2 |" in proc.stdout and "| random-span-light | 2 |" in proc.stdout
     report = json.loads(out.read_text())
     assert set(report["subsets"]) == {"single-line", "multi-line", "random-span-light"}
+    assert report["candidates"] == 4 and report["steps"] == 2 and report["max_tokens"] == 8
+    assert report["limit"] == 2 and report["seed"] == 0 and report["model"]
     for subset in report["subsets"].values():
-        assert subset["score"]["problems"] == 2 and len(subset["records"]) == 2
+        score = subset["score"]
+        assert score["problems"] == 2 and len(subset["records"]) == 2
+        for key in ("pass_top", "pass_raw"):
+            assert 0.0 <= score[key] <= 1.0
+        share = score["shown_parse_share"]
+        assert (share is None) if score["shown"] == 0 else (0.0 <= share <= 1.0)
+        assert score["shown_parsing"] <= score["shown"] and 0 <= score["no_suggestion"] <= 2
+        assert score["mean_ms"] > 0 and score["p95_ms"] >= 0 and score["errors"] == 0
+        for record in subset["records"]:
+            assert "HumanEval/" in record["task_id"] and record["latency_ms"] > 0
+            assert 0 <= record["shown"] <= 4 and isinstance(record["passed_top"], bool)
+            assert record["passed_top"] is False or record["shown"] > 0
