@@ -2,10 +2,13 @@
 
 Valid before invalid (invalid ones only when the user asks), then the model's own score;
 empty and duplicate suggestions are dropped, and text the document already has right after
-the cursor is not suggested again.
+the cursor is not suggested again. Nothing unreadable is shown: a candidate is cut before its
+first character an editor cannot draw as text (see `readable`).
 """
 
 from __future__ import annotations
+
+import re
 
 import msgspec
 
@@ -13,6 +16,16 @@ from .syntax import Validation
 from .types import Candidate
 
 _OVERLAP_LIMIT = 200  # characters of the suffix's first line compared for overlap
+
+# What no suggestion may contain. Control characters other than tab and newline (C0, DEL, C1;
+# a carriage return once CRLF is folded to a newline); U+FFFD, which is what a byte-level BPE
+# token sequence cut inside a multi-byte UTF-8 character decodes to; lone surrogates (half of a
+# UTF-16 pair); the line and paragraph separators, which some editors break lines at and LSP
+# positions do not count; bidirectional overrides and isolates, which make code read other
+# than it runs ("Trojan Source"); the noncharacters U+FFFE and U+FFFF.
+UNREADABLE = re.compile(
+    r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff\u2028\u2029\u202a-\u202e\u2066-\u2069\ufffd\ufffe\uffff]"
+)
 
 
 class Ranked(msgspec.Struct, frozen=True):
@@ -23,8 +36,20 @@ class Ranked(msgspec.Struct, frozen=True):
     checked: bool = True
 
 
+def readable(text: str) -> str:
+    """`text` up to its first unreadable character (a split token, a control character...).
+
+    Cut rather than dropped: what comes before is usually good (a middle whose last token ends
+    inside a multi-byte character loses only that character); validation then judges the rest.
+    """
+    text = text.replace("\r\n", "\n")
+    match = UNREADABLE.search(text)
+    return text if match is None else text[: match.start()]
+
+
 def clean(text: str, suffix: str) -> str:
     """What a user should see of a middle, given the text after the cursor."""
+    text = readable(text)
     ends_line = suffix[:1] in ("", "\n", "\r") or not suffix.strip()
     lines = text.split("\n")
     lines = [line.rstrip() for line in lines[:-1]] + [lines[-1].rstrip() if ends_line else lines[-1]]
@@ -56,7 +81,7 @@ def rank(candidates: list[Candidate], validations: list[Validation], show_invali
     ranked = [
         Ranked(text=v.text, score=c.score, valid=v.valid, truncated=v.truncated, checked=v.checked)
         for c, v in zip(candidates, validations)
-        if v.text.strip() and (v.valid or show_invalid)
+        if v.text.strip() and (v.valid or show_invalid) and not UNREADABLE.search(v.text)
     ]
     ranked.sort(key=lambda r: (not r.valid, -r.score))
     seen: set[str] = set()

@@ -1,4 +1,4 @@
-from infill_lsp.rank import Ranked, clean, rank
+from infill_lsp.rank import UNREADABLE, Ranked, clean, rank, readable
 from infill_lsp.syntax import Validation
 from infill_lsp.types import Candidate
 
@@ -43,3 +43,40 @@ def test_valid_first_then_score_dedupe_and_drop_empty():
 def test_truncated_text_is_what_is_ranked():
     ranked = rank([_c("x\nbad(", -0.3)], [_v("x", truncated=True)])
     assert ranked == [Ranked(text="x", score=-0.3, valid=True, truncated=True)]
+
+
+# -- nothing unreadable is shown --------------------------------------------------------------
+
+UNREADABLE_SAMPLES = ["\ufffd", "\x00", "\x07", "\x1b", "\r", "\x7f", "\x85", "\ud83d", "\udc00", "\u2028",
+                      "\u202e", "\u2066", "\uffff", "\x0b", "\x0c"]
+
+
+def test_a_split_multibyte_character_is_cut_off_not_the_candidate():
+    # a middle whose last byte-level token ends inside "é" (0xC3 0xA9) decodes with U+FFFD at its end
+    split = b"name = 'caf\xc3".decode("utf-8", errors="replace")
+    assert split.endswith("\ufffd")
+    assert readable(split) == "name = 'caf"
+    assert clean(split, "'\n") == "name = 'caf"
+    assert readable("x\ufffd\ufffd + 1") == "x"  # cut before the first one, whatever follows
+
+
+def test_every_unreadable_character_cuts_the_candidate_before_it():
+    for bad in UNREADABLE_SAMPLES:
+        assert UNREADABLE.search(bad), repr(bad)
+        assert readable("ok" + bad + "tail") == "ok", repr(bad)
+        assert clean("ok" + bad + "tail\nmore", "\n") == "ok", repr(bad)
+        assert clean(bad + "tail", "\n") == "", repr(bad)  # nothing readable left: empty, dropped later
+
+
+def test_readable_text_is_untouched_and_crlf_becomes_a_newline():
+    text = "s = 'naïve café 😀 日本'\n\tif x:\n\t\treturn  y"
+    assert readable(text) == text
+    assert readable("a = 1\r\nb = 2") == "a = 1\nb = 2"  # not a bare carriage return
+    assert clean("a = 1\r\nb = 2\r\n", "\n") == "a = 1\nb = 2"
+    assert readable("a = 1\rb = 2") == "a = 1"  # a bare one is
+
+
+def test_rank_never_returns_unreadable_text_even_when_handed_some():
+    candidates = [_c("ok\x00no", -0.1), _c("fine", -0.2), _c("bad\ufffd", -0.05)]
+    validations = [_v("ok\x00no"), _v("fine"), _v("bad\ufffd")]
+    assert [r.text for r in rank(candidates, validations, show_invalid=True)] == ["fine"]
