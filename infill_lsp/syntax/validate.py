@@ -1,21 +1,32 @@
 """Is a candidate syntactically possible here? tree-sitter says, cheaply.
 
-A candidate is valid when `prefix + candidate + suffix` has no more ERROR/MISSING nodes than
-`prefix + suffix` (the document as it stands, which may already be broken while typing).
+When the document around the cursor parses, a candidate is valid when `prefix + candidate +
+suffix` still parses (no ERROR or MISSING node), and, for Python, CPython still compiles it.
+
+When it is already broken (the user is typing, or half-written code sits elsewhere), counting
+errors is not enough: tree-sitter's recovery folds garbage into an ERROR node that was there
+anyway, so the count does not move. There:
+  1. the region is first narrowed to the nearest top-level lines around the cursor whose text
+     parses; the broken code is then outside, and the strict rule above applies;
+  2. failing that, a candidate is valid when it makes the region parse (and compile), or when
+     no ERROR or MISSING node of the edited region touches the inserted bytes and every one of
+     them is an error the region already had, in the same place. An error that already covered
+     the cursor covers every candidate too, and one whose recovery the candidate moves (it
+     consumed the candidate to close something earlier) cannot tell a good candidate from
+     garbage: then only a candidate that repairs the region is shown.
 
 Cost: the comparison is made on a region around the cursor, cut at top-level lines (a line
 that starts without indentation) about BEFORE bytes before and AFTER bytes after it; smaller
-documents are checked whole. tree-sitter's error recovery is local, so the counts compare the same way,
+documents are checked whole. tree-sitter's error recovery is local, so the verdicts agree,
 and checking 8 candidates stays cheap in a file of any size (Python's indentation scanner
 defeats most subtree reuse, so a whole-file incremental reparse still costs milliseconds per
-candidate). The region's baseline is parsed once per request; each candidate is an insertion
-edit on a copy of that tree plus an incremental reparse, and errors are counted only inside
-subtrees flagged `has_error`.
+candidate). The region's baseline is parsed once per request (a broken one a few more times,
+to narrow it); each candidate is an insertion edit on a copy of that tree plus an incremental
+reparse, and errors are looked for only inside subtrees flagged `has_error`.
 """
 
 from __future__ import annotations
 
-import ast
 import logging
 import re
 import threading
@@ -87,27 +98,41 @@ def region_end(after: bytes, radius: int) -> int:
     return newline + 1 if newline >= 0 else radius
 
 
-def count_errors(node: tree_sitter.Node) -> int:
-    """ERROR and MISSING nodes, visiting only subtrees that contain one."""
+def error_nodes(node: tree_sitter.Node) -> list[tuple[str, int, int]]:
+    """(kind, start byte, end byte) of every ERROR and MISSING node, visiting only subtrees that
+    contain one. The kind is "ERROR", or the missing token's type."""
     if not node.has_error:
-        return 0
-    count, stack = 0, [node]
+        return []
+    found, stack = [], [node]
     while stack:
         current = stack.pop()
         if current.is_error or current.is_missing:
-            count += 1
+            found.append(("ERROR" if current.is_error else current.type, current.start_byte, current.end_byte))
         stack.extend(child for child in current.children if child.has_error or child.is_missing)
-    return count
+    return found
+
+
+def count_errors(node: tree_sitter.Node) -> int:
+    """ERROR and MISSING nodes, visiting only subtrees that contain one."""
+    return len(error_nodes(node))
+
+
+def _touches(start: int, end: int, lo: int, hi: int) -> bool:
+    """Does a node over [start, end) touch the inserted bytes [lo, hi)? An empty one (a MISSING
+    token) does when it sits inside them or at either end: a bracket the insertion left open
+    is missing right after it."""
+    return start < hi and end > lo if end > start else lo <= start <= hi
 
 
 def python_compiles(source: bytes) -> bool:
-    """CPython's own parser (parse only, nothing runs): stricter than tree-sitter about indentation."""
+    """CPython's own compiler (nothing runs): stricter than tree-sitter about indentation, and it
+    knows what may stand where (`return` outside a function, `break` outside a loop)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ast.parse(source)
+            compile(source, "<region>", "exec", dont_inherit=True)
         return True
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
+    except Exception:  # SyntaxError mostly; ValueError (NUL bytes), RecursionError, MemoryError
         return False
 
 
@@ -117,33 +142,56 @@ STRICT_PARSERS = {"python": python_compiles}
 class RegionChecker:
     """The region around the cursor, parsed once; candidates are checked as insertions into it.
 
-    Where a language has a stricter parser of its own (Python: `ast`), a candidate must also
+    Where a language has a stricter parser of its own (Python: `compile`), a candidate must also
     keep the region accepted by it whenever the region was accepted before.
     """
 
-    def __init__(self, parser: tree_sitter.Parser, before: bytes, after: bytes, language: str = ""):
+    def __init__(self, parser: tree_sitter.Parser, before: bytes, after: bytes, language: str = "",
+                 tree: tree_sitter.Tree | None = None):
         self.parser = parser
         self.at = len(before)
         self.data = before + after
-        self.tree = parser.parse(self.data)
+        self.tree = tree if tree is not None else parser.parse(self.data)
+        self.baseline_errors = set(error_nodes(self.tree.root_node))
         self.errors = count_errors(self.tree.root_node)
         strict = STRICT_PARSERS.get(language)
+        self.repair_check = strict  # a broken region is "repaired" only when this accepts it too
         self.strict = strict if strict is not None and strict(self.data) else None
 
-    def errors_with(self, inserted: bytes) -> int:
+    def _edited(self, inserted: bytes) -> tuple[bytes, tree_sitter.Tree]:
         tree = self.tree.copy()
         start = _point(self.data, self.at)
         tree.edit(start_byte=self.at, old_end_byte=self.at, new_end_byte=self.at + len(inserted),
                   start_point=start, old_end_point=start, new_end_point=_end_point(start, inserted))
-        new_tree = self.parser.parse(self.data[: self.at] + inserted + self.data[self.at:], tree)
-        return count_errors(new_tree.root_node)
+        data = self.data[: self.at] + inserted + self.data[self.at:]
+        return data, self.parser.parse(data, tree)
+
+    def errors_with(self, inserted: bytes) -> int:
+        return count_errors(self._edited(inserted)[1].root_node)
+
+    def accepts(self, inserted: bytes) -> bool:
+        data, tree = self._edited(inserted)
+        errors = error_nodes(tree.root_node)
+        if not self.errors:  # the region parsed: it must still parse
+            return not errors and (self.strict is None or self.strict(data))
+        if not errors:  # it makes the region parse: a repair (when CPython agrees, for Python)
+            return self.repair_check is None or self.repair_check(data)
+        # Still broken: no error may touch the inserted text (tree-sitter folds garbage into the
+        # ERROR node that was there), and each must be one the region had, where it was: a
+        # candidate that moves the error recovery elsewhere has added an error too.
+        lo, hi = self.at, self.at + len(inserted)
+        return len(errors) <= self.errors and all(self._kept(error, lo, hi) for error in errors)
+
+    def _kept(self, error: tuple[str, int, int], lo: int, hi: int) -> bool:
+        kind, start, end = error
+        if _touches(start, end, lo, hi):
+            return False
+        shift = 0 if start < lo else hi - lo  # not touching: wholly before the insertion or after it
+        return (kind, start - shift, end - shift) in self.baseline_errors
 
     def check(self, middle: str, truncate: bool) -> Validation:
         def ok(text: str) -> bool:
-            inserted = _encode(text)
-            if self.errors_with(inserted) > self.errors:
-                return False
-            return self.strict is None or self.strict(self.data[: self.at] + inserted + self.data[self.at:])
+            return self.accepts(_encode(text))
 
         if ok(middle):
             return Validation(text=middle, valid=True)
@@ -154,6 +202,36 @@ class RegionChecker:
                 if head.strip() and ok(head):
                     return Validation(text=head, valid=True, truncated=True)
         return Validation(text=middle, valid=False)
+
+
+NARROW_STARTS = 2  # top-level lines before the cursor tried as the start of a narrowed region
+NARROW_ENDS = 2  # and after it as its end
+
+
+def _top_level_lines(data: bytes) -> list[int]:
+    return [match.start() + 1 for match in _TOP_LEVEL_LINE.finditer(data)]
+
+
+def checker_for(parser: tree_sitter.Parser, before: bytes, after: bytes, language: str = "") -> RegionChecker:
+    """The checker for the region `before` + cursor + `after`; when that region is already broken,
+    the narrowest one cut at top-level lines nearer the cursor that parses, if there is one (and
+    compiles, for Python: tree-sitter takes "y = \\nz = 3" for one statement, so a cut inside
+    an open bracket could look clean)."""
+    checker = RegionChecker(parser, before, after, language)
+    if not checker.errors:
+        return checker
+    starts = _top_level_lines(before)[::-1][:NARROW_STARTS] + [0]
+    ends = _top_level_lines(after)[:NARROW_ENDS] + [len(after)]
+    strict = STRICT_PARSERS.get(language)
+    for start in starts:
+        for end in ends:
+            if (start, end) == (0, len(after)):
+                continue
+            data = before[start:] + after[:end]
+            tree = parser.parse(data)
+            if not tree.root_node.has_error and (strict is None or strict(data)):
+                return RegionChecker(parser, before[start:], after[:end], language, tree)
+    return checker
 
 
 _parsers: dict[str, tree_sitter.Parser | None] = {}
@@ -175,8 +253,8 @@ def validate(language: str | None, prefix: str, suffix: str, middles: list[str],
                 return unchecked
             before = _encode(prefix[-before_bytes * 4:])  # characters are at most 4 bytes
             after = _encode(suffix[: after_bytes * 4])
-            checker = RegionChecker(parser, before[region_start(before, before_bytes):],
-                                    after[: region_end(after, after_bytes)], language)
+            checker = checker_for(parser, before[region_start(before, before_bytes):],
+                                  after[: region_end(after, after_bytes)], language)
             return [checker.check(middle, truncate) for middle in middles]
     except Exception:  # a grammar bug must not cost the user their suggestions
         log.exception("syntax validation failed for %s; showing candidates unchecked", language)
