@@ -142,9 +142,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR (logs go to stderr)")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="run the language server (stdio unless --tcp)")
+    serve = sub.add_parser("serve", help="run the language server (stdio, or --tcp)")
     _engine_args(serve)
-    serve.add_argument("--tcp", metavar="HOST:PORT", help="listen on TCP instead of stdio")
+    transport = serve.add_mutually_exclusive_group()
+    transport.add_argument("--stdio", action="store_true",
+                           help="talk over stdin/stdout (the default; clients such as vscode-languageclient pass it)")
+    transport.add_argument("--tcp", metavar="HOST:PORT", help="listen on TCP instead of stdio")
     serve.set_defaults(func=cmd_serve)
 
     engine = sub.add_parser("engine", help="run the resident model daemon on an owner-only Unix socket")
