@@ -13,7 +13,6 @@ import itertools
 import logging
 import os
 import time
-from types import SimpleNamespace
 from collections import Counter, OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -21,45 +20,23 @@ from urllib.parse import unquote
 
 import msgspec
 from lsprotocol import types
-from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams
 from pygls.lsp.server import LanguageServer
-from pygls.protocol import LanguageServerProtocol
 
 from .. import __version__, context, pipeline
 from ..config import Settings, merge
 from ..engine import Cancelled, CancelToken, Engine, EngineUnavailable, load_engine
 from ..rank import Ranked
+from . import transport
+from .protocol import (DID_PARTIALLY_ACCEPT, DID_SHOW, STATS, STATUS, InfillProtocol, ItemId, PartialAccept,
+                       strict_converter)
 from .typing_cache import TypingCache
 
 log = logging.getLogger(__name__)
 
-STATUS = "infill/status"
-DID_SHOW = "infill/didShowCompletion"
-DID_PARTIALLY_ACCEPT = "infill/didPartiallyAcceptCompletion"
-STATS = "infill/stats"
 ACCEPT_COMMAND = "infill.accept"
 _KEEP_SHOWN = 512  # item ids remembered for acceptance telemetry
 # A failed engine (daemon not up yet, weights not there yet) is tried again after this many seconds.
 RETRY_AFTER_S = float(os.environ.get("INFILL_LSP_RETRY_S", "10"))
-
-
-_ANSWERED = SimpleNamespace(jsonrpc="answered")  # handle_message drops it: the error reply is already sent
-
-
-class InfillProtocol(LanguageServerProtocol):
-    """pygls reports a request whose params do not deserialize with a popup and never answers it,
-    leaving the editor waiting. Answer it with InvalidParams instead, and keep serving."""
-
-    def structure_message(self, data):
-        try:
-            return super().structure_message(data)
-        except JsonRpcException:
-            if isinstance(data, dict) and "id" in data and isinstance(data.get("method"), str):
-                message = f"invalid params for {data['method']}"
-                log.warning("%s (request id %r)", message, data["id"])
-                self._send_response(data["id"], error=JsonRpcInvalidParams(message=message).to_response_error())
-                return _ANSWERED
-            raise
 
 
 class EngineHolder:
@@ -75,8 +52,9 @@ class EngineHolder:
 
 class InfillServer(LanguageServer):
     def __init__(self, settings: Settings | None = None, engine: Engine | None = None):
-        super().__init__("infill-lsp", __version__, protocol_cls=InfillProtocol,
+        super().__init__("infill-lsp", __version__, protocol_cls=InfillProtocol, converter_factory=strict_converter,
                          text_document_sync_kind=types.TextDocumentSyncKind.Incremental)
+        self.exit_code = 0
         self.settings = settings or Settings()
         self.holder = EngineHolder()
         if engine is not None:
@@ -94,6 +72,51 @@ class InfillServer(LanguageServer):
     def report_server_error(self, error: Exception, source) -> None:
         """Bad messages are logged (stderr and window/logMessage), never shown as a popup."""
         log.warning("ignored a message the server could not handle: %s", error)
+
+    # -- transport: pygls' loops with a reader that survives malformed framing (transport.py) ---
+    def _start_io_async(self, stdin=None, stdout=None) -> None:
+        import sys
+        from threading import Event
+
+        from pygls.io_ import StdoutWriter
+
+        self._stop_event = Event()
+        reader = transport.FrameReader(transport.StdinChunks(stdin or sys.stdin.buffer))
+        self.protocol.set_writer(StdoutWriter(stdout or sys.stdout.buffer))
+        try:
+            asyncio.run(transport.serve(self._stop_event, reader, self.protocol))
+        except BrokenPipeError:
+            log.error("the connection to the client is lost; shutting down")
+        except SystemExit as exc:  # the exit notification: 0 after shutdown, 1 without (LSP)
+            self.exit_code = exc.code if isinstance(exc.code, int) else 0
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self.shutdown()
+        if self.exit_code:
+            raise SystemExit(self.exit_code)
+
+    def start_tcp(self, host: str, port: int) -> None:
+        from threading import Event
+
+        log.info("serving on %s:%s", host, port)
+        self._stop_event = stop_event = Event()
+
+        async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self.protocol.set_writer(writer)  # type: ignore[arg-type]
+            await transport.serve(stop_event, transport.FrameReader(lambda: reader.read(transport.CHUNK)),
+                                  self.protocol)
+            self.shutdown()
+
+        async def main() -> None:
+            self._server = await asyncio.start_server(connection, host, port)
+            async with self._server:
+                await self._server.serve_forever()
+
+        try:
+            asyncio.run(main())
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            pass
 
     # -- status ------------------------------------------------------------------------------
     def set_status(self, state: str, message: str | None = None, percent: int | None = None) -> None:
@@ -294,14 +317,13 @@ class InfillServer(LanguageServer):
         return types.InlineCompletionList(items=out)
 
     # -- telemetry (local only) --------------------------------------------------------------
-    def record(self, event: str, params: Any) -> None:
-        item_id = _get(params, "id")
+    def record(self, event: str, item_id: str, accepted_length: int = 0) -> None:
         if item_id not in self.shown:
-            log.debug("%s for an unknown item %r", event, item_id)
+            log.debug("%s for an unknown item %r", event, item_id[:80])
             return
         self.stats[event] += 1
         if event == "partiallyAccepted":
-            self.stats["acceptedChars"] += max(0, int(_get(params, "acceptedLength") or 0))
+            self.stats["acceptedChars"] += max(0, accepted_length)
 
     def stats_report(self) -> dict[str, Any]:
         keys = {"requests": "requests", "shown": "shown", "accepted": "accepted",
@@ -312,17 +334,6 @@ class InfillServer(LanguageServer):
         report["engineError"] = self.holder.error
         report["lastTimings"] = self.last_timings
         return report
-
-
-def _get(params: Any, key: str) -> Any:
-    """A field of custom-method params, which pygls hands over as dicts, namedtuples or lists."""
-    if isinstance(params, dict):
-        return params.get(key)
-    if hasattr(params, "_fields"):
-        return getattr(params, key, None)
-    if isinstance(params, (list, tuple)) and params:
-        return _get(params[0], key)
-    return getattr(params, key, None)
 
 
 def build_server(settings: Settings | None = None, engine: Engine | None = None) -> InfillServer:
@@ -355,16 +366,16 @@ def build_server(settings: Settings | None = None, engine: Engine | None = None)
         return await ls.inline_completion(params)
 
     @server.command(ACCEPT_COMMAND)
-    def accept(ls: InfillServer, *args: Any) -> None:
-        ls.record("accepted", args)
+    def accept(ls: InfillServer, item: ItemId) -> None:  # pygls structures the argument: InvalidParams if not
+        ls.record("accepted", item.id)
 
     @server.feature(DID_SHOW)
-    def did_show(ls: InfillServer, params: Any) -> None:
-        ls.record("shown", params)
+    def did_show(ls: InfillServer, params: ItemId) -> None:  # typed by protocol.CUSTOM_MESSAGE_TYPES
+        ls.record("shown", params.id)
 
     @server.feature(DID_PARTIALLY_ACCEPT)
-    def did_partially_accept(ls: InfillServer, params: Any) -> None:
-        ls.record("partiallyAccepted", params)
+    def did_partially_accept(ls: InfillServer, params: PartialAccept) -> None:
+        ls.record("partiallyAccepted", params.id, params.accepted_length)
 
     @server.feature(STATS)
     def stats(ls: InfillServer, params: Any) -> dict[str, int]:
