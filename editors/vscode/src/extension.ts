@@ -1,8 +1,19 @@
 import * as fs from "fs";
+import * as readline from "readline";
+import type { Readable } from "stream";
 import * as vscode from "vscode";
-import { LanguageClient, LanguageClientOptions, ServerOptions, State } from "vscode-languageclient/node";
+import {
+  CloseAction,
+  ErrorAction,
+  LanguageClient,
+  LanguageClientOptions,
+  ServerOptions,
+  State,
+  TransportKind,
+} from "vscode-languageclient/node";
 import {
   advance,
+  afterExit,
   Answer,
   answerAt,
   DEFAULTS,
@@ -17,18 +28,52 @@ import {
   serverSettings,
   Settings,
   Shown,
-  statusText,
-  statusTooltip,
+  statusView,
+  stderrLevel,
+  stoppedMessage,
+  exitReason,
+  remember,
   typingThrough,
 } from "./logic";
 
-let client: LanguageClient | undefined;
+/**
+ * A server that does not start or stops is reported once, by the extension: the status bar and a
+ * message with the server's own words (see start below), not also vscode-languageclient's generic
+ * "couldn't create connection to server". And two unhandled rejections vscode-languageclient 10.1
+ * leaves behind when the server exits while it starts are kept out of the extension host's log:
+ * - it stops the client itself when initialize fails, and stop() rejects for a client that never
+ *   came up ("Client is not running and can't be stopped"); such a client has nothing to stop;
+ * - when the connection closes before initialize fails, start() resolves and the promise it had
+ *   made for that start is rejected with no one listening. The state change to StartFailed is
+ *   what reports it (see start below).
+ */
+class InfillClient extends LanguageClient {
+  override error(message: string, data?: unknown, showNotification: boolean | "force" = true): void {
+    super.error(message, data, this.state === State.StartFailed ? false : showNotification);
+  }
+
+  override async stop(timeout?: number): Promise<void> {
+    if (this.state === State.Starting || this.state === State.StartFailed) return;
+    return super.stop(timeout);
+  }
+
+  override start(): Promise<void> {
+    const started = super.start();
+    (this as unknown as { _onStart?: Promise<void> })._onStart?.catch(() => undefined);
+    return started;
+  }
+}
+
+let client: InfillClient | undefined;
 let status: vscode.StatusBarItem;
 let output: vscode.LogOutputChannel;
 let enabled = true;
 let serverState: ServerState = "loading";
 let serverDetail: string | undefined;
+let serverPercent: number | undefined;
 let stopping = false;
+/** When the server stopped on its own lately (see afterExit). */
+let exits: number[] = [];
 /** The first candidate of the last answer, as VS Code shows it; for partial-accept telemetry. */
 let shown: Shown | undefined;
 /** The last answer, to follow the user typing through it without asking the server. */
@@ -54,9 +99,34 @@ function readSettings(): Settings {
 function setState(state: ServerState, detail?: string, percent?: number): void {
   serverState = state;
   serverDetail = detail;
-  const shownState = enabled ? state : "off";
-  status.text = statusText(shownState, detail, percent);
-  status.tooltip = statusTooltip(shownState, detail);
+  serverPercent = percent;
+  const view = statusView(state, enabled, detail, percent);
+  status.text = view.text;
+  status.tooltip = view.tooltip;
+  status.command = view.command;
+}
+
+function running(): InfillClient | undefined {
+  return client?.isRunning() ? client : undefined;
+}
+
+/** The server did not start or stopped on its own: the status bar says why, and so does a message. */
+function reportStopped(reason: string): void {
+  setState("error", reason);
+  output.error(stoppedMessage(reason));
+  void vscode.window.showErrorMessage(stoppedMessage(reason), "Show log", "Restart server").then((choice) => {
+    if (choice === "Show log") output.show();
+    if (choice === "Restart server") void vscode.commands.executeCommand("infill.restartServer");
+  });
+}
+
+/** Forward a stream line by line; resolves when it ends. */
+function lines(input: Readable, onLine: (line: string) => void): Promise<void> {
+  return new Promise((resolve) => {
+    const reader = readline.createInterface({ input, crlfDelay: Infinity, terminal: false, historySize: 0 });
+    reader.on("line", onLine);
+    reader.on("close", () => resolve());
+  });
 }
 
 function reportShown(item: vscode.InlineCompletionItem, document: vscode.TextDocument, position: vscode.Position, typed: string): void {
@@ -121,6 +191,7 @@ async function provideInlineCompletionItems(
 
 async function start(): Promise<void> {
   const settings = readSettings();
+  exits = [];
   const executable = findExecutable(settings.serverPath, process.env, (file) => {
     try {
       return fs.statSync(file).isFile();
@@ -139,40 +210,96 @@ async function start(): Promise<void> {
       });
     return;
   }
-  // No `transport`: stdio all the same, but TransportKind.stdio would append `--stdio` to the arguments.
-  const serverOptions: ServerOptions = { command: executable, args: settings.serverArgs };
+  if (process.platform !== "win32") {
+    try {
+      fs.accessSync(executable, fs.constants.X_OK);
+    } catch {
+      reportStopped(`cannot start ${executable}: it is not executable`);
+      return;
+    }
+  }
+  // As vscode-languageclient starts stdio servers: `<serverPath> <serverArgs> --stdio`.
+  const serverOptions: ServerOptions = { command: executable, args: settings.serverArgs, transport: TransportKind.stdio };
+  const stderr: string[] = []; // the last lines of this server process, to say why it stopped
+  let stderrEnded: Promise<void> = Promise.resolve();
+  let cameUp = false; // this server process answered initialize
+  let restarting = false; // it stopped and vscode-languageclient starts another
+  let told = false; // its failure was reported
   const clientOptions: LanguageClientOptions = {
     documentSelector: [{ scheme: "file" }, { scheme: "untitled" }],
     initializationOptions: serverSettings(settings),
     outputChannel: output,
     middleware: { provideInlineCompletionItems },
+    stdioOptions: {
+      stdout: (input, channel) => void lines(input, (line) => channel.info(line)),
+      stderr: (input, channel) => {
+        stderr.length = 0;
+        stderrEnded = lines(input, (line) => {
+          channel[stderrLevel(line)](line);
+          remember(stderr, line);
+        });
+      },
+    },
+    errorHandler: {
+      // logged; a connection that fails for good stops the client, which the state change reports
+      error: (_error, _message, count) => ({
+        action: count !== undefined && count <= 3 ? ErrorAction.Continue : ErrorAction.Shutdown,
+        handled: true,
+      }),
+      closed: () => {
+        const decision = afterExit(exits, Date.now(), cameUp);
+        exits = decision.exits;
+        if (!decision.restart) return { action: CloseAction.DoNotRestart, handled: true }; // reported below
+        output.warn(`infill-lsp stopped (${exitReason(stderr) ?? "no reason given"}); restarting it`);
+        restarting = true;
+        setState("loading", "restarting the server");
+        return { action: CloseAction.Restart, handled: true };
+      },
+    },
+    // The state change below reports it, with the server's own words (no second, generic message).
+    initializationFailedHandler: () => false,
   };
-  const created = new LanguageClient("infill", "infill-lsp", serverOptions, clientOptions);
+  const created = new InfillClient("infill", "infill-lsp", serverOptions, clientOptions);
   client = created;
+  const failed = async (fallback: string) => {
+    if (told || stopping || client !== created) return;
+    told = true;
+    // the process is gone: let its last stderr lines arrive
+    await Promise.race([stderrEnded, new Promise((resolve) => setTimeout(resolve, 1000))]);
+    const over = created.state === State.Stopped || created.state === State.StartFailed;
+    if (client === created && !stopping && over) reportStopped(exitReason(stderr) ?? fallback);
+  };
   created.onNotification("infill/status", (params: { state: ServerState; message?: string; percent?: number }) =>
     setState(params.state, params.message, params.percent),
   );
   created.onDidChangeState((event) => {
-    if (event.newState === State.Stopped && !stopping && client === created) setState("error", "the server stopped; see the log");
+    if (event.newState === State.Starting) [cameUp, restarting, told] = [false, false, false];
+    if (event.newState === State.Running) cameUp = true;
+    if (event.newState === State.StartFailed) void failed("the server exited before it started");
+    if (event.newState === State.Stopped && !restarting) void failed("the server exited");
   });
   setState("loading");
   try {
     await created.start();
   } catch (error) {
-    setState("error", String(error));
     output.error(`infill-lsp did not start: ${String(error)}`);
+    void failed(String(error));
   }
 }
 
 async function stop(): Promise<void> {
-  const running = client;
+  const current = client;
   client = undefined;
   answer = undefined;
   shown = undefined;
-  if (!running) return;
+  if (!current) return;
   stopping = true;
   try {
-    await running.stop();
+    if (current.state === State.Starting) {
+      // let it come up (or fail) first: a client that is starting cannot be stopped
+      await Promise.race([current.start().catch(() => undefined), new Promise((resolve) => setTimeout(resolve, 10_000))]);
+    }
+    if (current.state === State.Running) await current.stop();
   } catch (error) {
     output.warn(`stopping infill-lsp: ${String(error)}`);
   } finally {
@@ -190,8 +317,9 @@ function onDidChangeTextDocument(event: vscode.TextDocumentChangeEvent): void {
       rangeLength: change.rangeLength,
     };
     const accepted = partialAcceptance(shown, edit);
-    if (accepted !== undefined && shown && client) {
-      void client.sendNotification("infill/didPartiallyAcceptCompletion", didPartiallyAcceptParams(shown.id, accepted));
+    const server = running();
+    if (accepted !== undefined && shown && server) {
+      void server.sendNotification("infill/didPartiallyAcceptCompletion", didPartiallyAcceptParams(shown.id, accepted));
       shown = advance(shown, change.text);
     } else if (shown && edit.uri === shown.uri) {
       shown = undefined; // typing, or an edit elsewhere: the next answer says what is shown
@@ -204,15 +332,14 @@ async function onDidChangeConfiguration(event: vscode.ConfigurationChangeEvent):
   if (event.affectsConfiguration("infill.serverPath") || event.affectsConfiguration("infill.serverArgs")) {
     await stop();
     await start();
-  } else if (client) {
-    await client.sendNotification("workspace/didChangeConfiguration", { settings: { infill: serverSettings(readSettings()) } });
+  } else if (running()) {
+    await running()!.sendNotification("workspace/didChangeConfiguration", { settings: { infill: serverSettings(readSettings()) } });
   }
 }
 
 export async function activate(context: vscode.ExtensionContext): Promise<void> {
   output = vscode.window.createOutputChannel("infill-lsp", { log: true });
   status = vscode.window.createStatusBarItem(vscode.StatusBarAlignment.Right, 100);
-  status.command = "infill.toggle";
   status.name = "infill-lsp";
   setState("loading");
   status.show();
@@ -221,7 +348,7 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
     status,
     vscode.commands.registerCommand("infill.toggle", () => {
       enabled = !enabled;
-      setState(serverState, serverDetail);
+      setState(serverState, serverDetail, serverPercent);
       return enabled;
     }),
     vscode.commands.registerCommand("infill.restartServer", async () => {
@@ -230,11 +357,12 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
     }),
     vscode.commands.registerCommand("infill.showLog", () => output.show()),
     vscode.commands.registerCommand("infill.showStats", async () => {
-      if (!client) {
+      const server = running();
+      if (!server) {
         void vscode.window.showWarningMessage("infill-lsp is not running");
         return undefined;
       }
-      const stats = await client.sendRequest("infill/stats", {});
+      const stats = await server.sendRequest("infill/stats", {});
       output.info(`stats: ${JSON.stringify(stats)}`);
       output.show(true);
       return stats;

@@ -45,24 +45,26 @@ export function serverSettings(s: Settings): Record<string, unknown> {
 
 export type ServerState = "idle" | "busy" | "loading" | "error" | "off";
 
-export function statusText(state: ServerState, detail?: string, percent?: number): string {
-  switch (state) {
-    case "busy":
-      return "$(sync~spin) infill";
-    case "loading":
-      return `$(loading~spin) infill: loading${percent !== undefined ? ` ${percent}%` : ""}`;
-    case "error":
-      return "$(error) infill";
-    case "off":
-      return "$(circle-slash) infill";
-    default:
-      return "$(sparkle) infill";
-  }
-}
+export type StatusView = { text: string; tooltip: string; command: string };
 
-export function statusTooltip(state: ServerState, detail?: string): string {
-  const base = { idle: "ready", busy: "thinking", loading: "loading the model", error: "error", off: "disabled" }[state];
-  return detail ? `infill-lsp: ${base}: ${detail}` : `infill-lsp: ${base}`;
+/**
+ * The status bar item for the server's state. `enabled` is the user's toggle: "off" hides the
+ * server's state, except an error, which needs attention; a click on an error shows the log,
+ * otherwise it toggles suggestions.
+ */
+export function statusView(state: ServerState, enabled: boolean, detail?: string, percent?: number): StatusView {
+  const shown: ServerState = enabled || state === "error" ? state : "off";
+  const text = {
+    idle: "$(sparkle) infill",
+    busy: "$(sync~spin) infill",
+    loading: `$(loading~spin) infill: loading${percent !== undefined ? ` ${percent}%` : ""}`,
+    error: "$(error) infill",
+    off: "$(circle-slash) infill",
+  }[shown];
+  const base = { idle: "ready", busy: "thinking", loading: "loading the model", error: "error", off: "disabled" }[shown];
+  const tooltip = detail ? `infill-lsp: ${base}: ${detail}` : `infill-lsp: ${base}`;
+  if (shown === "error") return { text, tooltip: `${tooltip} (click to show the log)`, command: "infill.showLog" };
+  return { text, tooltip, command: "infill.toggle" };
 }
 
 export const INSTALL_COMMAND = "pip install infill-lsp";
@@ -175,4 +177,51 @@ export function typingThrough(answer: Answer | undefined, here: Here): number[] 
     if (middle.length > typed.length && middle.startsWith(typed)) keep.push(index);
   });
   return keep.length > 0 ? keep : undefined;
+}
+
+// -- the server process ---------------------------------------------------------------------------
+
+/** A line the server wrote on stderr that reports an error: argparse's "infill-lsp serve: error: ...",
+ * a Python exception, a logged ERROR or CRITICAL. */
+export function isErrorLine(line: string): boolean {
+  return /\b(error|critical|fatal)\b/i.test(line) || /^\s*[A-Za-z_][\w.]*(Error|Exception|Exit)\b/.test(line);
+}
+
+/** The level to log a stderr line at (the server logs "<time> LEVEL logger: message"). */
+export function stderrLevel(line: string): "error" | "warn" | "info" {
+  if (isErrorLine(line)) return "error";
+  return /\bWARNING\b/.test(line) ? "warn" : "info";
+}
+
+/** Keep the last `keep` lines of stderr, to say why the server stopped. */
+export function remember(tail: string[], line: string, keep = 40): void {
+  tail.push(line);
+  if (tail.length > keep) tail.splice(0, tail.length - keep);
+}
+
+/** Why the server stopped, from the end of its stderr: the last line that reports an error. */
+export function exitReason(stderr: string[]): string | undefined {
+  for (let i = stderr.length - 1; i >= 0; i--) {
+    const line = stderr[i].trim();
+    if (line && isErrorLine(line)) return line.length > 300 ? line.slice(0, 299) + "…" : line;
+  }
+  return undefined;
+}
+
+export function stoppedMessage(reason: string): string {
+  return `infill-lsp stopped: ${reason}`;
+}
+
+export const RESTART_WINDOW_MS = 3 * 60 * 1000;
+export const MAX_RESTARTS = 3;
+
+/**
+ * The server stopped without being asked to. A server that had come up (answered initialize) is
+ * restarted, at most MAX_RESTARTS times in RESTART_WINDOW_MS; one that never came up (bad
+ * arguments, a broken install) would only fail the same way again. `exits`: when it stopped
+ * before (kept for the next call).
+ */
+export function afterExit(exits: number[], now: number, cameUp: boolean): { restart: boolean; exits: number[] } {
+  const recent = [...exits.filter((t) => now - t < RESTART_WINDOW_MS), now];
+  return { restart: cameUp && recent.length <= MAX_RESTARTS, exits: recent };
 }

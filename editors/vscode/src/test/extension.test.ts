@@ -4,6 +4,7 @@
 /* eslint-disable @typescript-eslint/no-explicit-any */
 import assert from "node:assert/strict";
 import * as fs from "node:fs";
+import * as os from "node:os";
 import * as path from "node:path";
 import test from "node:test";
 
@@ -194,10 +195,114 @@ test("a missing server: the status bar and a message with the install command", 
     assert.match(fake.messages[0].text, /pip install infill-lsp/);
     assert.deepEqual(fake.messages[0].items, ["Copy install command", "Open Settings"]);
     assert.equal(statusBar().text, "$(error) infill");
-    assert.equal(statusBar().tooltip, "infill-lsp: error: server not found");
+    assert.equal(statusBar().tooltip, "infill-lsp: error: server not found (click to show the log)");
+    assert.equal(statusBar().command, "infill.showLog");
     assert.equal(await vscode.commands.executeCommand("infill.showStats"), undefined);
   } finally {
     await extension.deactivate();
     for (const d of context.subscriptions) d.dispose();
+  }
+});
+
+/** Activate against `serverPath` / `serverArgs`, run `check`, deactivate. */
+async function withServer(serverPath: string, serverArgs: string[], check: () => Promise<void>): Promise<void> {
+  fake.commands.clear();
+  fake.messages.length = 0;
+  fake.settings["infill.serverPath"] = serverPath;
+  fake.settings["infill.serverArgs"] = serverArgs;
+  const context = { subscriptions: [] as { dispose(): any }[] };
+  await extension.activate(context);
+  try {
+    await check();
+  } finally {
+    await extension.deactivate();
+    for (const d of context.subscriptions) d.dispose();
+  }
+}
+
+async function stoppedWith(reason: RegExp): Promise<void> {
+  await until("an error in the status bar", () => statusBar().text === "$(error) infill", 20_000);
+  assert.match(statusBar().tooltip, reason);
+  assert.match(statusBar().tooltip, /click to show the log/);
+  assert.equal(statusBar().command, "infill.showLog");
+  await until("the message", () => fake.messages.length > 0, 5_000);
+  assert.equal(fake.messages.length, 1, JSON.stringify(fake.messages));
+  assert.equal(fake.messages[0].level, "error");
+  assert.match(fake.messages[0].text, /^infill-lsp stopped: /);
+  assert.match(fake.messages[0].text, reason);
+  assert.deepEqual(fake.messages[0].items, ["Show log", "Restart server"]);
+  assert.equal(await vscode.commands.executeCommand("infill.showStats"), undefined); // not running
+}
+
+/** A stand-in server: a node script the extension runs as `node <script> --stdio`. */
+function standIn(source: string): string {
+  const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), "infill-vscode-")), "server.js");
+  fs.writeFileSync(file, source);
+  return file;
+}
+
+// Rejects its arguments as argparse does (infill-lsp before it accepted --stdio).
+const REJECTS_ARGUMENTS = `
+console.error("usage: infill-lsp [-h] [--version] [--log-level LOG_LEVEL] ...");
+console.error("infill-lsp: error: unrecognized arguments: " + process.argv.slice(2).join(" "));
+process.exit(2);
+`;
+
+test("a server that exits at once: an error with its reason, never a permanent 'loading'", async () => {
+  await withServer(process.execPath, [standIn(REJECTS_ARGUMENTS), "serve"], async () => {
+    // `serve --stdio`: started as vscode-languageclient starts stdio servers (TransportKind.stdio)
+    await stoppedWith(/infill-lsp: error: unrecognized arguments: serve --stdio\b/);
+    assert.ok(fake.log.some((line) => line.endsWith("error infill-lsp: error: unrecognized arguments: serve --stdio")), fake.log.join("\n"));
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    assert.equal(statusBar().text, "$(error) infill"); // and it stays so
+  });
+});
+
+test("a server that cannot be started: an error that says why", async () => {
+  const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), "infill-vscode-")), "infill-lsp");
+  fs.writeFileSync(file, "#!/bin/sh\n", { mode: 0o644 });
+  await withServer(file, ["serve"], async () => {
+    await stoppedWith(/not executable/);
+    assert.ok(fake.messages[0].text.includes(file));
+  });
+});
+
+// Answers initialize, then crashes; every start is counted in $INFILL_STARTS.
+const CRASHES_AFTER_START = `
+const fs = require("fs");
+fs.appendFileSync(process.env.INFILL_STARTS, process.argv.slice(2).join(" ") + "\\n");
+let buffer = Buffer.alloc(0);
+process.stdin.on("data", (chunk) => {
+  buffer = Buffer.concat([buffer, chunk]);
+  for (;;) {
+    const end = buffer.indexOf("\\r\\n\\r\\n");
+    if (end < 0) return;
+    const length = Number(/Content-Length: (\\d+)/i.exec(buffer.subarray(0, end).toString())[1]);
+    if (buffer.length < end + 4 + length) return;
+    const message = JSON.parse(buffer.subarray(end + 4, end + 4 + length).toString());
+    buffer = buffer.subarray(end + 4 + length);
+    if (message.method === "initialize") {
+      const body = JSON.stringify({ jsonrpc: "2.0", id: message.id, result: { capabilities: {} } });
+      process.stdout.write("Content-Length: " + Buffer.byteLength(body) + "\\r\\n\\r\\n" + body);
+    } else if (message.method === "initialized") {
+      console.error("RuntimeError: the model ran out of memory");
+      process.exit(1);
+    }
+  }
+});
+`;
+
+test("a server that crashes after it came up is restarted, then given up on with the reason", async () => {
+  const starts = path.join(fs.mkdtempSync(path.join(os.tmpdir(), "infill-vscode-")), "starts");
+  process.env.INFILL_STARTS = starts;
+  try {
+    await withServer(process.execPath, [standIn(CRASHES_AFTER_START), "serve"], async () => {
+      await stoppedWith(/RuntimeError: the model ran out of memory/);
+      // the first start and MAX_RESTARTS (3) restarts, each `serve --stdio`
+      assert.deepEqual(fs.readFileSync(starts, "utf8").split("\n").filter(Boolean), Array(4).fill("serve --stdio"));
+      assert.ok(statusBar().texts.includes("$(loading~spin) infill: loading"));
+    });
+  } finally {
+    delete process.env.INFILL_STARTS;
   }
 });

@@ -10,8 +10,14 @@ import {
   missingServerMessage,
   partialAcceptance,
   serverSettings,
-  statusText,
-  statusTooltip,
+  statusView,
+  exitReason,
+  afterExit,
+  stderrLevel,
+  stoppedMessage,
+  remember,
+  MAX_RESTARTS,
+  RESTART_WINDOW_MS,
   typingThrough,
   answerAt,
 } from "../logic";
@@ -35,12 +41,67 @@ test("settings map to the server's camelCase keys", () => {
   assert.equal(serverSettings({ ...DEFAULTS, seed: 0 }).seed, 0);
 });
 
-test("status bar text and tooltip per state", () => {
-  assert.match(statusText("busy"), /spin/);
-  assert.equal(statusText("loading", undefined, 40), "$(loading~spin) infill: loading 40%");
-  assert.match(statusText("error"), /error/);
-  assert.equal(statusTooltip("error", "engine unreachable"), "infill-lsp: error: engine unreachable");
-  assert.equal(statusTooltip("idle"), "infill-lsp: ready");
+test("status bar text, tooltip and click per state", () => {
+  assert.deepEqual(statusView("idle", true), { text: "$(sparkle) infill", tooltip: "infill-lsp: ready", command: "infill.toggle" });
+  assert.match(statusView("busy", true).text, /spin/);
+  assert.equal(statusView("loading", true, undefined, 40).text, "$(loading~spin) infill: loading 40%");
+  assert.deepEqual(statusView("busy", false), { text: "$(circle-slash) infill", tooltip: "infill-lsp: disabled", command: "infill.toggle" });
+  const error = statusView("error", true, "engine unreachable");
+  assert.deepEqual(error, {
+    text: "$(error) infill",
+    tooltip: "infill-lsp: error: engine unreachable (click to show the log)",
+    command: "infill.showLog",
+  });
+  assert.deepEqual(statusView("error", false, "engine unreachable"), error); // an error shows through "off"
+});
+
+// What `infill-lsp serve --stdio` wrote before this version accepted --stdio, and exited with 2.
+const ARGPARSE_EXIT = [
+  "usage: infill-lsp [-h] [--version] [--log-level LOG_LEVEL]",
+  "                  {serve,engine,complete,bench,train,eval} ...",
+  "infill-lsp: error: unrecognized arguments: --stdio",
+];
+
+test("the server exited: the status bar turns to an error with the reason, and a click shows the log", () => {
+  const stderr: string[] = [];
+  for (const line of ["2025-01-01 10:00:00,000 INFO infill_lsp.lsp.server: starting", ...ARGPARSE_EXIT]) remember(stderr, line);
+  const reason = exitReason(stderr);
+  assert.equal(reason, "infill-lsp: error: unrecognized arguments: --stdio");
+  assert.equal(stoppedMessage(reason!), "infill-lsp stopped: infill-lsp: error: unrecognized arguments: --stdio");
+  const view = statusView("error", true, reason);
+  assert.equal(view.text, "$(error) infill");
+  assert.match(view.tooltip, /unrecognized arguments: --stdio/);
+  assert.equal(view.command, "infill.showLog");
+  // it never came up: starting it again would fail the same way
+  assert.deepEqual(afterExit([], 1000, false), { restart: false, exits: [1000] });
+});
+
+test("why the server stopped, from its stderr", () => {
+  const traceback = ["Traceback (most recent call last):", '  File "x.py", line 1, in <module>', "ModuleNotFoundError: No module named 'torch'"];
+  assert.equal(exitReason(traceback), "ModuleNotFoundError: No module named 'torch'");
+  assert.equal(exitReason(["2025-01-01 10:00:00,000 ERROR infill_lsp.engine: out of memory", "2025-01-01 INFO x: bye"]),
+    "2025-01-01 10:00:00,000 ERROR infill_lsp.engine: out of memory");
+  assert.equal(exitReason(["2025-01-01 10:00:00,000 INFO infill_lsp: loading 40%"]), undefined); // killed: no reason given
+  assert.equal(exitReason([]), undefined);
+  assert.equal(exitReason(["x".repeat(400) + " error"])!.length, 300);
+  const tail: string[] = [];
+  for (let i = 0; i < 100; i++) remember(tail, `line ${i}`);
+  assert.deepEqual([tail.length, tail[0], tail[39]], [40, "line 60", "line 99"]);
+  assert.equal(stderrLevel("2025-01-01 10:00:00,000 WARNING infill_lsp.lsp: slow"), "warn");
+  assert.equal(stderrLevel("2025-01-01 10:00:00,000 INFO infill_lsp.lsp: ready"), "info");
+  assert.equal(stderrLevel(ARGPARSE_EXIT[2]), "error");
+});
+
+test("a server that stopped after it came up is restarted, a few times", () => {
+  let exits: number[] = [];
+  const now = 10 * RESTART_WINDOW_MS;
+  for (let i = 0; i < MAX_RESTARTS; i++) {
+    const decision = afterExit(exits, now + i * 1000, true);
+    assert.equal(decision.restart, true, `exit ${i + 1}`);
+    exits = decision.exits;
+  }
+  assert.equal(afterExit(exits, now + 5000, true).restart, false); // crashing over and over: stop
+  assert.equal(afterExit(exits, now + RESTART_WINDOW_MS + 3000, true).restart, true); // the old ones are forgotten
 });
 
 test("a missing server says how to install it", () => {
