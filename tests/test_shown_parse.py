@@ -1,0 +1,240 @@
+"""What the editor is shown parses, and is readable: judged from outside the validator.
+
+The server runs for real (a subprocess over stdio, the tiny random model, a fixed `seed`,
+`showInvalid` false). Every suggestion it returns is applied to the document the way an editor
+accepts it, and the whole edited document is judged by an independent judge: a fresh, full
+tree-sitter parse (straight from the grammar wheels, every node visited, no region, no
+incremental reparse) must have no ERROR/MISSING node that the document without the suggestion
+does not have at the same place (so garbage folded into an error that was already there counts
+as added), and for Python, CPython's `compile()` must accept it whenever it accepted the
+document without it. The random model's output is mostly noise, full of control characters
+and U+FFFD, which is the point: a validator that lets garbage through is caught here.
+
+A second test drives `pipeline.complete` with a fake engine whose candidates contain every kind
+of unreadable character, and checks none reaches a returned item.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import tree_sitter
+import tree_sitter_javascript
+import tree_sitter_python
+from lsprotocol import types
+
+from infill_lsp import pipeline
+from infill_lsp.config import Settings
+from infill_lsp.types import Budget, Candidate, EngineInfo, InfillResult
+from lsp_harness import Editor, apply
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+# Unreadable in a suggestion: controls but tab/newline (CR included), surrogates, U+FFFD.
+UNREADABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff\ufffd]")
+
+GRAMMARS = {
+    "python": tree_sitter.Language(tree_sitter_python.language()),
+    "javascript": tree_sitter.Language(tree_sitter_javascript.language()),
+}
+
+
+def error_nodes(language: str, source: bytes) -> list[tuple[str, int, int]]:
+    """(kind, start, end) of the ERROR and MISSING nodes of a full parse, every node visited."""
+    tree = tree_sitter.Parser(GRAMMARS[language]).parse(source)
+    found, cursor, visited = [], tree.walk(), False
+    while True:  # pre-order walk with a TreeCursor
+        if not visited:
+            node = cursor.node
+            if node.is_error or node.is_missing:
+                found.append(("ERROR" if node.is_error else node.type, node.start_byte, node.end_byte))
+            if cursor.goto_first_child():
+                continue
+        if cursor.goto_next_sibling():
+            visited = False
+            continue
+        if not cursor.goto_parent():
+            return found
+        visited = True
+
+
+def added_errors(language: str, document: str, offset: int, middle: str) -> list[tuple[str, int, int]]:
+    """ERROR/MISSING nodes of the document with `middle` inserted at `offset` that the document
+    without it does not have, at the same place. A node that starts or ends inside the inserted
+    text is new; one that grew over it (same start, same end past it) is the old one."""
+    before = document[:offset].encode()
+    inserted = middle.encode()
+    lo, hi = len(before), len(before) + len(inserted)
+    old = Counter(error_nodes(language, document.encode()))
+
+    def back_start(position: int) -> int | None:
+        return position if position < lo else position - len(inserted) if position >= hi else None
+
+    def back_end(position: int) -> int | None:
+        return position if position <= lo else position - len(inserted) if position >= hi else None
+
+    added = []
+    for kind, start, end in error_nodes(language, before + inserted + document[offset:].encode()):
+        if start == end == lo:  # empty, right before the insertion: it was there before it too
+            mapped = (kind, lo, lo)
+        else:
+            mapped = (kind, back_start(start), back_end(end))
+        if None in mapped or old[mapped] == 0:
+            added.append((kind, start, end))
+        else:
+            old[mapped] -= 1
+    return added
+
+
+def compiles(source: str) -> bool:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            compile(source, "<judged>", "exec", dont_inherit=True)
+        return True
+    except (SyntaxError, ValueError):
+        return False
+
+
+def test_the_judge_sees_garbage_that_an_error_count_does_not():
+    broken = "def f(x):\n    if x\n        pass\n    return \n"  # the `if` lacks its colon
+    offset = broken.index("return ") + len("return ")
+    assert not added_errors("python", broken, offset, "x * 2")
+    for garbage in ("x +", ":", "x y"):  # each leaves the error count as it was
+        edited = broken[:offset] + garbage + broken[offset:]
+        assert len(error_nodes("python", edited.encode())) == len(error_nodes("python", broken.encode()))
+        assert added_errors("python", broken, offset, garbage), garbage
+    js = "function g(a) {\n  return foo(;\n}\n"
+    at = js.index("foo(") + 4
+    assert not added_errors("javascript", js, at, "a)") and added_errors("javascript", js, at, "a ] (")
+
+
+def _sample_holes() -> list[tuple[str, str, int, int]]:
+    holes = []
+    for hole in json.loads((FIXTURES / "holes.json").read_text()):
+        if hole["language"] in GRAMMARS:
+            text = (FIXTURES / hole["file"]).read_text()
+            holes.append((hole["language"], text, hole["line"] - 1, hole["col"] - 1))
+    return holes
+
+
+def _marked(language: str, text: str) -> tuple[str, str, int, int]:
+    """A document with its cursor written as `|`."""
+    offset = text.index("|")
+    text = text[:offset] + text[offset + 1:]
+    line = text.count("\n", 0, offset)
+    return language, text, line, offset - (text.rfind("\n", 0, offset) + 1)
+
+
+HOLES = _sample_holes() + [
+    _marked("python", "values = [3, 1, 2]\ntotal = |\nprint(total)\n"),
+    _marked("python", "def f(x):\n    if x > 0:\n        |\n    return x\n"),
+    _marked("python", "import os\n\npath = os.path.join(|)\nprint(path)\n"),  # mid-line: ")" follows
+    _marked("python", "def half(:\n    pass\n\n\ndef area(w, h):\n    return |\n"),  # broken elsewhere
+    _marked("python", "def g(x):\n    y = [1, 2\n    z = 3\n    return |\n"),  # broken in the same function
+    _marked("python", "def h(x):\n    if x\n        pass\n    return |\n"),  # the `if` lacks its colon
+    _marked("python", "def k(x):\n    y = max(|\n    return y\n"),  # broken at the cursor
+    _marked("javascript", "const xs = [1, 2, 3];\nconst ys = |;\nconsole.log(ys);\n"),
+    _marked("javascript", "function f(a) {\n  return |;\n}\n"),
+    _marked("javascript", "function g(a) {\n  if (a) {\n    |\n  }\n}\n"),
+    _marked("javascript", "function k(a) {\n  return Math.max(|;\n}\n"),  # broken at the cursor
+    _marked("javascript", "function half( {\n}\n\nfunction area(w, h) {\n  return |;\n}\n"),  # broken elsewhere
+]
+SEEDS = (0, 1)
+
+
+async def test_every_shown_suggestion_parses_by_an_independent_judge():
+    assert {h[0] for h in HOLES} == set(GRAMMARS) and len(HOLES) >= 10
+    editor = Editor()
+    shown: dict[str, int] = {language: 0 for language in GRAMMARS}
+    verdicts, compiled_checks, broken_checks = [], 0, 0
+    try:
+        await editor.start(init_options={"seed": SEEDS[0], "showInvalid": False, "invokedCandidates": 8,
+                                         "maxTokens": 8, "invokedSteps": 4})
+        stats = await editor.wait_ready()
+        assert stats["engineReady"], stats
+        for seed in SEEDS:
+            editor.client.workspace_did_change_configuration(
+                types.DidChangeConfigurationParams(settings={"infill": {"seed": seed}}))
+            for index, (language, text, line, column) in enumerate(HOLES):
+                uri = f"file:///tmp/shown/{seed}/{index}.{'py' if language == 'python' else 'js'}"
+                editor.open(uri, text, language)
+                baseline_compiles = language == "python" and compiles(text)
+                baseline_broken = bool(error_nodes(language, text.encode()))
+                rest = text.split("\n")[line][column:]
+                offset = sum(len(row) + 1 for row in text.split("\n")[:line]) + column
+                for item in (await editor.complete(uri, line, column)).items:
+                    shown[language] += 1
+                    compiled_checks += baseline_compiles
+                    broken_checks += baseline_broken
+                    assert item.insert_text.endswith(rest)
+                    middle = item.insert_text[: len(item.insert_text) - len(rest)]
+                    edited = apply(text, line, item)
+                    assert edited == text[:offset] + middle + text[offset:]
+                    verdicts.append((language, seed, index, middle,
+                                     not UNREADABLE.search(item.insert_text),
+                                     not added_errors(language, text, offset, middle),
+                                     not baseline_compiles or compiles(edited)))
+    finally:
+        await editor.close()
+    # the precondition: there is something to judge, in both languages, by each judge, in documents
+    # that parsed and in documents that were already broken
+    print(f"judged {shown}, {compiled_checks} by compile(), {broken_checks} in broken documents")
+    assert all(count >= 3 for count in shown.values()), shown
+    assert compiled_checks >= 3 and broken_checks >= 3 and sum(shown.values()) - broken_checks >= 3
+    bad = [v for v in verdicts if not all(v[4:])]
+    assert not bad, bad
+
+
+# -- pipeline with a fake engine: nothing unreadable is ever returned ---------------------------
+
+SPLIT = b"x + len('caf\xc3".decode("utf-8", errors="replace")  # a byte-level token split inside "é"
+RAW = [
+    "x + 1\ufffd",  # U+FFFD at the end: cut, "x + 1" shown
+    SPLIT,  # cut to "x + len('caf": invalid, not shown
+    "x * 2\x00 + 1",  # NUL
+    "x - 3\x1b[31m",  # an escape sequence
+    "x // 4\rprint(x)",  # a bare carriage return
+    "x % 5\ud83d",  # a lone surrogate (half of a UTF-16 pair)
+    "\ufffd\x00",  # nothing readable at all
+    "x ** 6\x07\x0b\x0c\x7f\x85",
+    "\ud83d\ude00 + x",  # a surrogate pair left as two code points
+    "abs(x)\r\n",  # CRLF is a newline, not a bare carriage return
+]
+BAD_CHARACTERS = ["\ufffd", "\x00", "\x1b", "\r", "\ud83d", "\ude00", "\x07", "\x0b", "\x0c", "\x7f", "\x85"]
+
+
+class FakeEngine:
+    info = EngineInfo(model="fake", backend="test")
+
+    def __init__(self, texts: list[str]):
+        self.texts = texts
+
+    def infill(self, request, cancel=None):
+        return InfillResult(candidates=[Candidate(text=t, score=-0.01 * i) for i, t in enumerate(self.texts)])
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("show_invalid", [False, True])
+@pytest.mark.parametrize("language_id,text,offset", [
+    ("python", "def f(x):\n    return \n", len("def f(x):\n    return ")),
+    ("plaintext", "value: \n", len("value: ")),  # no grammar: nothing is validated, still cleaned
+])
+def test_pipeline_never_returns_unreadable_characters(language_id, text, offset, show_invalid):
+    assert all(any(bad in raw for raw in RAW) for bad in BAD_CHARACTERS)  # the engine does send them
+    result = pipeline.complete(FakeEngine(RAW), text, offset, language_id=language_id,
+                               settings=Settings(show_invalid=show_invalid), budget=Budget(candidates=len(RAW)))
+    texts = [item.text for item in result.items]
+    assert len(texts) >= 6, texts  # the precondition: items to check
+    for item in texts:
+        assert not any(bad in item for bad in BAD_CHARACTERS), repr(item)
+    # cut before the first unreadable character, not dropped
+    assert {"x + 1", "x * 2", "x - 3", "x // 4", "x % 5", "x ** 6", "abs(x)"} <= set(texts)
+    if language_id == "python" and not show_invalid:
+        assert "x + len('caf" not in texts  # what is left of the split is invalid: not shown
