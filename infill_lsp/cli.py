@@ -11,6 +11,8 @@ from pathlib import Path
 
 from . import __version__
 
+HUMANEVAL = str(Path(__file__).resolve().parent.parent.parent / "shared" / "fim_data" / "humaneval-infilling")
+
 
 def _engine_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="", help="checkpoint directory or hub id in the local HF cache "
@@ -117,16 +119,53 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    import msgspec
+
     from .train.loop import load_config, train
 
     config = load_config(Path(args.config) if args.config else None)
+    optim = config.optim
     if args.steps:
-        import msgspec
-
-        config = msgspec.structs.replace(config, optim=msgspec.structs.replace(config.optim, steps=args.steps))
-    history = train(config, Path(args.out), init=args.init or None, data=Path(args.data) if args.data else None,
+        optim = msgspec.structs.replace(optim, steps=args.steps)
+    if args.minutes:
+        optim = msgspec.structs.replace(optim, max_minutes=args.minutes)
+    config = msgspec.structs.replace(config, optim=optim)
+    out = Path(args.resume or args.out or "")
+    if not str(out):
+        raise SystemExit("give --out DIR (a new run) or --resume DIR (continue one)")
+    history = train(config, out, init=args.init or None, data=Path(args.data) if args.data else None,
+                    shards=Path(args.shards) if args.shards else None, resume=bool(args.resume),
                     device=args.device, humaneval_dir=Path(args.humaneval) if args.humaneval else None)
-    print(f"wrote {args.out}: final loss {history[-1]['loss']:.4f} at step {history[-1]['step']}")
+    print(f"wrote {out}: final loss {history[-1]['loss']:.4f} at step {history[-1]['step']}")
+    return 0
+
+
+def cmd_corpus(args: argparse.Namespace) -> int:
+    import random
+
+    from .train.corpus import collect_multilanguage
+    from .train.loop import train_tokenizer
+    from .train.shards import is_heldout, write_shards
+
+    corpus = collect_multilanguage(Path(args.humaneval) if args.humaneval else None, args.max_bytes)
+    if args.tokenizer:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer, local_files_only=True)
+    else:  # a byte-level BPE trained on a sample of the training files (never the held-out ones)
+        rng = random.Random(0)
+        texts = [t for t, p in zip(corpus.texts, corpus.paths) if not is_heldout(p)]
+        rng.shuffle(texts)
+        sample, size = [], 0
+        for text in texts:
+            if size > args.tokenizer_bytes:
+                break
+            sample.append(text)
+            size += len(text)
+        tokenizer = train_tokenizer(sample, args.vocab_size)
+    manifest = write_shards(corpus, tokenizer, Path(args.out))
+    print(f"wrote {args.out}: {len(manifest['shards'])} shards, tokens by language {manifest['tokens']}, "
+          f"{manifest['heldout_files']} held-out files")
     return 0
 
 
@@ -180,15 +219,26 @@ def main(argv: list[str] | None = None) -> int:
 
     train = sub.add_parser("train", help="train (or with --init, fine-tune) a small DiffusionGemma infill model")
     train.add_argument("--config", help="TOML training config (default: the built-in small config)")
-    train.add_argument("--out", required=True, help="checkpoint directory to write")
+    train.add_argument("--out", default="", help="checkpoint directory to write")
     train.add_argument("--init", default="", help="start from this checkpoint (fine-tuning)")
     train.add_argument("--data", default="", help="train on this repository's source files (fine-tuning)")
+    train.add_argument("--shards", default="", help="train on the tokenized shards `infill-lsp corpus` wrote")
+    train.add_argument("--resume", default="", metavar="DIR", help="continue the run in DIR from its last checkpoint")
     train.add_argument("--steps", type=int, default=0, help="override the config's step count")
+    train.add_argument("--minutes", type=float, default=0, help="override the config's time budget")
     train.add_argument("--device", default="auto")
-    train.add_argument("--humaneval", default=str(Path(__file__).resolve().parent.parent.parent / "shared" /
-                                                  "fim_data" / "humaneval-infilling"),
-                       help="HumanEval-Infilling data; files containing its signatures are left out")
+    train.add_argument("--humaneval", default=HUMANEVAL, help="HumanEval-Infilling data; files containing its "
+                       "signatures are left out")
     train.set_defaults(func=cmd_train)
+
+    corpus = sub.add_parser("corpus", help="collect permissively licensed code on this machine into token shards")
+    corpus.add_argument("--out", required=True, help="shard directory to write")
+    corpus.add_argument("--max-bytes", type=int, default=120_000_000)
+    corpus.add_argument("--vocab-size", type=int, default=8192)
+    corpus.add_argument("--tokenizer", default="", help="reuse this checkpoint's tokenizer instead of training one")
+    corpus.add_argument("--tokenizer-bytes", type=int, default=30_000_000, help="text the tokenizer is trained on")
+    corpus.add_argument("--humaneval", default=HUMANEVAL)
+    corpus.set_defaults(func=cmd_corpus)
 
     try:
         from . import evaluate

@@ -50,7 +50,7 @@ def test_clamped_tokens_survive_every_step(engine, monkeypatch):
     """Wrap the model so every canvas it is fed during denoising is checked."""
     batch = build_canvas([5, 3, 2], [100, 101, 102, 103], suffix_head=4, end_id=1, pad_id=0)
     seen = []
-    model = engine.model
+    model = engine.model.model  # the body the loop calls; the head then runs on free positions only
     original = model.forward
 
     def spy(*args, **kwargs):
@@ -93,14 +93,14 @@ def test_cancel_stops_between_steps(engine, monkeypatch):
     batch = build_canvas([4], [], suffix_head=1, end_id=1, pad_id=0)
     token = CancelToken()
     calls = []
-    original = engine.model.forward
+    original = engine.model.model.forward
 
     def cancel_after_first(*args, **kwargs):
         calls.append(1)
         token.cancel()
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(engine.model, "forward", cancel_after_first)
+    monkeypatch.setattr(engine.model.model, "forward", cancel_after_first)
     try:
         _run(engine, batch, steps=50, cancel=token)
     except Cancelled:

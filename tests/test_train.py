@@ -44,17 +44,28 @@ def test_examples_match_the_engine_canvas_layout():
         assert example.prompt[0] == tokenizer.bos_token_id and len(example.prompt) <= 65
 
 
-def test_a_few_steps_lower_the_loss(tmp_path):
+def test_a_few_steps_lower_the_loss_and_resume_continues(tmp_path):
     corpus = Corpus(texts=[p.read_text() for p in SAMPLES], manifest=[ManifestEntry("fixtures", "0", "Apache-2.0")])
-    config = TrainConfig(seed=0, data=DataConfig(prefix_tokens=64),
-                         optim=OptimConfig(steps=40, batch_size=8, lr=3e-3, warmup=1, log_every=10))
+    config = TrainConfig(seed=0, data=DataConfig(sequence_tokens=100, holes_per_sequence=8),
+                         optim=OptimConfig(steps=40, batch_size=4, lr=3e-3, warmup=1, log_every=10))
     history = train(config, tmp_path / "ft", init=str(TINY_MODEL), corpus=corpus, device="cpu")
     assert history[-1]["loss"] < history[0]["loss"] - 0.5, history
-    assert (tmp_path / "ft" / "model.safetensors").exists()
+    assert all(h["supervised_tokens_per_s"] > 0 for h in history[:-1])
+    assert (tmp_path / "ft" / "model.safetensors").exists() and (tmp_path / "ft" / "state.pt").exists()
     assert (tmp_path / "ft" / "loss.csv").read_text().startswith("step,loss")
     assert "Corpus manifest" in (tmp_path / "ft" / "README.md").read_text()
     model = DiffusionGemmaForBlockDiffusion.from_pretrained(tmp_path / "ft")  # loads as the engine would
     assert model.config.text_config.vocab_size == 512
+    assert model.config.infill_layout["suffix_head"] == 16 and model.config.infill_layout["prefix_tokens"] == 99
+
+    # --resume: the schedule, step count and history carry on from the saved state.
+    longer = TrainConfig(seed=0, data=config.data, optim=OptimConfig(steps=60, batch_size=4, lr=3e-3, warmup=1,
+                                                                     log_every=10))
+    state = torch.load(tmp_path / "ft" / "state.pt", weights_only=False)
+    state["config"]["optim"]["steps"] = 60  # what a longer schedule in the resumed run's config would say
+    torch.save(state, tmp_path / "ft" / "state.pt")
+    resumed = train(longer, tmp_path / "ft", corpus=corpus, device="cpu", resume=True)
+    assert resumed[-1]["step"] == 60 and resumed[:len(history)] == history[:len(resumed[:len(history)])]
 
 
 def test_repository_corpus_and_humaneval_exclusion(tmp_path):

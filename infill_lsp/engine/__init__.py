@@ -7,6 +7,7 @@ the shared `infill-lsp engine` daemon over a Unix socket, later a vLLM server) i
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Protocol
 
 import msgspec
@@ -39,6 +40,29 @@ class EngineConfig(msgspec.Struct, frozen=True):
 
 
 DEFAULT_MODEL = "google/diffusiongemma-26B-A4B-it"
+SHIPPED_MODEL = Path(__file__).resolve().parent.parent / "models" / "infill-small"
+
+
+def real_model_cached(model: str = DEFAULT_MODEL) -> bool:
+    """Whether the hub id's weights are in the local Hugging Face cache (never downloads)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(model, "config.json")
+    except Exception:  # noqa: BLE001 - no hub library, a bad cache: then it is not there
+        return False
+    return isinstance(found, str)
+
+
+def default_model() -> str:
+    """No `--model`: the real DiffusionGemma if it is cached and a GPU is present, else the shipped model."""
+    import torch
+
+    if torch.cuda.is_available() and real_model_cached():
+        return DEFAULT_MODEL
+    if (SHIPPED_MODEL / "config.json").exists():
+        return str(SHIPPED_MODEL)
+    return DEFAULT_MODEL
 
 
 def load_engine(config: EngineConfig, progress=None) -> Engine:
@@ -50,7 +74,7 @@ def load_engine(config: EngineConfig, progress=None) -> Engine:
     from .transformers_backend import TransformersEngine
 
     return TransformersEngine(
-        config.model or DEFAULT_MODEL,
+        config.model or default_model(),
         device=config.device,
         dtype=config.dtype,
         prefix_tokens=config.prefix_tokens,
@@ -63,6 +87,8 @@ __all__ = [
     "Cancelled",
     "CancelToken",
     "DEFAULT_MODEL",
+    "SHIPPED_MODEL",
+    "default_model",
     "Engine",
     "EngineConfig",
     "EngineUnavailable",

@@ -45,6 +45,13 @@ def _entropy(logits: torch.Tensor) -> torch.Tensor:
     return -(logp.exp() * logp).sum(-1).nan_to_num(0.0)
 
 
+def vocabulary_head(model, hidden: torch.Tensor) -> torch.Tensor:
+    """DiffusionGemmaForBlockDiffusion's head (projection + logit soft-capping) on chosen positions only."""
+    logits = model.lm_head(hidden).float()
+    cap = model.final_logit_softcapping
+    return torch.tanh(logits / cap) * cap if cap else logits
+
+
 @torch.inference_mode()
 def denoise(
     model,
@@ -62,6 +69,10 @@ def denoise(
     `model` is a DiffusionGemmaForBlockDiffusion; `cache` holds the prefix, already repeated to
     the batch size. `first_token_allowed` (V,) bool restricts free position 0 (token healing);
     `banned_tokens` (V,) bool are never produced in the middle (control tokens).
+
+    The vocabulary head, sampling and entropies run on the free positions only (flattened to
+    (F, V)): a clamped position's distribution is one-hot on its known token by construction, so
+    computing it would be wasted work on a large vocabulary.
     """
     device = cache.layers[0].keys.device
     vocab = model.config.text_config.vocab_size
@@ -69,57 +80,57 @@ def denoise(
     clamped = batch.clamped.to(device)
     free = batch.free.to(device)
     rows, width = known.shape
+    free_rows = free.nonzero()[:, 0]  # (F,) the row of each free position
 
-    # Additive bias shared by all rows: -inf where a token may not go (control tokens; token healing).
-    bias = torch.zeros((1, width, vocab), device=device)
+    # Additive bias on the free positions: -inf where a token may not go (control tokens; token healing).
+    bias = torch.zeros((int(free.sum()), vocab), device=device)
     if banned_tokens is not None:
-        bias[:, :, banned_tokens.to(device)] = -math.inf
+        bias[:, banned_tokens.to(device)] = -math.inf
     if first_token_allowed is not None:
-        bias[:, 0, ~first_token_allowed.to(device)] = -math.inf
-    clamped_flat = clamped.view(-1).nonzero().squeeze(-1)
-    known_flat = known.view(-1)[clamped_flat]
-
-    def constrain(raw: torch.Tensor) -> torch.Tensor:
-        """The logits-processor way of clamping: only the known token is possible there."""
-        raw = raw.float() + bias
-        raw.masked_fill_(clamped[..., None], -math.inf)
-        raw.view(-1, vocab)[clamped_flat, known_flat] = 0.0
-        return raw
+        first = free.clone()
+        first[:, 1:] = False
+        bias[first[free], :] += torch.where(first_token_allowed.to(device), 0.0, -math.inf)
 
     def noise() -> torch.Tensor:
         return torch.randint(0, vocab, (rows, width), device=device, generator=generator)
 
     canvas = torch.where(clamped, known, noise())
     argmax = canvas
+    # Self-conditioning input: the previous step's processed logits; clamped positions one-hot on their token.
+    conditioning = torch.full((rows, width, vocab), -math.inf, device=device, dtype=model.dtype)
+    conditioning.scatter_(-1, known[..., None], 0.0)
     self_conditioning = None
     finished = torch.zeros(rows, dtype=torch.bool, device=device)
     history = torch.full((max(settings.stability, 1), rows, width), -1, dtype=torch.long, device=device)
     free_count = free.sum(-1).clamp(min=1)
-    logits = None
+    logits = None  # (F, V) raw logits of the free positions at each row's last step
     steps_run = 0
 
     for remaining in range(settings.steps, 0, -1):
         cancel.raise_if_cancelled()
-        raw = model(
+        hidden = model.model(
             decoder_input_ids=canvas,
             past_key_values=cache,
             self_conditioning_logits=self_conditioning,
-        ).logits
+        ).last_hidden_state
         steps_run += 1
-        raw = constrain(raw)
+        raw = vocabulary_head(model, hidden[free]) + bias
         temperature = settings.t_min + (settings.t_max - settings.t_min) * remaining / settings.steps
         processed = raw / temperature
 
         # Inverse-CDF sampling: one uniform per position against the cumulative distribution. Exact,
         # and an order of magnitude cheaper on CPU than torch.multinomial or an exponential race.
         probs = torch.softmax(processed, dim=-1)
-        uniform = torch.rand((rows, width, 1), device=device, generator=generator)
-        sampled = (probs.cumsum(-1) < uniform).sum(-1).clamp(max=vocab - 1)
-        new_argmax = processed.argmax(-1)
+        uniform = torch.rand((rows, width, 1), device=device, generator=generator)[free]
+        sampled = known.clone()
+        sampled[free] = (probs.cumsum(-1) < uniform).sum(-1).clamp(max=vocab - 1)
+        new_argmax = known.clone()
+        new_argmax[free] = processed.argmax(-1)
 
         # Entropy-bound acceptance over the free positions: accept the lowest-entropy tokens whose
         # summed entropy (minus the largest) stays under the bound; renoise the rest.
-        entropy = _entropy(processed).masked_fill(~free, 0.0)
+        entropy = torch.zeros((rows, width), device=device)
+        entropy[free] = _entropy(processed)
         sorted_entropy, order = torch.sort(entropy.masked_fill(~free, math.inf), dim=-1)
         sorted_entropy = sorted_entropy.masked_fill(torch.isinf(sorted_entropy), 0.0)
         take = (torch.cumsum(sorted_entropy, -1) - sorted_entropy) <= settings.entropy_bound
@@ -130,12 +141,11 @@ def denoise(
         # Finished rows keep what they had; the rest move on.
         keep = finished[:, None]
         canvas = torch.where(keep, canvas, new_canvas)
-        argmax = torch.where(keep, argmax, torch.where(clamped, known, new_argmax))
-        logits = raw if logits is None else torch.where(keep[..., None], logits, raw)
-        processed = processed.to(model.dtype)
-        self_conditioning = processed if self_conditioning is None else torch.where(
-            keep[..., None], self_conditioning, processed
-        )
+        argmax = torch.where(keep, argmax, new_argmax)
+        keep_free = finished[free_rows][:, None]
+        logits = raw if logits is None else torch.where(keep_free, logits, raw)
+        conditioning[free & ~keep] = processed[~keep_free.squeeze(-1)].to(model.dtype)
+        self_conditioning = conditioning
 
         stable = (history == argmax[None]).all(-1).all(0)
         history = torch.roll(history, -1, 0)
@@ -145,5 +155,6 @@ def denoise(
         if bool(finished.all()):
             break
 
-    token_logprobs = torch.log_softmax(logits, -1).gather(-1, argmax[..., None]).squeeze(-1)
+    token_logprobs = torch.zeros((rows, width), device=device)
+    token_logprobs[free] = torch.log_softmax(logits, -1).gather(-1, argmax[free][:, None]).squeeze(-1)
     return DenoiseOutput(tokens=argmax.cpu(), token_logprobs=token_logprobs.cpu(), steps=steps_run)

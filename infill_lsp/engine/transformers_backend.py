@@ -101,7 +101,14 @@ class TransformersEngine:
                 f"downloads weights: fetch them once with `hf download {model}` or pass a path"
             ) from exc
         self.model.to(self.device).eval()
-        self.info = EngineInfo(model=model, backend="transformers", device=self.device,
+        # A checkpoint trained by `infill-lsp train` says how it was trained to see the code
+        # (its prompt window and suffix head); the real DiffusionGemma keeps the settings' layout.
+        layout = getattr(self.model.config, "infill_layout", None) or {}
+        if layout:
+            self.prefix_tokens = min(self.prefix_tokens, int(layout.get("prefix_tokens", self.prefix_tokens)))
+            self.suffix_head_tokens = int(layout.get("suffix_head", self.suffix_head_tokens))
+        name = layout.get("name") or model
+        self.info = EngineInfo(model=name, backend="transformers", device=self.device,
                                dtype=str(self.dtype).removeprefix("torch."))
 
         progress("indexing vocabulary", 80)

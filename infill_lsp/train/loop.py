@@ -10,15 +10,20 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
+import shutil
 import time
 from pathlib import Path
 
 import msgspec
+import numpy as np
 import torch
 
-from .corpus import Corpus, collect_installed, collect_repository
+from .corpus import Corpus, collect_multilanguage, collect_repository
+from .holes import HoleSampler, holes_loss
 from .objective import ExampleBuilder, collate, infill_loss, sample_split
+from .shards import TokenData, is_heldout, read_heldout
 
 log = logging.getLogger(__name__)
 
@@ -39,21 +44,25 @@ class ModelShape(msgspec.Struct, frozen=True):
 
 class DataConfig(msgspec.Struct, frozen=True):
     vocab_size: int = 8192
-    prefix_tokens: int = 512
+    sequence_tokens: int = 512  # clean tokens encoded once per sequence
+    holes_per_sequence: int = 16  # canvas rows cut from each sequence
     max_middle: int = 32
     suffix_head: int = 16
-    max_corpus_bytes: int = 400_000_000
+    max_corpus_bytes: int = 120_000_000
+    prefix_tokens: int = 512  # the one-hole-per-example objective ("single") only
+    objective: str = "holes"  # "holes" (many per sequence) or "single" (one per example: the old baseline)
 
 
 class OptimConfig(msgspec.Struct, frozen=True):
-    steps: int = 3000
-    batch_size: int = 128
+    steps: int = 3000  # the learning-rate schedule's length (cosine to 10%); a run may stop earlier
+    batch_size: int = 8  # sequences per step ("holes"), or examples per step ("single")
     lr: float = 1e-3
     warmup: int = 200
     weight_decay: float = 0.1
     grad_clip: float = 1.0
-    max_minutes: float = 14.0
+    max_minutes: float = 14.0  # this command's time budget; `--resume` continues
     log_every: int = 25
+    checkpoint_minutes: float = 5.0
     self_condition_p: float = 0.5
 
 
@@ -103,7 +112,7 @@ def build_model(shape: ModelShape, vocab_size: int, canvas_length: int):
 
 
 def examples(corpus: Corpus, builder: ExampleBuilder, rng: random.Random):
-    """Endless (prompt, canvas) examples; files drawn in proportion to their length."""
+    """Endless (prompt, canvas) examples for the one-hole objective; files drawn by length."""
     weights = [len(t) for t in corpus.texts]
     while True:
         text = rng.choices(corpus.texts, weights=weights, k=1)[0]
@@ -133,21 +142,24 @@ def write_loss_curve(out: Path, history: list[dict]) -> None:
     plt.close(fig)
 
 
-def write_model_card(out: Path, config: TrainConfig, corpus: Corpus, history: list[dict], params: int,
-                     init: str | None) -> None:
-    rows = "\n".join(f"| {m.package} | {m.version} | {m.license} | {m.files} | {m.bytes:,} |"
-                     for m in corpus.manifest)
+def write_model_card(out: Path, config: TrainConfig, sources: list[dict], history: list[dict], params: int,
+                     init: str | None, state: dict, excluded: int = 0, extra: str = "") -> None:
+    rows = "\n".join(f"| {m['package']} | {m['version']} | {m['license']} | {m['files']} | {m['bytes']:,} |"
+                     for m in sources)
     final = history[-1]["loss"] if history else float("nan")
     (out / "README.md").write_text(f"""# infill-lsp code-infill model
 
 A DiffusionGemma-architecture block-diffusion model ({params:,} parameters) trained by
 `infill-lsp train` for fill-in-the-middle: canvas = [middle + end marker/padding | suffix head],
 uniform-noise corruption of the middle, cross-entropy on the middle, self-conditioning as at
-inference. {"Fine-tuned from " + init + "." if init else "Trained from scratch."}
+inference, many holes per encoded sequence. {"Started from " + init + "." if init else "Trained from scratch."}
 
-Final training loss: {final:.4f} after {history[-1]['step'] if history else 0} steps.
-Files dropped because they contain a HumanEval signature: {corpus.excluded_for_humaneval}.
-
+Training: {state.get('step', 0):,} steps, {state.get('tokens_seen', 0):,} sequence tokens encoded,
+{state.get('supervised_tokens', 0):,} supervised (middle-slot) tokens, {state.get('minutes', 0.0):.0f} minutes
+on {state.get('device', '?')}. Final training loss {final:.4f}; held-out loss {state.get('heldout_loss', float('nan')):.4f}.
+Files dropped because they contain a HumanEval signature: {excluded}.
+The loss curve is `loss_curve.png` (data: `loss.csv`).
+{extra}
 ## Config
 ```json
 {json.dumps(msgspec.to_builtins(config), indent=2)}
@@ -160,78 +172,225 @@ Files dropped because they contain a HumanEval signature: {corpus.excluded_for_h
 """)
 
 
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def infill_layout(config: TrainConfig, name: str = "") -> dict:
+    """What the engine must reproduce at inference, stored in the checkpoint's config.json."""
+    return {"name": name, "prefix_tokens": config.data.sequence_tokens - 1, "suffix_head": config.data.suffix_head,
+            "max_middle": config.data.max_middle, "canvas": "[middle + end + pad | suffix head, end, pad]",
+            "prompt": "[bos] + prefix tokens, last token backed off (token healing)"}
+
+
+def export_checkpoint(model, tokenizer, out: Path, dtype: torch.dtype) -> None:
+    """Write a checkpoint the engine loads (weights, config, tokenizer), swapped in atomically."""
+    staging = out.with_name(out.name + ".staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    original = next(model.parameters()).dtype
+    model.to(dtype)
+    try:
+        model.save_pretrained(staging)
+    finally:
+        model.to(original)
+    tokenizer.save_pretrained(staging)
+    if out.exists():
+        for item in staging.iterdir():
+            os.replace(item, out / item.name)
+        staging.rmdir()
+    else:
+        os.replace(staging, out)
+
+
+@torch.no_grad()
+def heldout_loss(model, sampler: HoleSampler, documents: list, seed: int = 1234, batches: int = 4) -> float:
+    """The objective on held-out documents with fixed holes and noise (comparable across runs)."""
+    if not documents:
+        return float("nan")
+    was_training = model.training
+    model.eval()
+    rng = random.Random(seed)
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    losses = []
+    for _ in range(batches):
+        batch = sampler.sample(rng.choices(documents, k=8), rng).to(device)
+        losses.append(holes_loss(model, batch, generator, self_condition_p=0.0).item())
+    model.train(was_training)
+    return sum(losses) / len(losses)
+
+
+def _tokenize_documents(texts: list[str], tokenizer) -> list[np.ndarray]:
+    out = []
+    for start in range(0, len(texts), 256):
+        for ids in tokenizer(texts[start:start + 256], add_special_tokens=False)["input_ids"]:
+            if len(ids) >= 8:
+                out.append(np.asarray(ids, dtype=np.int64))
+    return out
+
+
 def train(config: TrainConfig, out: Path, *, init: str | None = None, data: Path | None = None,
-          device: str = "auto", humaneval_dir: Path | None = None, corpus: Corpus | None = None) -> list[dict]:
+          shards: Path | None = None, resume: bool = False, device: str = "auto",
+          humaneval_dir: Path | None = None, corpus: Corpus | None = None) -> list[dict]:
+    """Train (or fine-tune with `init`, or continue with `resume`) and write a loadable checkpoint to `out`.
+
+    `out/state.pt` (weights, optimizer, schedule, data RNG, history) is rewritten atomically every
+    `checkpoint_minutes`, and `out/model/` holds the latest exported checkpoint, so a run that is
+    stopped loses at most a few minutes and `resume=True` continues it.
+    """
     from transformers import AutoTokenizer, DiffusionGemmaForBlockDiffusion
 
     from ..engine.transformers_backend import resolve_device
 
     device = resolve_device(device)
+    out.mkdir(parents=True, exist_ok=True)
+    state_path = out / "state.pt"
+    state = torch.load(state_path, weights_only=False) if resume and state_path.exists() else None
+    if resume and state is None:
+        log.info("no %s to resume from: starting %s", state_path, f"from {init}" if init else "from scratch")
+    if state is not None:
+        config = msgspec.convert(state["config"], TrainConfig)
     rng = random.Random(config.seed)
     torch.manual_seed(config.seed)
-    out.mkdir(parents=True, exist_ok=True)
-    if corpus is None:
-        corpus = collect_repository(data, humaneval_dir) if data else collect_installed(
-            humaneval_dir, config.data.max_corpus_bytes)
-    if not corpus.texts:
-        raise ValueError("the corpus is empty")
-    log.info("corpus: %d files, %d bytes, %d dropped for HumanEval", len(corpus.texts),
-             sum(m.bytes for m in corpus.manifest), corpus.excluded_for_humaneval)
 
-    if init:
-        tokenizer = AutoTokenizer.from_pretrained(init, local_files_only=True)
-        model = DiffusionGemmaForBlockDiffusion.from_pretrained(init, local_files_only=True, dtype=torch.float32)
+    # Data: tokenized shards, or a corpus (a repository for fine-tuning, or the machine's sources) tokenized here.
+    sources: list[dict] = []
+    excluded = 0
+    heldout_docs: list = []
+    token_data = None
+    tokenizer = None
+    if shards is not None:
+        token_data = TokenData(shards)
+        tokenizer = AutoTokenizer.from_pretrained(shards)
+        sources = token_data.manifest["sources"]
+        excluded = token_data.manifest.get("excluded_for_humaneval", 0)
+        heldout_texts = [r["text"] for r in read_heldout(shards)]
     else:
-        tokenizer = train_tokenizer(corpus.texts, config.data.vocab_size)
+        if corpus is None:
+            corpus = collect_repository(data, humaneval_dir) if data else collect_multilanguage(
+                humaneval_dir, config.data.max_corpus_bytes)
+        if not corpus.texts:
+            raise ValueError("the corpus is empty")
+        sources, excluded = msgspec.to_builtins(corpus.manifest), corpus.excluded_for_humaneval
+        paths = corpus.paths or [str(i) for i in range(len(corpus.texts))]
+        train_texts = [t for t, p in zip(corpus.texts, paths) if not is_heldout(p)] or corpus.texts
+        heldout_texts = [t for t, p in zip(corpus.texts, paths) if is_heldout(p)]
+    log.info("data: %s", f"{token_data.total_tokens:,} tokens in shards" if token_data else
+             f"{len(corpus.texts)} files, {sum(m['bytes'] for m in sources):,} bytes")
+
+    source = state["init"] if state is not None else init
+    if state is not None or init:
+        checkpoint = out / "model" if state is not None else Path(init)
+        tokenizer = tokenizer or AutoTokenizer.from_pretrained(checkpoint, local_files_only=True)
+        model = DiffusionGemmaForBlockDiffusion.from_pretrained(checkpoint, local_files_only=True, dtype=torch.float32)
+    else:
+        tokenizer = tokenizer or train_tokenizer(train_texts, config.data.vocab_size)
         model = build_model(config.model, len(tokenizer), config.data.max_middle + config.data.suffix_head)
+    model.config.infill_layout = infill_layout(config, name=getattr(model.config, "infill_layout", {}).get("name", ""))
     model.to(device).train()
     params = sum(p.numel() for p in model.parameters())
     log.info("model: %s parameters on %s", f"{params:,}", device)
 
-    builder = ExampleBuilder(tokenizer, config.data.prefix_tokens, config.data.max_middle, config.data.suffix_head)
-    stream = examples(corpus, builder, rng)
+    sampler = HoleSampler(tokenizer, sequence_tokens=config.data.sequence_tokens, max_middle=config.data.max_middle,
+                          suffix_head=config.data.suffix_head, holes_per_sequence=config.data.holes_per_sequence)
+    if token_data is None:
+        documents = _tokenize_documents(train_texts, tokenizer)
+        draw = lambda r, k: r.choices(documents, k=k)  # noqa: E731
+    else:
+        draw = token_data.draw
+    heldout_docs = _tokenize_documents(heldout_texts[:200], tokenizer)
+    builder = stream = None
+    if config.data.objective == "single":
+        builder = ExampleBuilder(tokenizer, config.data.prefix_tokens, config.data.max_middle, config.data.suffix_head)
+        stream = examples(corpus, builder, rng)
+
     optim = config.optim
     optimizer = torch.optim.AdamW(model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay,
                                   betas=(0.9, 0.95), fused=device.startswith("cuda"))
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / max(1, optim.warmup))
-                                                 * 0.5 * (1 + math.cos(math.pi * min(1.0, step / optim.steps))))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min(1.0, (step + 1) / max(1, optim.warmup))
+        * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, step / optim.steps)))))
     generator = torch.Generator(device=device).manual_seed(config.seed)
     history: list[dict] = []
+    totals = {"step": 0, "tokens_seen": 0, "supervised_tokens": 0, "minutes": 0.0, "device": device}
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        rng.setstate(state["rng"])
+        generator.set_state(state["generator"])
+        history, totals = state["history"], state["totals"]
+        log.info("resumed at step %d (%.1f minutes trained)", totals["step"], totals["minutes"])
+
+    def save(final: bool = False) -> None:
+        totals["heldout_loss"] = heldout_loss(model, sampler, heldout_docs)
+        if history:
+            history[-1]["heldout_loss"] = totals["heldout_loss"]
+        _atomic_save({"config": msgspec.to_builtins(config), "model": model.state_dict(),
+                      "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "rng": rng.getstate(),
+                      "generator": generator.get_state(), "history": history, "totals": totals, "init": source},
+                     state_path)
+        export_checkpoint(model, tokenizer, out / "model", torch.float32)
+        log.info("checkpoint at step %d: held-out loss %.4f", totals["step"], totals["heldout_loss"])
+
     started = time.perf_counter()
-    log_file = (out / "train_log.jsonl").open("w")
-    running, seen = 0.0, 0
-    for step in range(1, optim.steps + 1):
-        batch = collate([next(stream) for _ in range(optim.batch_size)], tokenizer.pad_token_id).to(device)
+    minutes_before = totals["minutes"]
+    last_save = started
+    log_file = (out / "train_log.jsonl").open("a")
+    running = seen = supervised = 0
+    window_started = time.perf_counter()
+    while totals["step"] < optim.steps:
+        if builder is not None:
+            batch = collate([next(stream) for _ in range(optim.batch_size)], tokenizer.pad_token_id).to(device)
+            count, encoded = int(batch.free.sum()), int(batch.prompt_mask.sum()) + batch.canvas.numel()
+        else:
+            batch = sampler.sample(draw(rng, optim.batch_size), rng).to(device)
+            count, encoded = batch.supervised_tokens, batch.encoder_ids.numel()
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
-            loss = infill_loss(model, batch, generator, self_condition=rng.random() < optim.self_condition_p)
+            if builder is not None:
+                loss = infill_loss(model, batch, generator, self_condition=rng.random() < optim.self_condition_p)
+            else:
+                loss = holes_loss(model, batch, generator, optim.self_condition_p)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), optim.grad_clip)
         optimizer.step()
         schedule.step()
+        totals["step"] += 1
+        totals["tokens_seen"] += encoded
+        totals["supervised_tokens"] += count
         running += loss.item()
         seen += 1
-        elapsed = time.perf_counter() - started
-        if step % optim.log_every == 0 or step == optim.steps:
-            record = {"step": step, "loss": running / seen, "lr": schedule.get_last_lr()[0],
-                      "minutes": elapsed / 60}
+        supervised += count
+        now = time.perf_counter()
+        totals["minutes"] = minutes_before + (now - started) / 60
+        if totals["step"] % optim.log_every == 0:
+            record = {"step": totals["step"], "loss": running / seen, "lr": schedule.get_last_lr()[0],
+                      "minutes": totals["minutes"], "supervised_tokens_per_s": supervised / (now - window_started),
+                      "supervised_tokens": totals["supervised_tokens"]}
             history.append(record)
             log_file.write(json.dumps(record) + "\n")
             log_file.flush()
-            log.info("step %d loss %.4f lr %.2e %.1f min", step, record["loss"], record["lr"], record["minutes"])
-            running, seen = 0.0, 0
-        if elapsed > optim.max_minutes * 60:
-            log.info("time budget reached at step %d", step)
-            if seen:
-                history.append({"step": step, "loss": running / seen, "lr": schedule.get_last_lr()[0],
-                                "minutes": elapsed / 60})
+            log.info("step %d loss %.4f lr %.2e %.1f min, %.0f supervised tokens/s", totals["step"], record["loss"],
+                     record["lr"], record["minutes"], record["supervised_tokens_per_s"])
+            running = seen = supervised = 0
+            window_started = time.perf_counter()
+        if now - last_save > optim.checkpoint_minutes * 60:
+            save()
+            last_save = time.perf_counter()
+        if now - started > optim.max_minutes * 60:
+            log.info("time budget reached at step %d", totals["step"])
             break
+    if seen:
+        history.append({"step": totals["step"], "loss": running / seen, "lr": schedule.get_last_lr()[0],
+                        "minutes": totals["minutes"]})
     log_file.close()
-
+    save(final=True)
     model.eval()
-    model.to(torch.bfloat16 if device.startswith("cuda") else torch.float32)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    export_checkpoint(model, tokenizer, out, torch.float32)
     write_loss_curve(out, history)
-    write_model_card(out, config, corpus, history, params, init)
+    write_model_card(out, config, sources, history, params, source, totals, excluded)
     return history

@@ -1,0 +1,219 @@
+"""Many holes per sequence: the training objective, vectorised (as in BD3-LM's training).
+
+The engine at inference (engine/canvas.py, engine/transformers_backend.py) encodes
+`[BOS] + prefix` causally, backs off the last prefix token (token healing), and denoises rows
+`[middle slot of m tokens | suffix head, clamped, then end marker and padding]` that attend to
+the encoded prefix and bidirectionally to themselves.
+
+Training one hole per example spends almost all compute on prefixes. Here a clean token
+sequence is encoded ONCE (causal, as at inference) and K holes are cut from it. Hole k starting
+at token s_k gets its own canvas row, laid out by the engine's own `build_canvas`, which attends
+to the clean keys before s_k (exactly the prompt `[BOS] + tokens[1:s_k]` the engine would have
+encoded: a causal encoder's keys at positions < s_k do not depend on later tokens) and to
+itself. The mask is block-causal: row k sees keys [0, s_k) of its sequence, then its canvas.
+Positions continue after the hole's prompt (s_k, s_k+1, ...), as the decoder does at inference.
+
+Cutting at token boundaries is the token-healing cut: at inference the prompt stops before the
+backed-off last token and the middle restarts it, so the middle's first token is a whole token
+of the file's own tokenization, as here. Self-conditioning is trained as at inference: a no-grad
+first pass, its logits (divided by a temperature from the sampler's schedule) fed back, with
+clamped positions one-hot on their known token (the engine's logits processor makes them so).
+The vocabulary head runs only on the supervised (free) positions.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..engine.canvas import build_canvas, middle_lengths
+
+
+@dataclass
+class HoleBatch:
+    encoder_ids: torch.Tensor  # (B, N) clean sequences, right-padded
+    row_sequence: torch.Tensor  # (R,) which sequence each canvas row belongs to
+    row_start: torch.Tensor  # (R,) s_k: the hole's first token (= its prompt length)
+    canvas: torch.Tensor  # (R, W) clean canvas rows
+    free: torch.Tensor  # (R, W) bool: middle slot positions (noised, supervised)
+
+    def to(self, device) -> "HoleBatch":
+        return HoleBatch(*(t.to(device) for t in (self.encoder_ids, self.row_sequence, self.row_start,
+                                                   self.canvas, self.free)))
+
+    @property
+    def supervised_tokens(self) -> int:
+        return int(self.free.sum())
+
+
+class HoleSampler:
+    """Cuts editor-like holes out of token sequences and lays them out as engine canvas rows."""
+
+    def __init__(self, tokenizer, *, sequence_tokens: int = 512, max_middle: int = 32, suffix_head: int = 16,
+                 holes_per_sequence: int = 16):
+        self.sequence_tokens = sequence_tokens
+        self.max_middle = max_middle
+        self.suffix_head = suffix_head
+        self.holes = holes_per_sequence
+        self.ladder = sorted(set(middle_lengths(8, max_middle)))
+        self.width = self.ladder[-1] + suffix_head  # the engine's canvas width for its longest slot
+        self.bos = tokenizer.bos_token_id
+        self.end = tokenizer.eos_token_id
+        self.pad = tokenizer.pad_token_id
+        texts = tokenizer.backend_tokenizer.decode_batch([[i] for i in range(len(tokenizer))],
+                                                         skip_special_tokens=False)
+        self.newline = np.array(["\n" in t for t in texts], dtype=bool)
+
+    def window(self, document: np.ndarray, rng: random.Random) -> tuple[list[int], bool]:
+        """[BOS] + a window of the document; also whether the document ends inside the buffer.
+
+        The buffer runs past the encoded part so middles and suffix heads near its end are real.
+        """
+        need = self.sequence_tokens - 1 + self.max_middle + self.suffix_head
+        start = 0
+        if len(document) > self.sequence_tokens - 1:
+            start = rng.randrange(0, len(document) - (self.sequence_tokens - 1) // 2)
+        chunk = document[start:start + need]
+        ends = start + need >= len(document)
+        return [self.bos, *chunk.tolist()], ends
+
+    def _hole_length(self, tokens: list[int], s: int, rng: random.Random) -> int:
+        limit = min(self.max_middle - 1, len(tokens) - s)
+        kind = rng.random()
+        newline = self.newline
+        if kind < 0.3:  # a few tokens: finish the identifier, call, operator
+            return rng.randint(1, min(4, limit))
+        if kind < 0.55:  # the rest of the line (the middle stops before the token holding the newline)
+            n = 0
+            while n < limit and not newline[tokens[s + n]]:
+                n += 1
+            return n
+        if kind < 0.8:  # one to three whole lines: start at a newline token, stop before the k-th next one
+            lines, n = rng.randint(1, 3), 1
+            while n < limit and not (newline[tokens[s + n]] and (lines := lines - 1) == 0):
+                n += 1
+            return n if newline[tokens[s]] else rng.randint(1, limit)
+        return rng.randint(1, limit)  # a random span
+
+    def sample(self, documents: list[np.ndarray], rng: random.Random) -> HoleBatch:
+        """One batch: a window of each document, `holes_per_sequence` holes in each."""
+        encoder_rows, row_sequence, row_start, canvases, frees = [], [], [], [], []
+        for b, document in enumerate(documents):
+            tokens, ends = self.window(document, rng)
+            encoded = min(len(tokens), self.sequence_tokens)
+            encoder_rows.append(tokens[:encoded])
+            if len(tokens) < 2:
+                continue
+            newline_starts = [i for i in range(1, encoded) if self.newline[tokens[i]]]
+            for _ in range(self.holes):
+                if newline_starts and rng.random() < 0.3:
+                    s = rng.choice(newline_starts)
+                else:
+                    s = rng.randrange(1, min(encoded, len(tokens) - 1) + 1) if len(tokens) > 1 else 1
+                s = min(s, len(tokens) - 1)
+                length = max(1, self._hole_length(tokens, s, rng)) if s < len(tokens) else 0
+                middle = tokens[s:s + length]
+                slots = [m for m in self.ladder if m >= len(middle) + 1]
+                m = rng.choice(slots)
+                after = s + len(middle)
+                suffix = tokens[after:after + self.suffix_head]
+                if not ends and len(suffix) < self.suffix_head:
+                    continue  # the buffer ran out before the document did: this suffix would lie
+                batch = build_canvas([m], suffix, self.suffix_head, self.end, self.pad, width=self.width)
+                canvas = batch.known[0]
+                canvas[:m] = torch.tensor(middle + [self.end] + [self.pad] * (m - len(middle) - 1))
+                canvases.append(canvas)
+                frees.append(batch.free[0])
+                row_sequence.append(b)
+                row_start.append(s)
+        width = max(len(r) for r in encoder_rows)
+        encoder_ids = torch.full((len(encoder_rows), width), self.pad, dtype=torch.long)
+        for b, row in enumerate(encoder_rows):
+            encoder_ids[b, :len(row)] = torch.tensor(row)
+        return HoleBatch(encoder_ids=encoder_ids, row_sequence=torch.tensor(row_sequence),
+                         row_start=torch.tensor(row_start), canvas=torch.stack(canvases), free=torch.stack(frees))
+
+
+def _rows_cache(cache, rows: torch.Tensor, length: int):
+    """The encoded sequences' KV cache gathered per canvas row (a view the decoder reads, never writes)."""
+    from ..engine.transformers_backend import _snapshot
+
+    view = _snapshot(cache)
+    for layer in view.layers:
+        if layer.keys.shape[-2] != length:
+            raise ValueError("training sequences must fit the sliding window (config sliding_window > sequence)")
+        layer.keys = layer.keys.index_select(0, rows)
+        layer.values = layer.values.index_select(0, rows)
+    return view
+
+
+def block_causal_mask(row_start: torch.Tensor, length: int, width: int, dtype: torch.dtype) -> torch.Tensor:
+    """(R, 1, W, N + W) additive mask: row k sees encoded keys [0, s_k) and its whole canvas."""
+    keys = torch.arange(length, device=row_start.device)
+    visible = torch.cat([keys[None, :] < row_start[:, None],
+                         torch.ones((row_start.shape[0], width), dtype=torch.bool, device=row_start.device)], dim=1)
+    mask = torch.zeros(visible.shape, dtype=dtype, device=row_start.device)
+    mask.masked_fill_(~visible, torch.finfo(dtype).min)
+    return mask[:, None, None, :].expand(-1, 1, width, -1)
+
+
+def _head(model, hidden: torch.Tensor) -> torch.Tensor:
+    """The model's vocabulary head with its logit soft-capping, on selected hidden states only."""
+    logits = model.lm_head(hidden).float()
+    cap = model.final_logit_softcapping
+    return torch.tanh(logits / cap) * cap if cap else logits
+
+
+def holes_loss(model, batch: HoleBatch, generator: torch.Generator | None = None,
+               self_condition_p: float = 0.5) -> torch.Tensor:
+    """Cross-entropy on the middle slots of all holes, against one causal encoding per sequence."""
+    device = batch.canvas.device
+    vocab = model.config.text_config.vocab_size
+    rows, width = batch.canvas.shape
+    length = batch.encoder_ids.shape[1]
+    encoded = model.model.encoder(input_ids=batch.encoder_ids, use_cache=True)  # causal: pads only trail
+    cache = _rows_cache(encoded.past_key_values, batch.row_sequence, length)
+    mask = block_causal_mask(batch.row_start, length, width, model.dtype)
+    masks = {"full_attention": mask, "sliding_attention": mask}
+    positions = batch.row_start[:, None] + torch.arange(width, device=device)[None, :]
+
+    rate = torch.rand((rows, 1), device=device, generator=generator).clamp(min=0.05)
+    noise = torch.randint(0, vocab, batch.canvas.shape, device=device, generator=generator)
+    corrupt = (torch.rand(batch.canvas.shape, device=device, generator=generator) < rate) & batch.free
+    noisy = torch.where(corrupt, noise, batch.canvas)
+    free = batch.free
+
+    def decode(self_conditioning=None, sc_mask=None):
+        return model.model.decoder(decoder_input_ids=noisy, past_key_values=cache, decoder_attention_mask=masks,
+                                   decoder_position_ids=positions, self_conditioning_logits=self_conditioning,
+                                   self_conditioning_mask=sc_mask).last_hidden_state
+
+    self_conditioning = sc_mask = None
+    if self_condition_p > 0:
+        sc_mask = torch.rand(rows, device=device, generator=generator) < self_condition_p
+        chosen = sc_mask.nonzero().squeeze(-1)
+        if len(chosen):
+            with torch.no_grad():  # the first pass, for the chosen rows only: what the previous step would give
+                sub_free = free[chosen]
+                sub_cache = _rows_cache(encoded.past_key_values, batch.row_sequence[chosen], length)
+                sub_masks = {name: m[chosen] for name, m in masks.items()}
+                hidden = model.model.decoder(decoder_input_ids=noisy[chosen], past_key_values=sub_cache,
+                                             decoder_attention_mask=sub_masks,
+                                             decoder_position_ids=positions[chosen]).last_hidden_state
+                first = _head(model, hidden[sub_free])
+                temperature = 0.4 + 0.4 * torch.rand((len(chosen), 1), device=device, generator=generator)
+                self_conditioning = torch.full((rows, width, vocab), -1e4, device=device)
+                self_conditioning.scatter_(-1, batch.canvas[..., None], 0.0)  # clamped: one-hot on the known token
+                chosen_logits = self_conditioning[chosen]
+                chosen_logits[sub_free] = first / temperature.expand(-1, width)[sub_free][:, None]
+                self_conditioning[chosen] = chosen_logits
+                self_conditioning = self_conditioning.to(model.dtype)
+        else:
+            sc_mask = None
+    hidden = decode(self_conditioning, sc_mask)
+    logits = _head(model, hidden[free])
+    return F.cross_entropy(logits, batch.canvas[free])

@@ -1,0 +1,87 @@
+"""Many-holes training: the vectorised rows must be exactly what the engine computes at inference."""
+
+import random
+
+import numpy as np
+import torch
+from transformers import AutoTokenizer, DiffusionGemmaForBlockDiffusion
+
+from infill_lsp.engine.canvas import build_canvas
+from infill_lsp.train.corpus import Corpus, ManifestEntry
+from infill_lsp.train.holes import HoleSampler, _head, _rows_cache, block_causal_mask
+from infill_lsp.train.shards import TokenData, is_heldout, read_heldout, write_shards
+
+from conftest import ROOT, TINY_MODEL
+
+SAMPLES = sorted((ROOT / "fixtures" / "samples").iterdir())
+
+
+def _documents(tokenizer):
+    return [np.asarray(tokenizer(p.read_text(), add_special_tokens=False)["input_ids"]) for p in SAMPLES]
+
+
+def test_block_causal_rows_equal_one_inference_pass_per_hole():
+    """Row k attends to the clean keys before its hole: the same logits as encoding that prompt alone."""
+    tokenizer = AutoTokenizer.from_pretrained(TINY_MODEL)
+    model = DiffusionGemmaForBlockDiffusion.from_pretrained(TINY_MODEL).eval()
+    sampler = HoleSampler(tokenizer, sequence_tokens=100, holes_per_sequence=4)
+    batch = sampler.sample(_documents(tokenizer)[:3], random.Random(0))
+    assert batch.canvas.shape[0] >= 8  # precondition: several rows from several sequences
+    length, width = batch.encoder_ids.shape[1], batch.canvas.shape[1]
+    with torch.no_grad():
+        encoded = model.model.encoder(input_ids=batch.encoder_ids, use_cache=True)
+        mask = block_causal_mask(batch.row_start, length, width, model.dtype)
+        hidden = model.model.decoder(
+            decoder_input_ids=batch.canvas, past_key_values=_rows_cache(encoded.past_key_values, batch.row_sequence,
+                                                                        length),
+            decoder_attention_mask={"full_attention": mask, "sliding_attention": mask},
+            decoder_position_ids=batch.row_start[:, None] + torch.arange(width)[None]).last_hidden_state
+        vectorised = _head(model, hidden)
+        for row in range(batch.canvas.shape[0]):
+            prompt = batch.encoder_ids[batch.row_sequence[row], :batch.row_start[row]][None]
+            cache = model.model.encoder(input_ids=prompt, use_cache=True).past_key_values
+            reference = model(decoder_input_ids=batch.canvas[row:row + 1], past_key_values=cache).logits[0]
+            assert torch.allclose(vectorised[row], reference, atol=1e-4), row
+
+
+def test_rows_have_the_engine_canvas_layout():
+    tokenizer = AutoTokenizer.from_pretrained(TINY_MODEL)
+    sampler = HoleSampler(tokenizer, sequence_tokens=128, holes_per_sequence=16)
+    documents = _documents(tokenizer)
+    rng = random.Random(3)
+    batch = sampler.sample(documents, rng)
+    assert batch.canvas.shape[1] == 48 and batch.canvas.shape[0] > 50
+    for row in range(batch.canvas.shape[0]):
+        m = int(batch.free[row].sum())
+        assert m in (4, 8, 16, 32)
+        canvas = batch.canvas[row].tolist()
+        end = canvas.index(tokenizer.eos_token_id)
+        assert end < m and all(t == tokenizer.pad_token_id for t in canvas[end + 1:m])
+        sequence = batch.encoder_ids[batch.row_sequence[row]].tolist()
+        s = int(batch.row_start[row])
+        assert 1 <= s <= len(sequence) and sequence[0] == tokenizer.bos_token_id
+        # The clamped tail is exactly what build_canvas makes from the tokens after the hole.
+        suffix = [t for t in canvas[m:] if t not in (tokenizer.eos_token_id, tokenizer.pad_token_id)]
+        expected = build_canvas([m], suffix, 16, tokenizer.eos_token_id, tokenizer.pad_token_id, width=48)
+        assert expected.known[0, m:].tolist() == canvas[m:]
+        assert torch.equal(expected.free[0], batch.free[row])
+    lengths = [canvas.index(tokenizer.eos_token_id) for canvas in batch.canvas.tolist()]
+    assert min(lengths) <= 4 and max(lengths) >= 16  # short and long holes both occur
+
+
+def test_shards_round_trip_and_hold_files_out(tmp_path):
+    tokenizer = AutoTokenizer.from_pretrained(TINY_MODEL)
+    paths = [f"/src/pkg{i}/file{i}.py" for i in range(300)]
+    texts = [SAMPLES[i % len(SAMPLES)].read_text() for i in range(300)]
+    corpus = Corpus(texts=texts, manifest=[ManifestEntry("fixtures", "0", "Apache-2.0", 300, 1)],
+                    languages=["python"] * 300, paths=paths)
+    manifest = write_shards(corpus, tokenizer, tmp_path)
+    held = [p for p in paths if is_heldout(p)]
+    assert held and manifest["heldout_files"] == len(held) == len(read_heldout(tmp_path))
+    data = TokenData(tmp_path)
+    expected = sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t, p in zip(texts, paths)
+                   if not is_heldout(p))
+    assert data.total_tokens == expected
+    drawn = data.draw(random.Random(0), 5)
+    assert len(drawn) == 5 and all(d.dtype == np.uint16 for d in drawn)
+    assert AutoTokenizer.from_pretrained(tmp_path).vocab_size == tokenizer.vocab_size
