@@ -186,6 +186,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--timeout", type=float, default=3.0, help="seconds per test run")
     parser.add_argument("--workers", type=int, default=2, help="sandboxes run in parallel")
     parser.add_argument("--json", help="write the scores and per-problem records here")
+    parser.add_argument("--heldout", default="", metavar="SHARDS",
+                        help="also run the per-language held-out check on this shard directory's held-out files")
+    parser.add_argument("--heldout-files", type=int, default=20, help="held-out files per language")
 
 
 def run(args) -> int:
@@ -195,6 +198,15 @@ def run(args) -> int:
                         context_tokens=args.context_tokens)
     data = Path(args.data)
     names = [s.strip() for s in args.subsets.split(",") if s.strip()]
+    heldout_holes = None
+    if args.heldout:
+        from .heldout import cut_holes
+        from .train.shards import read_heldout
+
+        try:
+            heldout_holes = cut_holes(read_heldout(Path(args.heldout)), files_per_language=args.heldout_files)
+        except OSError as exc:
+            raise SystemExit(f"no held-out files in {args.heldout}: {exc}") from None
     unknown = [n for n in names if n not in SUBSETS]
     if unknown:
         raise SystemExit(f"unknown subsets {unknown}; known: {', '.join(SUBSETS)}")
@@ -215,6 +227,12 @@ def run(args) -> int:
             scores.append(subset_score)
             report["subsets"][name] = {"score": msgspec.to_builtins(subset_score),
                                        "records": msgspec.to_builtins(records)}
+        heldout_results = None
+        if heldout_holes is not None:
+            from .heldout import run_holes
+
+            heldout_results = run_holes(engine, heldout_holes, budget=budget, settings=settings, seed=args.seed)
+            report["heldout"] = msgspec.to_builtins(heldout_results)
     finally:
         engine.close()
     print(f"HumanEval-Infilling, model {engine.info.model} ({engine.info.device}), {args.candidates} candidates, "
@@ -228,6 +246,11 @@ def run(args) -> int:
               f"| {s.no_suggestion} | {s.mean_ms:.0f} | {s.p95_ms:.0f} |")
         if s.errors:
             print(f"  {s.subset}: {s.errors} problems failed to complete (see the log / JSON records)")
+    if heldout_results is not None:
+        from .heldout import table
+
+        print(f"\nHeld-out files ({args.heldout}), exact match of the suggestion with the removed text:")
+        print(table(heldout_results))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
     return 0

@@ -250,9 +250,15 @@ def train(config: TrainConfig, out: Path, *, init: str | None = None, data: Path
     state_path = out / "state.pt"
     state = torch.load(state_path, weights_only=False) if resume and state_path.exists() else None
     if resume and state is None:
+        from ..engine import SHIPPED_MODEL
+
+        if init is None and (SHIPPED_MODEL / "config.json").exists():
+            init = str(SHIPPED_MODEL)  # the local run is gone: continue from the weights that shipped
         log.info("no %s to resume from: starting %s", state_path, f"from {init}" if init else "from scratch")
     if state is not None:
         config = msgspec.convert(state["config"], TrainConfig)
+        if shards is None and state.get("shards") and data is None and corpus is None:
+            shards = Path(state["shards"])  # continue on the data the run started with
     rng = random.Random(config.seed)
     torch.manual_seed(config.seed)
 
@@ -316,6 +322,10 @@ def train(config: TrainConfig, out: Path, *, init: str | None = None, data: Path
     generator = torch.Generator(device=device).manual_seed(config.seed)
     history: list[dict] = []
     totals = {"step": 0, "tokens_seen": 0, "supervised_tokens": 0, "minutes": 0.0, "device": device}
+    if state is None and init and (Path(init) / "training_state.json").exists():
+        carried = json.loads((Path(init) / "training_state.json").read_text())  # what the shipped weights saw
+        history, totals = carried["history"], {**totals, **carried["totals"], "device": device}
+        log.info("continuing the shipped model's training record at step %d", totals["step"])
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -331,7 +341,8 @@ def train(config: TrainConfig, out: Path, *, init: str | None = None, data: Path
             history[-1]["heldout_loss"] = totals["heldout_loss"]
         _atomic_save({"config": msgspec.to_builtins(config), "model": model.state_dict(),
                       "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "rng": rng.getstate(),
-                      "generator": generator.get_state(), "history": history, "totals": totals, "init": source},
+                      "generator": generator.get_state(), "history": history, "totals": totals, "init": source,
+                      "shards": str(shards) if shards else None},
                      state_path)
         export_checkpoint(model, tokenizer, out / "model", torch.float32)
         log.info("checkpoint at step %d: held-out loss %.4f", totals["step"], totals["heldout_loss"])
