@@ -4,7 +4,6 @@ complete (one completion on a file, for a first look), bench (latency table)."""
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 from pathlib import Path
@@ -17,16 +16,24 @@ HUMANEVAL = str(Path(__file__).resolve().parent.parent.parent / "shared" / "fim_
 def _engine_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="", help="checkpoint directory or hub id in the local HF cache "
                         "(default: google/diffusiongemma-26B-A4B-it); never downloaded")
-    parser.add_argument("--engine", default="", metavar="SOCKET",
-                        help="use a running `infill-lsp engine` at this Unix socket instead of loading a model")
+    parser.add_argument("--engine", default="", metavar="ADDRESS",
+                        help="use a running engine instead of loading a model: a vLLM server running DiffusionGemma "
+                        "(http(s)://HOST:PORT) or `infill-lsp engine` (its Unix socket path, or its --http URL)")
+    parser.add_argument("--engine-api-key", default="", metavar="KEY",
+                        help="bearer token for an --engine server started with --api-key "
+                        "(default: $INFILL_ENGINE_API_KEY)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16")
     parser.add_argument("--context-tokens", type=int, default=1024, help="prefix tokens sent to the model")
 
 
 def _settings(args: argparse.Namespace):
+    import os
+
     from .config import Settings
 
+    if getattr(args, "engine_api_key", ""):  # the HTTP engine backend reads it from there
+        os.environ["INFILL_ENGINE_API_KEY"] = args.engine_api_key
     return Settings(model=args.model, engine_address=args.engine, device=args.device, dtype=args.dtype,
                     context_tokens=args.context_tokens)
 
@@ -44,8 +51,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_engine(args: argparse.Namespace) -> int:
+    import os
+
     from .engine import load_engine
-    from .engine.daemon import EngineDaemon, default_socket_path
+    from .engine.daemon import default_socket_path, parse_http, serve
 
     settings = _settings(args)
     config = settings.engine_config()
@@ -53,9 +62,12 @@ def cmd_engine(args: argparse.Namespace) -> int:
         print("infill-lsp engine loads a model itself; --engine is for serve/complete", file=sys.stderr)
         return 2
     path = Path(args.socket) if args.socket else default_socket_path()
+    if args.http:
+        parse_http(args.http)  # a typo fails before the model loads
+    api_key = args.api_key or os.environ.get("INFILL_ENGINE_API_KEY", "") or None
     engine = load_engine(config, progress=lambda message, percent: logging.info("%3d%% %s", percent, message))
     try:
-        asyncio.run(EngineDaemon(engine, path).serve())
+        serve(engine, path, http=args.http or None, api_key=api_key)
     except KeyboardInterrupt:
         pass
     return 0
@@ -189,9 +201,13 @@ def main(argv: list[str] | None = None) -> int:
     transport.add_argument("--tcp", metavar="HOST:PORT", help="listen on TCP instead of stdio")
     serve.set_defaults(func=cmd_serve)
 
-    engine = sub.add_parser("engine", help="run the resident model daemon on an owner-only Unix socket")
+    engine = sub.add_parser("engine", help="run the resident model daemon (vLLM's HTTP API on an owner-only Unix socket)")
     _engine_args(engine)
     engine.add_argument("--socket", help="socket path (default: $XDG_RUNTIME_DIR/infill-lsp/engine.sock)")
+    engine.add_argument("--http", metavar="HOST:PORT", default="",
+                        help="also serve the HTTP API on TCP (HOST defaults to 127.0.0.1; PORT alone is fine)")
+    engine.add_argument("--api-key", default="", help="bearer token TCP clients must send "
+                        "(default: $INFILL_ENGINE_API_KEY; the Unix socket is owner-only and needs none)")
     engine.set_defaults(func=cmd_engine)
 
     complete = sub.add_parser("complete", help="print ranked completions at FILE:LINE:COL (1-based)")

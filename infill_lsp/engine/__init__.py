@@ -67,10 +67,11 @@ def default_model() -> str:
 
 def load_engine(config: EngineConfig, progress=None) -> Engine:
     """Connect to the daemon when an address is given, else load the model in this process."""
-    if config.address:
-        from .remote import RemoteEngine
+    if config.address:  # http(s)://HOST:PORT (vLLM or `infill-lsp engine --http`), or the daemon's socket
+        from .http_backend import HttpEngine
 
-        return RemoteEngine(config.address)
+        return HttpEngine(config.address, model=config.model, prefix_tokens=config.prefix_tokens,
+                          suffix_head_tokens=config.suffix_head_tokens)
     from .transformers_backend import TransformersEngine
 
     return TransformersEngine(

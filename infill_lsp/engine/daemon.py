@@ -1,35 +1,23 @@
 """`infill-lsp engine`: one resident model shared by every `infill-lsp serve` on the machine.
 
-Listens on an owner-only Unix socket (directory 0700, socket 0600). Requests from all
-clients queue for the single model worker thread; a Cancel message, or the client going
-away, stops that request between denoising steps.
+It speaks HTTP: the subset of vLLM's OpenAI-compatible API that `HttpEngine` sends (see
+`http_server`), so one client backend serves both this daemon and a vLLM server. It listens on
+an owner-only Unix socket (directory 0700, socket 0600) and, with `--http HOST:PORT`, on TCP
+too (127.0.0.1 unless told otherwise; `--api-key` makes TCP clients show a bearer token).
+Requests from all clients queue for the single model worker thread; a client going away stops
+its request between denoising steps.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
+import signal
 import socket
 import stat
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import msgspec
-
-from . import Cancelled, CancelToken, Engine
-from .protocol import (
-    HEADER_SIZE,
-    CancelCall,
-    ErrorReply,
-    InfillCall,
-    InfoCall,
-    InfoReply,
-    ResultReply,
-    body_length,
-    call_decoder,
-    frame,
-)
+from . import Engine
 
 log = logging.getLogger(__name__)
 
@@ -61,78 +49,72 @@ def prepare_socket_path(path: Path) -> None:
             probe.close()
 
 
-class EngineDaemon:
-    def __init__(self, engine: Engine, path: Path):
-        self.engine = engine
-        self.path = path
-        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="infill-model")
+def bind_unix(path: Path) -> socket.socket:
+    prepare_socket_path(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o177)  # the socket is born 0600: no window where others could connect
+    try:
+        sock.bind(str(path))
+    finally:
+        os.umask(old_umask)
+    os.chmod(path, 0o600)
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
 
-    async def serve(self, ready: asyncio.Event | None = None) -> None:
-        prepare_socket_path(self.path)
-        old_umask = os.umask(0o177)
+
+def parse_http(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep:
+        host, port = "", address
+    try:
+        number = int(port)
+    except ValueError:
+        raise ValueError(f"--http wants HOST:PORT or PORT, got {address!r}") from None
+    return host.strip("[]") or "127.0.0.1", number
+
+
+def bind_tcp(address: str) -> socket.socket:
+    host, port = parse_http(address)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+def _exit_on_sigterm(signum, frame) -> None:
+    raise SystemExit(0)
+
+
+def serve(engine: Engine, path: Path, http: str | None = None, api_key: str | None = None) -> None:
+    """Run until SIGINT/SIGTERM: the HTTP API on the socket (and on TCP with `http`)."""
+    import uvicorn
+
+    from .http_server import EngineService, build_app
+
+    if http and not api_key and parse_http(http)[0] not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("--http %s without --api-key: anyone who can reach it can use the model", http)
+    service = EngineService(engine)
+    sockets = [bind_unix(path)]
+    try:
+        if http:
+            sockets.append(bind_tcp(http))
+        config = uvicorn.Config(build_app(service, api_key), lifespan="off", access_log=False, log_level="warning",
+                                timeout_graceful_shutdown=3, limit_concurrency=256, timeout_keep_alive=30,
+                                h11_max_incomplete_event_size=64 * 1024)
+        where = f"{path}" + (f" and http://{sockets[1].getsockname()[0]}:{sockets[1].getsockname()[1]}" if http else "")
+        log.info("engine listening on %s (%s)", where, engine.info.model)
+        # uvicorn re-raises the signal it stopped on once it is done: SIGTERM then exits through here too.
+        previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
         try:
-            server = await asyncio.start_unix_server(self._client, path=str(self.path))
+            uvicorn.Server(config).run(sockets=sockets)
         finally:
-            os.umask(old_umask)
-        os.chmod(self.path, 0o600)
-        log.info("engine listening on %s (%s)", self.path, self.engine.info.model)
-        if ready is not None:
-            ready.set()
-        try:
-            async with server:
-                await server.serve_forever()
-        finally:
-            self.path.unlink(missing_ok=True)
-
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        tokens: dict[int, CancelToken] = {}
-        tasks: set[asyncio.Task] = set()
-        write_lock = asyncio.Lock()
-
-        async def send(message) -> None:
-            async with write_lock:
-                writer.write(frame(message))
-                await writer.drain()
-
-        async def run(call: InfillCall, token: CancelToken) -> None:
-            loop = asyncio.get_running_loop()
-            try:
-                result = await loop.run_in_executor(self.worker, self.engine.infill, call.request, token)
-                await send(ResultReply(id=call.id, result=result))
-            except Cancelled:
-                await send(ErrorReply(id=call.id, message="cancelled", cancelled=True))
-            except (ConnectionError, RuntimeError):
-                pass  # the client went away while we answered
-            except Exception as exc:  # the model failed on this input: report, keep serving
-                log.exception("infill failed")
-                await send(ErrorReply(id=call.id, message=f"{type(exc).__name__}: {exc}"))
-            finally:
-                tokens.pop(call.id, None)
-
-        try:
-            while True:
-                header = await reader.readexactly(HEADER_SIZE)
-                body = await reader.readexactly(body_length(header))
-                try:
-                    call = call_decoder.decode(body)
-                except msgspec.DecodeError as exc:
-                    log.warning("bad message from client: %s", exc)
-                    break
-                if isinstance(call, InfillCall):
-                    tokens[call.id] = token = CancelToken()
-                    task = asyncio.create_task(run(call, token))
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
-                elif isinstance(call, CancelCall):
-                    if (token := tokens.get(call.id)) is not None:
-                        token.cancel()
-                elif isinstance(call, InfoCall):
-                    await send(InfoReply(id=call.id, info=self.engine.info))
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        except Exception as exc:
-            log.warning("dropping client: %s", exc)
-        finally:
-            for token in tokens.values():
-                token.cancel()
-            writer.close()
+            signal.signal(signal.SIGTERM, previous)
+    finally:
+        for sock in sockets:
+            sock.close()
+        path.unlink(missing_ok=True)
+        service.close()
