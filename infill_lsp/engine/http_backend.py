@@ -308,56 +308,6 @@ class HttpEngine:
             self._suffix_cache.popitem(last=False)
         return ids
 
-    def plan(self, request: InfillRequest, prefix_ids: list[int], suffix_ids: list[int], rng: random.Random) -> list[dict]:
-        """The request bodies for one infill (pure; tested against vLLM's own request model)."""
-        facts = self.facts
-        budget = request.budget
-        head = max(1, min(self.suffix_head_tokens, facts.canvas_limit // 2))
-        max_middle = max(1, min(budget.max_middle_tokens, facts.canvas_limit - head))
-        lengths = middle_lengths(budget.candidates, max_middle)
-        suffix_ids = suffix_ids[:head]
-        stops = [t for t in dict.fromkeys((facts.end_id, facts.pad_id)) if t is not None]
-        if facts.end_id is not None:
-            width = max(lengths) + head
-            tail = suffix_ids + [facts.end_id]
-            tail += [facts.pad_id if facts.pad_id is not None else facts.end_id] * (width - len(tail))
-        else:
-            width = max(lengths) + len(suffix_ids)
-            tail = suffix_ids
-
-        room = max(1, facts.max_model_len - width - len(facts.bos) - 1)
-        limit = min(self.prefix_tokens, room)
-        ids = prefix_ids
-        if len(ids) > limit:
-            start = -(-(len(ids) - limit) // WINDOW_STEP) * WINDOW_STEP
-            ids = ids[start:] if start < len(ids) else ids[-limit:]
-        prompt = facts.bos + ids or [stops[0] if stops else 0]
-
-        # The resident engine runs the whole ladder as one batch itself; vLLM runs n rows of one width each.
-        groups = [(max(lengths), len(lengths))] if facts.own else sorted(Counter(lengths).items(), reverse=True)
-        bodies = []
-        for m, n in groups:
-            noise = [rng.randrange(facts.vocab_size) for _ in range(m)]
-            xargs: dict = {CANVAS_LENGTH: width, MAX_STEPS: max(1, budget.steps), READ_ONLY: 1}
-            if width > m:
-                xargs[SEED_CANVAS] = seed_row(m, width, tail, noise)
-                xargs[PINNED] = list(range(m, width))
-            body = {
-                "model": facts.model,
-                "prompt": prompt,
-                "n": n,
-                "max_tokens": m,
-                "temperature": 1.0,
-                "logprobs": 0,
-                "return_token_ids": True,
-                "stop_token_ids": stops,
-                "vllm_xargs": xargs,
-            }
-            if facts.own and request.seed is not None:
-                body["seed"] = request.seed  # the resident engine's extension; vLLM rejects seed for diffusion models
-            bodies.append(body)
-        return bodies
-
     async def _infill(self, request: InfillRequest) -> InfillResult:
         timings = EngineTimings()
         t0 = time.perf_counter()
@@ -366,12 +316,16 @@ class HttpEngine:
             self._suffix_ids(request.suffix[: self.suffix_head_tokens * 16]),
         )
         rng = random.Random(request.seed) if request.seed is not None else random.Random()
-        bodies = self.plan(request, prefix_ids, suffix_ids, rng)
+        bodies = build_requests(self.facts, request, prefix_ids, suffix_ids, rng, self.prefix_tokens,
+                                self.suffix_head_tokens)
         timings.prompt_tokens = len(bodies[0]["prompt"])
         t1 = time.perf_counter()
         timings.tokenize_ms = (t1 - t0) * 1e3
-        async with asyncio.TaskGroup() as group:  # one failure cancels the rest (their connections close)
-            tasks = [group.create_task(self._request("POST", "/v1/completions", body)) for body in bodies]
+        try:
+            async with asyncio.TaskGroup() as group:  # one failure cancels the rest (their connections close)
+                tasks = [group.create_task(self._request("POST", "/v1/completions", body)) for body in bodies]
+        except ExceptionGroup as failed:
+            raise failed.exceptions[0] from None
         timings.denoise_ms = (time.perf_counter() - t1) * 1e3
         stops = {t for t in (self.facts.end_id, self.facts.pad_id) if t is not None}
         candidates: list[Candidate] = []
@@ -396,6 +350,57 @@ class HttpEngine:
         self._thread.join(5)
         if not self._loop.is_running():
             self._loop.close()
+
+
+def build_requests(facts: ServerFacts, request: InfillRequest, prefix_ids: list[int], suffix_ids: list[int],
+                   rng: random.Random, prefix_tokens: int = 1024, suffix_head_tokens: int = 16) -> list[dict]:
+    """The /v1/completions bodies for one infill (pure: tested against vLLM's own request model)."""
+    budget = request.budget
+    head = max(1, min(suffix_head_tokens, facts.canvas_limit // 2))
+    max_middle = max(1, min(budget.max_middle_tokens, facts.canvas_limit - head))
+    lengths = middle_lengths(budget.candidates, max_middle)
+    suffix_ids = suffix_ids[:head]
+    stops = [t for t in dict.fromkeys((facts.end_id, facts.pad_id)) if t is not None]
+    if facts.end_id is not None:
+        width = max(lengths) + head
+        tail = suffix_ids + [facts.end_id]
+        tail += [facts.pad_id if facts.pad_id is not None else facts.end_id] * (width - len(tail))
+    else:
+        width = max(lengths) + len(suffix_ids)
+        tail = suffix_ids
+
+    room = max(1, facts.max_model_len - width - len(facts.bos) - 1)
+    limit = min(prefix_tokens, room)
+    ids = prefix_ids
+    if len(ids) > limit:
+        start = -(-(len(ids) - limit) // WINDOW_STEP) * WINDOW_STEP
+        ids = ids[start:] if start < len(ids) else ids[-limit:]
+    prompt = facts.bos + ids or [stops[0] if stops else 0]
+
+    # The resident engine runs the whole ladder as one batch itself; vLLM runs n rows of one width each.
+    groups = [(max(lengths), len(lengths))] if facts.own else sorted(Counter(lengths).items(), reverse=True)
+    bodies = []
+    for m, n in groups:
+        noise = [rng.randrange(facts.vocab_size) for _ in range(m)]
+        xargs: dict = {CANVAS_LENGTH: width, MAX_STEPS: max(1, budget.steps), READ_ONLY: 1}
+        if width > m:
+            xargs[SEED_CANVAS] = seed_row(m, width, tail, noise)
+            xargs[PINNED] = list(range(m, width))
+        body = {
+            "model": facts.model,
+            "prompt": prompt,
+            "n": n,
+            "max_tokens": m,
+            "temperature": 1.0,
+            "logprobs": 0,
+            "return_token_ids": True,
+            "stop_token_ids": stops,
+            "vllm_xargs": xargs,
+        }
+        if facts.own and request.seed is not None:
+            body["seed"] = request.seed  # the resident engine's extension; vLLM rejects seed for diffusion models
+        bodies.append(body)
+    return bodies
 
 
 async def _nothing() -> list[int]:
