@@ -10,6 +10,7 @@ from pathlib import Path
 
 from . import __version__
 
+QUIET_COMMANDS = {"bench", "complete", "eval", "doctor"}
 HUMANEVAL = str(Path(__file__).resolve().parent.parent.parent / "shared" / "fim_data" / "humaneval-infilling")
 
 
@@ -181,6 +182,12 @@ def cmd_corpus(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .doctor import main as doctor
+
+    return doctor(_settings(args).engine_config(), as_json=args.json)
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from . import evaluate
 
@@ -190,7 +197,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="infill-lsp", description=__doc__)
     parser.add_argument("--version", action="version", version=f"infill-lsp {__version__}")
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR (logs go to stderr)")
+    parser.add_argument("--log-level", default=None,
+                        help="DEBUG, INFO, WARNING, ERROR (logs go to stderr; default INFO for serve, engine, train "
+                        "and corpus, WARNING for the rest unless -v)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the language server (stdio, or --tcp)")
@@ -256,6 +265,11 @@ def main(argv: list[str] | None = None) -> int:
     corpus.add_argument("--humaneval", default=HUMANEVAL)
     corpus.set_defaults(func=cmd_corpus)
 
+    doctor = sub.add_parser("doctor", help="check what would serve (model, device, engine, grammars) and say why not")
+    _engine_args(doctor)
+    doctor.add_argument("--json", action="store_true", help="machine-readable, for editors' health checks")
+    doctor.set_defaults(func=cmd_doctor)
+
     try:
         from . import evaluate
     except ImportError:  # evaluator not installed in this checkout
@@ -265,11 +279,24 @@ def main(argv: list[str] | None = None) -> int:
         evaluate.add_arguments(ev)
         ev.set_defaults(func=cmd_eval)
 
+    for command in (bench, doctor, *([ev] if evaluate is not None else [])):
+        command.add_argument("-v", "--verbose", action="store_true", help="also show logs")
     args = parser.parse_args(argv)
+    if args.log_level is None:  # results-only commands are quiet unless -v; servers and training log progress
+        quiet = args.command in QUIET_COMMANDS and not getattr(args, "verbose", False)
+        args.log_level = "WARNING" if quiet else "INFO"
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("pygls", "transformers", "httpx", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+    if args.log_level.upper() != "DEBUG":
+        try:  # no "Loading weights" / "Writing model shards" bars between a command's results
+            from transformers.utils import logging as transformers_logging
+
+            transformers_logging.disable_progress_bar()
+            transformers_logging.set_verbosity_error()
+        except ImportError:
+            pass
     try:
         return args.func(args)
     except KeyboardInterrupt:

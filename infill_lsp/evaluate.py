@@ -107,9 +107,10 @@ def evaluate(engine, problems: list[Problem], *, budget: Budget, settings: Setti
     """
     from .engine import EngineUnavailable
 
+    from .progress import progress
+
     completions = []
-    started = last_report = time.perf_counter()
-    for i, problem in enumerate(problems):
+    for problem in progress(problems, desc="completing", unit="problems"):
         text = problem.prompt + problem.suffix
         t0 = time.perf_counter()
         try:
@@ -125,9 +126,6 @@ def evaluate(engine, problems: list[Problem], *, budget: Budget, settings: Setti
         raw = rank.clean(result.raw[0].text, problem.suffix) if result.raw else None
         shown_parsing = sum(parses(problem, item.text) for item in result.items)
         completions.append((problem, top, raw, len(result.items), shown_parsing, result.timings.total_ms, None))
-        if time.perf_counter() - last_report > 30:
-            last_report = time.perf_counter()
-            log.info("completed %d/%d problems in %.0f s", i + 1, len(problems), last_report - started)
 
     def judge(entry):
         problem, top, raw, shown, shown_parsing, latency, error = entry

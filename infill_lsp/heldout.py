@@ -124,8 +124,10 @@ def cut_holes(files: list[dict], *, per_kind: int = 2, files_per_language: int =
 
 def run_holes(engine, holes: list[Hole], *, budget: Budget, settings: Settings = Settings(),
               seed: int | None = 0) -> list[HoleResult]:
+    from .progress import progress
+
     results = []
-    for hole in holes:
+    for hole in progress(holes, desc="held-out holes", unit="holes"):
         result = pipeline.complete(engine, hole.text, hole.offset, language_id=hole.language, settings=settings,
                                    budget=budget, seed=seed)
         top = result.items[0].text if result.items else None
