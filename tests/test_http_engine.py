@@ -163,6 +163,23 @@ def test_fim_requests_get_validated_ranked_candidates(server):
             compile(body["prompt"] + choice["text"] + body["suffix"], "<fim>", "exec")  # shown ones parse
 
 
+def test_fim_clients_as_they_send(server):
+    """Tabby's openai/completion (prompt + suffix, stream) and Continue's templated prompt (stream)."""
+    _, url = server
+    headers = {"Authorization": f"Bearer {KEY}"}
+    tabby = {"model": str(TINY_MODEL), "prompt": "x = ", "suffix": "\n", "max_tokens": 8, "temperature": 0.1,
+             "stream": True, "presence_penalty": 0.0}
+    continue_ = {"model": str(TINY_MODEL), "prompt": "<fim_prefix>x = <fim_suffix>\n<fim_middle>", "max_tokens": 8,
+                 "temperature": 0.01, "stop": ["\n\n"], "stream": True}
+    for body in (tabby, continue_):
+        answer = httpx.post(f"{url}/v1/completions", json=body, headers=headers, timeout=60)
+        assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/event-stream")
+        events = [line.removeprefix("data: ") for line in answer.text.split("\n\n") if line]
+        assert events[-1] == "[DONE]"
+        chunk = msgspec.json.decode(events[0])
+        assert chunk["choices"][0]["finish_reason"] == "stop" and "<fim" not in chunk["choices"][0]["text"]
+
+
 def test_a_server_that_dies_mid_request(tmp_path):
     path = tmp_path / "e" / "engine.sock"
     proc = start_engine(path)
@@ -270,6 +287,8 @@ def test_nothing_listening_is_reported():
 # -- the requests themselves ------------------------------------------------------------------
 VLLM_FACTS = ServerFacts(model="google/diffusiongemma-26B-A4B-it", owned_by="vllm", max_model_len=8192,
                          vocab_size=262144, canvas_limit=64, bos=[2], end_id=1, pad_id=0)
+FACT_VARIANTS = [VLLM_FACTS, msgspec.structs.replace(VLLM_FACTS, canvas_limit=20),  # a narrow served canvas
+                 msgspec.structs.replace(VLLM_FACTS, canvas_limit=20, end_id=None, pad_id=None, bos=[])]  # no <eos>
 
 
 def _bodies(facts=VLLM_FACTS, budget=Budget(candidates=8, max_middle_tokens=32, steps=16), suffix=list(range(100, 130))):
@@ -298,7 +317,7 @@ def test_requests_follow_the_engines_canvas_layout():
 
 
 def test_requests_pass_the_ported_diffusion_checks():
-    for facts in (VLLM_FACTS, msgspec.structs.replace(VLLM_FACTS, **{"canvas_limit": 20})):
+    for facts in FACT_VARIANTS:
         for body in _bodies(facts):
             assert validate_diffusion_xargs(body["vllm_xargs"], facts.canvas_limit, facts.vocab_size) is None
             assert body["vllm_xargs"]["diffusion_canvas_length"] <= facts.canvas_limit
@@ -310,7 +329,7 @@ def test_requests_pass_vllms_own_request_model_and_diffusion_checks():
 
     from vllm.utils.diffusion import validate_diffusion_sampling_params
 
-    for facts in (VLLM_FACTS, msgspec.structs.replace(VLLM_FACTS, **{"canvas_limit": 20, "end_id": None, "pad_id": None})):
+    for facts in FACT_VARIANTS:
         for body in _bodies(facts):
             request = protocol.CompletionRequest.model_validate(body)
             assert not (set(body) - protocol.CompletionRequest.model_fields.keys())  # every field is vLLM's own
@@ -321,3 +340,48 @@ def test_requests_pass_vllms_own_request_model_and_diffusion_checks():
             assert params.max_tokens == body["max_tokens"] and params.ignore_eos  # read-only: EOS ignored ...
             assert set(params.stop_token_ids) == {t for t in (facts.end_id, facts.pad_id) if t is not None}  # ... stops end it
             assert params.logprobs == 0
+
+
+def test_the_ported_checks_answer_as_vllms_own():
+    pytest.importorskip("vllm.entrypoints.openai.completion.protocol")
+    from vllm.exceptions import VLLMValidationError
+    from vllm.sampling_params import SamplingParams
+    from vllm.utils.diffusion import validate_diffusion_sampling_params
+
+    cases = [{}, {"diffusion_canvas_length": 0}, {"diffusion_canvas_length": 65}, {"diffusion_canvas_length": True},
+             {"diffusion_canvas_length": 8, "diffusion_seed_canvas": [1] * 8}, {"diffusion_seed_canvas": [1] * 8},
+             {"diffusion_seed_canvas": [1, 2**31]}, {"diffusion_seed_canvas": [1, "x"]}, {"diffusion_seed_canvas": 3},
+             {"diffusion_canvas_length": 4, "diffusion_seed_canvas": [1] * 4, "diffusion_pinned": [0, 3]},
+             {"diffusion_canvas_length": 4, "diffusion_seed_canvas": [1] * 4, "diffusion_pinned": [4]},
+             {"diffusion_pinned": [1]}, {"diffusion_max_steps": 0}, {"diffusion_max_steps": 3},
+             {"diffusion_read_only": 2}, {"diffusion_read_only": 1}, {"diffusion_read_only": True}]
+    for extra in cases:
+        try:
+            validate_diffusion_sampling_params(SamplingParams(extra_args=dict(extra)), canvas_length=64, vocab_size=512)
+            theirs = None
+        except VLLMValidationError as exc:
+            theirs = exc.args[0] if exc.args else str(exc)
+        ours = validate_diffusion_xargs(extra, 64, 512)
+        assert ours == theirs, extra
+
+
+def test_the_engines_responses_have_vllms_shapes():
+    pytest.importorskip("vllm.entrypoints.openai.completion.protocol")
+    from vllm.entrypoints.openai.completion.protocol import CompletionResponse
+    from vllm.entrypoints.serve.engine.protocol import ErrorResponse, ModelList
+    from vllm.entrypoints.serve.tokenize.protocol import TokenizeResponse
+
+    from infill_lsp.engine import openai_wire as wire
+
+    choice = wire.CompletionChoice(index=0, text="x", finish_reason="stop", stop_reason=1, token_ids=[5, 1],
+                                   logprobs=wire.CompletionLogProbs([0, 1], [-0.5, -0.1], ["x", ""], [{"x": -0.5}, {"": -0.1}]))
+    samples = [(CompletionResponse, wire.CompletionResponse(model="m", choices=[choice], usage=wire.Usage(3, 2, 5))),
+               (ModelList, wire.ModelList(data=[wire.ModelCard(id="m", owned_by="infill-lsp", max_model_len=9)])),
+               (TokenizeResponse, wire.TokenizeResponse(count=1, max_model_len=9, tokens=[4])),
+               (ErrorResponse, wire.ErrorResponse(wire.ErrorInfo(message="no", type="BadRequestError", code=400)))]
+    for model, value in samples:
+        parsed = model.model_validate_json(msgspec.json.encode(value))
+        assert not parsed.model_extra, model  # no field vLLM does not have
+    # and the backend reads vLLM's own response
+    theirs = CompletionResponse.model_validate_json(msgspec.json.encode(samples[0][1])).model_dump_json()
+    assert msgspec.json.decode(theirs.encode(), type=wire.CompletionResponse).choices[0].token_ids == [5, 1]

@@ -361,11 +361,11 @@ def build_requests(facts: ServerFacts, request: InfillRequest, prefix_ids: list[
     lengths = middle_lengths(budget.candidates, max_middle)
     suffix_ids = suffix_ids[:head]
     stops = [t for t in dict.fromkeys((facts.end_id, facts.pad_id)) if t is not None]
-    if facts.end_id is not None:
+    if facts.end_id is not None:  # every row as wide as the widest: [m free | suffix head, end, padding]
         width = max(lengths) + head
         tail = suffix_ids + [facts.end_id]
         tail += [facts.pad_id if facts.pad_id is not None else facts.end_id] * (width - len(tail))
-    else:
+    else:  # no end marker to pad with: each row is [m free | suffix head]
         width = max(lengths) + len(suffix_ids)
         tail = suffix_ids
 
@@ -382,10 +382,11 @@ def build_requests(facts: ServerFacts, request: InfillRequest, prefix_ids: list[
     bodies = []
     for m, n in groups:
         noise = [rng.randrange(facts.vocab_size) for _ in range(m)]
-        xargs: dict = {CANVAS_LENGTH: width, MAX_STEPS: max(1, budget.steps), READ_ONLY: 1}
-        if width > m:
-            xargs[SEED_CANVAS] = seed_row(m, width, tail, noise)
-            xargs[PINNED] = list(range(m, width))
+        row_width = width if facts.end_id is not None else m + len(tail)
+        xargs: dict = {CANVAS_LENGTH: row_width, MAX_STEPS: max(1, budget.steps), READ_ONLY: 1}
+        if row_width > m:
+            xargs[SEED_CANVAS] = seed_row(m, row_width, tail, noise)
+            xargs[PINNED] = list(range(m, row_width))
         body = {
             "model": facts.model,
             "prompt": prompt,

@@ -21,8 +21,10 @@ Routes: `GET /health`, `GET /v1/models`, `POST /tokenize`, `POST /detokenize`,
   OpenAI-compatible completion clients send): the full pipeline runs (clean, tree-sitter
   validation when the language is known, ranking: `infill_lsp.pipeline`), and the best `n`
   valid candidates come back, best first. Extensions: `language` (an LSP languageId) or `path`
-  (a file name) turn validation on. A request with neither `suffix` nor `vllm_xargs` is a FIM
-  request with an empty suffix.
+  (a file name) turn validation on. A prompt templated as `<fim_prefix>P<fim_suffix>S<fim_middle>`
+  (or Qwen's `<|fim_prefix|>` spelling) with no `suffix` field is split into P and S, for clients
+  that template FIM themselves. A request with neither is a FIM request with an empty suffix.
+  `stream: true` is answered as server-sent events (the whole answer at once, then `[DONE]`).
 
 A client that disconnects cancels its engine work (checked between denoising steps), like
 vLLM's `with_cancellation`. On TCP (`--http`) every route but /health needs
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import secrets
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -70,6 +73,9 @@ MAX_N = 32
 MAX_TOKENS = 512
 SERVED_CANVAS = 1024  # widest canvas a read may ask for (middle + suffix head)
 OWNER = "infill-lsp"
+# FIM prompts templated by the client (StarCoder's and Qwen's spellings): split back into prefix and suffix
+FIM_MARKERS = re.compile(r"(?:<fim_prefix>|<\|fim_prefix\|>)(?P<prefix>.*)(?:<fim_suffix>|<\|fim_suffix\|>)"
+                         r"(?P<suffix>.*)(?:<fim_middle>|<\|fim_middle\|>)", re.DOTALL)
 
 
 class HTTPError(Exception):
@@ -237,8 +243,6 @@ class Handlers:
         body = await _read_json(request)
         self.check_model(body)
         self.s.counters["requests"] += 1
-        if body.get("stream"):
-            raise HTTPError(400, "stream is not supported by infill-lsp's engine", param="stream")
         if body.get("echo"):
             raise HTTPError(400, "echo is not supported by infill-lsp's engine", param="echo")
         n = _int(body, "n", 1, 1, MAX_N)
@@ -247,6 +251,8 @@ class Handlers:
         if not isinstance(xargs, dict):
             raise HTTPError(400, "vllm_xargs must be an object", param="vllm_xargs")
         if body.get("suffix") is None and any(key in xargs for key in DIFFUSION_XARGS):
+            if body.get("stream"):
+                raise HTTPError(400, "a canvas read is answered whole: stream is not supported", param="stream")
             return await self.diffusion_read(request, body, xargs, n, logprobs)
         return await self.fim(request, body, n, logprobs)
 
@@ -327,11 +333,14 @@ class Handlers:
         from .. import pipeline
         from ..config import Settings
 
-        prompt, suffix = body.get("prompt"), body.get("suffix") or ""
+        prompt, suffix = body.get("prompt"), body.get("suffix")
         if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
             prompt = prompt[0]
         if not isinstance(prompt, str):
             raise HTTPError(400, "a FIM request's prompt must be a string", param="prompt")
+        if suffix is None and (marked := FIM_MARKERS.fullmatch(prompt)):  # a client that templates FIM itself
+            prompt, suffix = marked.group("prefix"), marked.group("suffix")
+        suffix = suffix or ""
         if not isinstance(suffix, str):
             raise HTTPError(400, "suffix must be a string", param="suffix")
         max_tokens = min(_int(body, "max_tokens", 16, 1, 1 << 30), MAX_TOKENS)
@@ -357,7 +366,22 @@ class Handlers:
         completion_tokens = sum(len(self.s.encode(c.text, False)) for c in choices) if self.s.tokenizer else 0
         usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
                       total_tokens=prompt_tokens + completion_tokens)
-        return _json(CompletionResponse(model=self.s.model, choices=choices, usage=usage))
+        response = CompletionResponse(model=self.s.model, choices=choices, usage=usage)
+        if body.get("stream"):
+            return _stream(response)
+        return _json(response)
+
+
+def _stream(response: CompletionResponse) -> Response:
+    """The whole answer as server-sent events, vLLM's CompletionStreamResponse chunks then [DONE]:
+    one chunk per choice, each with its finish_reason (clients such as Tabby stop reading there)."""
+    chunks = []
+    for choice in response.choices:
+        chunk = {"id": response.id, "object": "text_completion", "created": response.created, "model": response.model,
+                 "choices": [msgspec.to_builtins(choice)]}
+        chunks.append(b"data: " + msgspec.json.encode(chunk) + b"\n\n")
+    chunks.append(b"data: [DONE]\n\n")
+    return Response(b"".join(chunks), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
 def _complete(pipeline, engine, text, offset, language, path, settings, budget, token, seed):
