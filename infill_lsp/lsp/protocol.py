@@ -20,9 +20,13 @@ Rejections are logged as one warning line, never a traceback: tracebacks are kep
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import json
 import logging
+import typing
 from typing import Any
+from urllib.parse import unquote
 
 import attrs
 import cattrs
@@ -34,7 +38,7 @@ from pygls.exceptions import (
     JsonRpcMethodNotFound,
     JsonRpcParseError,
 )
-from pygls.protocol import LanguageServerProtocol, default_converter
+from pygls.protocol import LanguageServerProtocol, default_converter, lsp_method
 from pygls.protocol.json_rpc import JsonRPCNotification, JsonRPCRequestMessage
 
 log = logging.getLogger(__name__)
@@ -114,6 +118,23 @@ def strict_converter() -> cattrs.Converter:
     converter.register_structure_hook(float, hook("a number", lambda v: type(v) in (int, float), float))
     converter.register_structure_hook(str, hook("a string", lambda v: type(v) is str, str))
     converter.register_structure_hook(bool, hook("a boolean", lambda v: type(v) is bool, bool))
+
+    # lsprotocol passes these unions through unchecked: a request id or progress token that is an
+    # object reaches pygls' dict lookups as an unhashable key.
+    def union(kind: str, accepts):
+        def structure(value: Any, _cls: type) -> Any:
+            if not accepts(value):
+                raise TypeError(f"expected {kind}, got {_json_type(value)}")
+            return value
+
+        return structure
+
+    int_or_str = lambda v: type(v) is int or isinstance(v, str)  # noqa: E731
+    converter.register_structure_hook(typing.Union[int, str], union("an integer or a string", int_or_str))
+    converter.register_structure_hook(typing.Optional[typing.Union[int, str]],
+                                      union("an integer, a string or null", lambda v: v is None or int_or_str(v)))
+    converter.register_structure_hook(typing.Optional[typing.Union[str, bool]], union(
+        "a string, a boolean or null", lambda v: v is None or isinstance(v, (str, bool))))
     return converter
 
 
@@ -137,6 +158,19 @@ def describe(exc: BaseException, limit: int = 400) -> str:
     else:
         text = f"{type(exc).__name__}: {exc}"
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _arity(handler) -> set[int] | None:
+    """How many arguments a command handler takes (the server argument aside); None: any number."""
+    function = getattr(handler, "func", handler)
+    try:
+        parameters = list(inspect.signature(function).parameters.values())[1:]  # ls
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in parameters):
+        return None
+    required = sum(1 for p in parameters if p.default is p.empty)
+    return set(range(required, len(parameters) + 1))
 
 
 def _valid_id(value: Any) -> bool:
@@ -279,6 +313,64 @@ class InfillProtocol(LanguageServerProtocol):
             self._send_response(msg_id, error=error)
             return
         super()._send_handler_result(future, msg_id=msg_id)
+
+    @lsp_method(types.WORKSPACE_EXECUTE_COMMAND)
+    def lsp_workspace__execute_command(self, params: types.ExecuteCommandParams):
+        """pygls calls a command with whatever arguments came: too few is a TypeError in the
+        handler (an internal error with a traceback). Count them first."""
+        handler = self.fm.commands.get(params.command)
+        if handler is not None and (arity := _arity(handler)) is not None:
+            got = len(params.arguments or ())
+            if got not in arity:
+                raise JsonRpcInvalidParams(message=f"invalid params: {_short(params.command)} takes "
+                                                   f"{'/'.join(map(str, sorted(arity)))} argument(s), got {got}")
+        return (yield from super().lsp_workspace__execute_command(params))
+
+    @lsp_method(types.TEXT_DOCUMENT_DID_CHANGE)
+    def lsp_text_document__did_change(self, params: types.DidChangeTextDocumentParams):
+        """pygls looks the document up without checking: a KeyError for one that is not open."""
+        if unquote(params.text_document.uri) not in self.workspace.text_documents:
+            log.warning("ignored didChange for a document that is not open: %s", _short(params.text_document.uri))
+            return
+        yield from super().lsp_text_document__did_change(params)
+
+    @lsp_method(types.NOTEBOOK_DOCUMENT_DID_CHANGE)
+    def lsp_notebook_document__did_change(self, params: types.DidChangeNotebookDocumentParams):
+        if unquote(params.notebook_document.uri) not in self.workspace.notebook_documents:
+            log.warning("ignored didChange for a notebook that is not open: %s",
+                        _short(params.notebook_document.uri))
+            return
+        yield from super().lsp_notebook_document__did_change(params)
+
+    @lsp_method(types.EXIT)
+    def lsp_exit(self, *args):
+        self._exiting = True  # the writer is about to close: nothing more is sent
+        return (yield from super().lsp_exit(*args))
+
+    def _send_data(self, data: Any) -> None:
+        """pygls' _send_data, except that a closed or broken stdout (after exit, or a client that
+        went away) drops the message with one log line instead of a traceback per message."""
+        if not data or getattr(self, "_exiting", False) or getattr(self, "_gone", False):
+            return
+        if self.writer is None:
+            log.error("no transport to send on")
+            return
+        try:
+            body = json.dumps(data, default=self._serialize_message).encode(self.CHARSET)
+        except (TypeError, ValueError, RecursionError) as exc:  # a bug in a handler's result
+            log.error("could not serialize a message: %s", exc)
+            return
+        if self._include_headers:
+            body = (f"Content-Length: {len(body)}\r\n"
+                    f"Content-Type: {self.CONTENT_TYPE}; charset={self.CHARSET}\r\n\r\n").encode("ascii") + body
+        try:
+            result = self.writer.write(body)
+        except (BrokenPipeError, ConnectionError, ValueError, OSError) as exc:  # ValueError: closed file
+            self._gone = True
+            log.error("the client's end of the connection is closed (%s); nothing more is sent", exc)
+            return
+        if inspect.isawaitable(result):
+            asyncio.ensure_future(result)
 
     def _send_response(self, msg_id, result=None, error=None) -> None:
         if msg_id is None and error is not None:

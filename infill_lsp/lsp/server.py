@@ -12,6 +12,7 @@ import asyncio
 import itertools
 import logging
 import os
+import sys
 import time
 from collections import Counter, OrderedDict
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +38,7 @@ ACCEPT_COMMAND = "infill.accept"
 _KEEP_SHOWN = 512  # item ids remembered for acceptance telemetry
 # A failed engine (daemon not up yet, weights not there yet) is tried again after this many seconds.
 RETRY_AFTER_S = float(os.environ.get("INFILL_LSP_RETRY_S", "10"))
+EXIT_GRACE_S = 2.0  # after exit, how long a running pipeline step may take to notice its cancellation
 
 
 class EngineHolder:
@@ -75,7 +77,6 @@ class InfillServer(LanguageServer):
 
     # -- transport: pygls' loops with a reader that survives malformed framing (transport.py) ---
     def _start_io_async(self, stdin=None, stdout=None) -> None:
-        import sys
         from threading import Event
 
         from pygls.io_ import StdoutWriter
@@ -93,8 +94,29 @@ class InfillServer(LanguageServer):
             pass
         finally:
             self.shutdown()
+            self.stop_worker()
         if self.exit_code:
             raise SystemExit(self.exit_code)
+
+    def stop_worker(self) -> None:
+        """After exit (or the client hanging up) the process ends promptly: running completions are
+        cancelled, and one that does not stop within EXIT_GRACE_S (a long denoising step, a model
+        still loading) is left behind rather than waited for."""
+        for token in list(self.inflight.values()):
+            token.cancel()
+        self.worker.shutdown(wait=False, cancel_futures=True)
+        deadline = time.monotonic() + EXIT_GRACE_S
+        for thread in list(getattr(self.worker, "_threads", ())):
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                log.warning("leaving a pipeline step that did not stop within %.0f s", EXIT_GRACE_S)
+                logging.shutdown()
+                for stream in (sys.stdout, sys.stderr):
+                    try:
+                        stream.flush()
+                    except Exception:
+                        pass
+                os._exit(self.exit_code)
 
     def start_tcp(self, host: str, port: int) -> None:
         from threading import Event

@@ -46,6 +46,19 @@ _HEADER_IN_BODY = re.compile(rb"(?i)content-length[ \t]*:[ \t]*[0-9]+[ \t]*\r?\n
 _CONTENT_LENGTH_START = re.compile(rb"(?i)content-length[ \t]*:")
 
 
+def _prefixes(word: bytes, tail: bytes) -> bytes:
+    """A regex for any non-empty prefix of `word` followed by an optional `tail`: c(?:o(?:n...)?)?"""
+    out = tail
+    for char in reversed(word[1:]):
+        out = b"(?:" + re.escape(bytes([char])) + out + b")?"
+    return re.escape(word[:1]) + out
+
+
+# The start of a Content-Length header at the very end of a body: the next frame's header, cut by a
+# Content-Length a few bytes too long. Valid JSON never ends in a letter "c".
+_HEADER_START_AT_END = re.compile(b"(?i)" + _prefixes(b"content-length", rb"(?:[ \t]*(?::[ \t]*[0-9]*\r?)?)?") + b"$")
+
+
 class FramingError:
     """A frame that was rejected; the reader has already moved on to the next header."""
 
@@ -177,22 +190,36 @@ class FrameReader:
         while len(self._buf) < length:
             if await self._fill(self.stall_s):
                 continue
-            if self._eof:
+            # Stalled or ended: a frame whose Content-Length was too large, the next frame behind it?
+            cut = _HEADER_IN_BODY.search(self._buf)
+            if cut is None and self._eof:
                 log.error("stream ended inside a frame body (%d of %d bytes)", len(self._buf), length)
                 self._buf.clear()
                 return None
-            # Stalled: a frame whose Content-Length was too large, with the next frame behind it?
-            if (cut := _HEADER_IN_BODY.search(self._buf)) is not None:
+            if cut is not None:
                 del self._buf[:cut.start()]
                 return FramingError(f"a frame cut short: Content-Length said {length} bytes, the next header "
                                     f"came after {cut.start()}")
         body = bytes(self._buf[:length])
         del self._buf[:length]
-        if (cut := _HEADER_IN_BODY.search(body)) is not None:
-            self._buf[:0] = body[cut.start():]
+        cut = _HEADER_IN_BODY.search(body)
+        at = cut.start() if cut is not None else await self._header_across_end(body)
+        if at is not None:
+            self._buf[:0] = body[at:]
             return FramingError(f"a frame cut short: Content-Length said {length} bytes, the next header "
-                                f"came after {cut.start()}")
+                                f"came after {at}")
         return body
+
+    async def _header_across_end(self, body: bytes) -> int | None:
+        """Where the next frame's header starts when a body ends inside it ("...}Conte" with
+        "nt-Length: 52" still to come), or None."""
+        partial = _HEADER_START_AT_END.search(body, max(0, len(body) - 40))
+        if partial is None:
+            return None
+        while len(self._buf) < 40 and await self._fill(self.stall_s):
+            pass  # the rest of that header line
+        joined = body[partial.start():] + bytes(self._buf[:64])
+        return partial.start() if _HEADER_IN_BODY.match(joined) else None
 
 
 _LONG: Any = object()
