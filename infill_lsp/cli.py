@@ -150,6 +150,9 @@ def cmd_train(args: argparse.Namespace) -> int:
                     shards=Path(args.shards) if args.shards else None, resume=bool(args.resume),
                     device=args.device, humaneval_dir=Path(args.humaneval) if args.humaneval else None)
     print(f"wrote {out}: final loss {history[-1]['loss']:.4f} at step {history[-1]['step']}")
+    before, after = history[-1].get("heldout_loss_start"), history[-1].get("heldout_loss")
+    if before is not None and after is not None:
+        print(f"held-out loss: {before:.4f} before this run, {after:.4f} after")
     return 0
 
 

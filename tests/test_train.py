@@ -45,12 +45,15 @@ def test_examples_match_the_engine_canvas_layout():
 
 
 def test_a_few_steps_lower_the_loss_and_resume_continues(tmp_path):
-    corpus = Corpus(texts=[p.read_text() for p in SAMPLES], manifest=[ManifestEntry("fixtures", "0", "Apache-2.0")])
+    texts = [SAMPLES[i % len(SAMPLES)].read_text() for i in range(200)]  # ~2% of the paths are held out
+    corpus = Corpus(texts=texts, manifest=[ManifestEntry("fixtures", "0", "Apache-2.0")],
+                    paths=[f"/repo/file{i}.py" for i in range(200)], languages=["python"] * 200)
     config = TrainConfig(seed=0, data=DataConfig(sequence_tokens=100, holes_per_sequence=8),
                          optim=OptimConfig(steps=40, batch_size=4, lr=3e-3, warmup=1, log_every=10))
     history = train(config, tmp_path / "ft", init=str(TINY_MODEL), corpus=corpus, device="cpu")
     assert history[-1]["loss"] < history[0]["loss"] - 0.5, history
     assert all(h["supervised_tokens_per_s"] > 0 for h in history[:-1])
+    assert history[-1]["heldout_loss"] < history[-1]["heldout_loss_start"]  # "before/after" of a fine-tune
     assert (tmp_path / "ft" / "model.safetensors").exists() and (tmp_path / "ft" / "state.pt").exists()
     assert (tmp_path / "ft" / "loss.csv").read_text().startswith("step,loss")
     assert "Corpus manifest" in (tmp_path / "ft" / "README.md").read_text()

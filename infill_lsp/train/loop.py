@@ -325,6 +325,7 @@ def train(config: TrainConfig, out: Path, *, init: str | None = None, data: Path
     if state is None and init and (Path(init) / "training_state.json").exists():
         carried = json.loads((Path(init) / "training_state.json").read_text())  # what the shipped weights saw
         history, totals = carried["history"], {**totals, **carried["totals"], "device": device}
+        totals.pop("heldout_loss_start", None)
         log.info("continuing the shipped model's training record at step %d", totals["step"])
     if state is not None:
         model.load_state_dict(state["model"])
@@ -339,6 +340,8 @@ def train(config: TrainConfig, out: Path, *, init: str | None = None, data: Path
         totals["heldout_loss"] = heldout_loss(model, sampler, heldout_docs)
         if history:
             history[-1]["heldout_loss"] = totals["heldout_loss"]
+            if "heldout_loss_start" in totals:
+                history[-1]["heldout_loss_start"] = totals["heldout_loss_start"]
         _atomic_save({"config": msgspec.to_builtins(config), "model": model.state_dict(),
                       "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "rng": rng.getstate(),
                       "generator": generator.get_state(), "history": history, "totals": totals, "init": source,
@@ -347,6 +350,10 @@ def train(config: TrainConfig, out: Path, *, init: str | None = None, data: Path
         export_checkpoint(model, tokenizer, out / "model", torch.float32)
         log.info("checkpoint at step %d: held-out loss %.4f", totals["step"], totals["heldout_loss"])
 
+    if state is None and heldout_docs:
+        totals["heldout_loss_start"] = heldout_loss(model, sampler, heldout_docs)  # the "before" of a fine-tune
+        log.info("held-out loss before this run: %.4f (%d held-out files)", totals["heldout_loss_start"],
+                 len(heldout_docs))
     started = time.perf_counter()
     minutes_before = totals["minutes"]
     last_save = started
