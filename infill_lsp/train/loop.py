@@ -23,7 +23,7 @@ import torch
 from .corpus import Corpus, collect_multilanguage, collect_repository
 from .holes import HoleSampler, holes_loss
 from .objective import ExampleBuilder, collate, infill_loss, sample_split
-from .shards import TokenData, is_heldout, read_heldout
+from .shards import TokenData, heldout_paths, read_heldout
 
 log = logging.getLogger(__name__)
 
@@ -282,8 +282,9 @@ def train(config: TrainConfig, out: Path, *, init: str | None = None, data: Path
             raise ValueError("the corpus is empty")
         sources, excluded = msgspec.to_builtins(corpus.manifest), corpus.excluded_for_humaneval
         paths = corpus.paths or [str(i) for i in range(len(corpus.texts))]
-        train_texts = [t for t, p in zip(corpus.texts, paths) if not is_heldout(p)] or corpus.texts
-        heldout_texts = [t for t, p in zip(corpus.texts, paths) if is_heldout(p)]
+        held = heldout_paths(paths)
+        train_texts = [t for t, p in zip(corpus.texts, paths) if p not in held] or corpus.texts
+        heldout_texts = [t for t, p in zip(corpus.texts, paths) if p in held]
     log.info("data: %s", f"{token_data.total_tokens:,} tokens in shards" if token_data else
              f"{len(corpus.texts)} files, {sum(m['bytes'] for m in sources):,} bytes")
 

@@ -32,6 +32,16 @@ def is_heldout(path: str) -> bool:
     return int(hashlib.sha1(path.encode()).hexdigest()[:8], 16) % 100 < HELDOUT_PERCENT
 
 
+def heldout_paths(paths: list[str], minimum: int = 2) -> set[str]:
+    """The held-out files of a corpus: the ~2% `is_heldout` picks, or for a small repository the
+    `minimum` files with the lowest path hash (a fine-tune still needs files to measure on)."""
+    held = {p for p in paths if is_heldout(p)}
+    if len(held) < minimum and len(paths) > 2 * minimum:
+        ranked = sorted(paths, key=lambda p: hashlib.sha1(p.encode()).hexdigest())
+        held |= set(ranked[:minimum])
+    return held
+
+
 def write_shards(corpus: Corpus, tokenizer, out: Path) -> dict:
     """Tokenize the corpus into per-language shards; hold some files out. Returns the manifest."""
     out.mkdir(parents=True, exist_ok=True)
