@@ -106,6 +106,12 @@ def test_bearer_token_is_required_on_http(server):
     engine.close()
 
 
+def test_tls_follows_the_scheme(server):
+    _, url = server
+    with pytest.raises(EngineUnavailable):  # https to a plain-HTTP port: the TLS handshake fails, reported
+        HttpEngine(url.replace("http://", "https://"), api_key=KEY, connect_timeout=2, read_timeout=2)
+
+
 def test_the_key_comes_from_the_environment(server, monkeypatch):
     _, url = server
     monkeypatch.setenv("INFILL_ENGINE_API_KEY", KEY)

@@ -151,10 +151,10 @@ class HttpEngine:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         timeout = httpx.Timeout(connect=connect_timeout, read=read_timeout, write=read_timeout, pool=read_timeout)
 
-        async def make_client() -> httpx.AsyncClient:
-            transport = httpx.AsyncHTTPTransport(uds=self.socket_path, retries=0) if self.socket_path else None
-            return httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=timeout, transport=transport,
-                                     limits=httpx.Limits(max_connections=64, max_keepalive_connections=16))
+        async def make_client() -> httpx.AsyncClient:  # one pooled client; TLS when the URL says https
+            limits = httpx.Limits(max_connections=64, max_keepalive_connections=16)
+            transport = httpx.AsyncHTTPTransport(uds=self.socket_path, limits=limits, retries=0)
+            return httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=timeout, transport=transport)
 
         self._client: httpx.AsyncClient = self._run(make_client())
         try:
@@ -258,8 +258,9 @@ class HttpEngine:
         base = {"model": model, "prompt": bos + [end_id or 0], "max_tokens": 1, "temperature": 1.0}
         message = await self._probe({**base, "vllm_xargs": {SEED_CANVAS: [_HUGE_ID], MAX_STEPS: 0}})
         if message is None:
-            raise EngineUnavailable(f"{where} serves {model}, which is not a diffusion model: it ignored "
-                                    f"DiffusionGemma's per-request arguments (vllm_xargs diffusion_*)")
+            raise EngineUnavailable(f"{where} serves {model}, which is not a diffusion model (or the server is "
+                                    f"older than vLLM 0.31): it ignored DiffusionGemma's per-request arguments "
+                                    f"(vllm_xargs diffusion_*)")
         found = _VOCAB_MESSAGE.search(message)
         if not found:
             raise EngineUnavailable(f"{where} serves {model}, which does not take DiffusionGemma's arguments: {message}")
