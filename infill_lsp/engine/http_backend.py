@@ -358,7 +358,10 @@ def build_requests(facts: ServerFacts, request: InfillRequest, prefix_ids: list[
     """The /v1/completions bodies for one infill (pure: tested against vLLM's own request model)."""
     budget = request.budget
     head = max(1, min(suffix_head_tokens, facts.canvas_limit // 2))
-    max_middle = max(1, min(budget.max_middle_tokens, facts.canvas_limit - head))
+    # At least 2: vLLM's own one-canvas reads use max_tokens=2
+    # (DiffusionGemmaCanvasStrategy._sampling_params, vllm/entrypoints/openai/decisions/strategies.py); with 1, the
+    # scheduler may decide the step samples the last token and skip the canvas (Scheduler._drafts_unused).
+    max_middle = max(2, min(budget.max_middle_tokens, facts.canvas_limit - head))
     lengths = middle_lengths(budget.candidates, max_middle)
     suffix_ids = suffix_ids[:head]
     stops = [t for t in dict.fromkeys((facts.end_id, facts.pad_id)) if t is not None]
