@@ -189,6 +189,10 @@ def _plain(value):
 
 
 def run_bench(args, settings: Settings) -> int:
+    if getattr(args, "fuzz", 0):  # robustness instead of latency: infill_lsp/lsp/fuzz.py
+        from .lsp.fuzz import TINY_MODEL, fuzz_main
+
+        return fuzz_main(args.fuzz, args.seed, model=settings.model or TINY_MODEL, json_path=args.json)
     from .engine import load_engine
 
     counts = [int(c) for c in args.candidates.split(",") if c.strip()]

@@ -242,6 +242,10 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--repeat", type=int, default=5, help="runs per hole and candidate count")
     bench.add_argument("--big-file-lines", type=int, default=5000,
                        help="also time LSP overhead in a generated file of this many lines (0: skip)")
+    bench.add_argument("--fuzz", type=int, default=0, metavar="N",
+                       help="instead: fuzz `infill-lsp serve` over stdio with N messages, print deaths/hangs/"
+                       "tracebacks (needs hypothesis, in the test extra); see docs/reliability.md")
+    bench.add_argument("--seed", type=int, default=1, help="--fuzz: seed of the generated messages")
     bench.add_argument("--json", help="also write the results here")
     bench.set_defaults(func=cmd_bench)
 

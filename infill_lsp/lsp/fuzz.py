@@ -670,8 +670,9 @@ class Generator:
             name = data.draw(st.sampled_from(["textDocument/completion", "workspace/symbol", "foo", "", "😀"])
                              | st.text(max_size=10))
             name = ("$/" + name) if "$/" in variant else name
+            known = name in self.types.METHOD_TO_TYPES or name in self.methods  # hypothesis reuses literals
             return Message("lifecycle", variant, json_frame(request(msg_id, name, {})), reply_id=msg_id,
-                           method="$unknown")
+                           method=None if known else "$unknown")
         if variant == "initialized again":
             return Message("lifecycle", variant, json_frame(notification("initialized", {})))
         name = data.draw(st.sampled_from(["textDocument/didSave", "$/setTrace", "$/progress", "foo"]))
