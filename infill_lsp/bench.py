@@ -1,4 +1,5 @@
 """`infill-lsp bench`: where the time goes, per pipeline stage, p50/p95.
+(`--clients 1,2,4,8` with `--engine` is the load mode instead: `infill_lsp/loadbench.py`.)
 
 Two tables:
 1. the pipeline over every hole in fixtures/holes.json, for 1, 4 and 8 candidates;
@@ -193,6 +194,10 @@ def run_bench(args, settings: Settings) -> int:
         from .lsp.fuzz import TINY_MODEL, fuzz_main
 
         return fuzz_main(args.fuzz, args.seed, model=settings.model or TINY_MODEL, json_path=args.json)
+    if getattr(args, "clients", ""):  # load mode: N simulated editors against one running engine
+        from .loadbench import run_load
+
+        return run_load(args, settings)
     from .engine import load_engine
 
     counts = [int(c) for c in args.candidates.split(",") if c.strip()]

@@ -242,6 +242,12 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--repeat", type=int, default=5, help="runs per hole and candidate count")
     bench.add_argument("--big-file-lines", type=int, default=5000,
                        help="also time LSP overhead in a generated file of this many lines (0: skip)")
+    bench.add_argument("--clients", default="", metavar="N,N,...",
+                       help="load mode: this many simulated editors typing against --engine at once, one round per "
+                       "count (e.g. 1,2,4,8); prints completed/cancelled requests, p50/p95 latency and throughput")
+    bench.add_argument("--seconds", type=float, default=15.0, help="load mode: how long each round types")
+    bench.add_argument("--keystroke-ms", type=float, default=150.0,
+                       help="load mode: mean time between an editor's keystrokes (each one sends a request)")
     bench.add_argument("--fuzz", type=int, default=0, metavar="N",
                        help="instead: fuzz `infill-lsp serve` over stdio with N messages, print deaths/hangs/"
                        "tracebacks (needs hypothesis, in the test extra); see docs/reliability.md")

@@ -5,6 +5,9 @@ common OpenAI-style FIM request for editors' completion clients.
 Routes: `GET /health`, `GET /v1/models`, `POST /tokenize`, `POST /detokenize`,
 `POST /v1/completions`, `GET /metrics` (plain-text counters).
 
+Engine work queues first in, first out across all connections for the one model thread; a
+request whose client goes away while it queues is dropped without running (`engine_dropped`).
+
 `/v1/completions` takes two kinds of request:
 
 - a DiffusionGemma one-canvas read (`vllm_xargs` with `diffusion_*`, what the backend sends):
@@ -118,7 +121,10 @@ class EngineService:
         return self.tokenizer.backend_tokenizer.decode(ids, skip_special_tokens=False)
 
     # -- running the engine -------------------------------------------------------------------
-    def _call(self, fn, *args):
+    def _call(self, token: CancelToken, fn, *args):
+        if token.cancelled:  # cancelled while it queued: drop it, the next request runs at once
+            self.counters["engine_dropped"] += 1
+            raise Cancelled()
         self.counters["engine_started"] += 1
         try:
             result = fn(*args)
@@ -132,14 +138,21 @@ class EngineService:
         return result
 
     async def run(self, raw: Request, fn, *args, token: CancelToken):
-        """fn(*args) on the model thread; the client going away cancels it. None when cancelled."""
-        loop = asyncio.get_running_loop()
-        job = loop.run_in_executor(self.worker, self._call, fn, *args)
+        """fn(*args) on the model thread; the client going away cancels it. None when cancelled.
+
+        Requests queue first in, first out for the one model thread, whichever connection they
+        came on (the executor's queue is a FIFO). A request whose client goes away while it
+        queues is taken out of the queue there and then (it never starts, and the request behind
+        it moves up); one that is running stops between denoising steps.
+        """
+        queued = self.worker.submit(self._call, token, fn, *args)
+        job = asyncio.wrap_future(queued)
         gone = asyncio.ensure_future(_disconnected(raw))
         try:
             done, _ = await asyncio.wait({job, gone}, return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:  # server shutting down
             token.cancel()
+            queued.cancel()
             raise
         finally:
             if not gone.done():
@@ -147,6 +160,9 @@ class EngineService:
         if job not in done:
             self.counters["disconnected"] += 1
             token.cancel()
+            if queued.cancel():  # still queued: the model thread skips it
+                self.counters["engine_dropped"] += 1
+                return None
             try:
                 await job  # the engine stops between denoising steps; wait so the counters say so
             except Exception:  # noqa: BLE001 - Cancelled (or whatever it died of): nobody to tell
