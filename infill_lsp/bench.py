@@ -198,11 +198,20 @@ def run_bench(args, settings: Settings) -> int:
         from .loadbench import run_load
 
         return run_load(args, settings)
+    if getattr(args, "random_weights", ""):  # the real architecture, random weights: infill_lsp/archbench.py
+        from .archbench import run_arch_bench
+
+        return run_arch_bench(args, settings)
     from .engine import load_engine
 
     counts = [int(c) for c in args.candidates.split(",") if c.strip()]
     holes = load_holes(Path(args.holes) if args.holes else default_holes())
-    engine = load_engine(settings.engine_config())
+    if getattr(args, "fast", False) and not settings.engine_address:  # the static fast decoder path
+        from .archbench import fast_engine_from_settings
+
+        engine = fast_engine_from_settings(settings)
+    else:
+        engine = load_engine(settings.engine_config())
     import torch
 
     print(f"model {engine.info.model} ({engine.info.backend}, {engine.info.device}, {engine.info.dtype}); "

@@ -252,6 +252,24 @@ def main(argv: list[str] | None = None) -> int:
                        help="instead: fuzz `infill-lsp serve` over stdio with N messages, print deaths/hangs/"
                        "tracebacks (needs hypothesis, in the test extra); see docs/reliability.md")
     bench.add_argument("--seed", type=int, default=1, help="--fuzz: seed of the generated messages")
+    bench.add_argument("--fast", action="store_true",
+                       help="time the fast engine (static-shape decoder pass, CUDA graphs on a GPU) instead of "
+                       "transformers' loop")
+    bench.add_argument("--random-weights", default="", metavar="CONFIG",
+                       help="instead: the architecture of this config (a path, or a name in infill_lsp/configs, "
+                       "e.g. diffusiongemma-26B-A4B-it) with random weights and a synthetic tokenizer of its "
+                       "vocabulary size; grid of --prompt-tokens x --middles x --step-counts x --candidates")
+    bench.add_argument("--compare", action="store_true",
+                       help="--random-weights: the reference loop and the fast path side by side on the same weights")
+    bench.add_argument("--prompt-tokens", default="1024,2048", help="--random-weights: prompt sizes, in tokens")
+    bench.add_argument("--middles", default="32,64", help="--random-weights: longest middles, in tokens")
+    bench.add_argument("--step-counts", default="8,16", help="--random-weights: denoising step budgets")
+    bench.add_argument("--starts", type=int, default=2, help="--random-weights: engine starts to time (first, second)")
+    bench.add_argument("--layers", type=int, default=0,
+                       help="--random-weights: keep only the first N layers (the real shapes in less memory)")
+    bench.add_argument("--agreement", type=int, default=0, metavar="N",
+                       help="--random-weights with --fast/--compare: compare the fast path's tokens with the "
+                       "reference's on N seeded requests (whole requests and teacher-forced passes)")
     bench.add_argument("--json", help="also write the results here")
     bench.set_defaults(func=cmd_bench)
 

@@ -72,8 +72,6 @@ class TransformersEngine:
         denoise_settings: DenoiseSettings | None = None,
         progress: Progress | None = None,
     ):
-        from transformers import AutoTokenizer, DiffusionGemmaForBlockDiffusion
-
         progress = progress or (lambda message, percent: None)
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
@@ -88,12 +86,7 @@ class TransformersEngine:
         is_dir = Path(model).expanduser().is_dir()
         source = str(Path(model).expanduser()) if is_dir else model
         try:
-            progress("loading tokenizer", 5)
-            self.tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
-            progress("loading weights", 20)
-            self.model = DiffusionGemmaForBlockDiffusion.from_pretrained(
-                source, dtype=self.dtype, local_files_only=True
-            )
+            self.tokenizer, self.model = self._load_weights(source, progress)
         except OSError as exc:
             raise ModelNotFound(
                 f"model {model!r} is not a directory and is not in the local Hugging Face cache "
@@ -127,6 +120,16 @@ class TransformersEngine:
         progress("warming up", 90)
         self.infill(InfillRequest(prefix="def f(x):\n    return", suffix="\n"), NEVER)
         progress("ready", 100)
+
+    def _load_weights(self, source: str, progress: Progress):
+        """(tokenizer, model) from a directory or the local cache; random_weights.py builds them instead."""
+        from transformers import AutoTokenizer, DiffusionGemmaForBlockDiffusion
+
+        progress("loading tokenizer", 5)
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
+        progress("loading weights", 20)
+        return tokenizer, DiffusionGemmaForBlockDiffusion.from_pretrained(source, dtype=self.dtype,
+                                                                           local_files_only=True)
 
     # -- tokenize ---------------------------------------------------------------------------
     def _encode_text(self, text: str) -> list[int]:

@@ -1,0 +1,169 @@
+"""The fast engine (static-shape decoder pass, finished rows dropped) answers as the reference does."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from infill_lsp.engine.fast import FastEngine, StaticDecoder, row_bucket
+from infill_lsp.engine.transformers_backend import TransformersEngine
+from infill_lsp.types import Budget, InfillRequest
+
+TINY = str(Path(__file__).resolve().parent.parent / "fixtures" / "tiny-diffusiongemma")
+SOURCE = (Path(__file__).resolve().parent.parent / "infill_lsp" / "engine" / "canvas.py").read_text()
+
+
+@pytest.fixture(scope="module")
+def reference(engine):
+    return engine  # conftest's TransformersEngine on the tiny fixture
+
+
+@pytest.fixture(scope="module")
+def fast():
+    return FastEngine(TINY, device="cpu")
+
+
+def same_answers(a, b, tolerance: float = 1e-4) -> None:
+    assert [c.text for c in a.candidates] == [c.text for c in b.candidates]
+    for x, y in zip(a.candidates, b.candidates):
+        assert abs(x.score - y.score) <= tolerance
+        assert x.tokens == y.tokens
+    assert a.timings.steps == b.timings.steps
+    assert a.timings.prompt_tokens == b.timings.prompt_tokens
+
+
+REQUESTS = [
+    # token healing inside a word, a short prompt
+    InfillRequest(prefix="def f(x):\n    ret", suffix="\n\nprint(f(2))\n",
+                  budget=Budget(candidates=4, max_middle_tokens=16, steps=8), seed=1),
+    # a prompt far longer than the fixture's sliding window (128): both kinds of layer see different prefixes
+    InfillRequest(prefix=SOURCE[:3000], suffix=SOURCE[3000:3400],
+                  budget=Budget(candidates=3, max_middle_tokens=20, steps=6), seed=2),
+    # end of file (the clamped tail is the end marker and padding), 8 rows, 16 steps
+    InfillRequest(prefix=SOURCE[:700], suffix="", budget=Budget(candidates=8, max_middle_tokens=32, steps=16), seed=3),
+    # an empty file
+    InfillRequest(prefix="", suffix="x = 1\n", budget=Budget(candidates=1, max_middle_tokens=8, steps=4), seed=4),
+    # rows beyond the largest bucket, a width that is not a multiple of 16
+    InfillRequest(prefix=SOURCE[:1200], suffix=SOURCE[1200:1300],
+                  budget=Budget(candidates=10, max_middle_tokens=12, steps=3), seed=5),
+]
+
+
+@pytest.mark.parametrize("request_", REQUESTS, ids=["healing", "long-prompt", "eof", "empty", "wide-batch"])
+def test_fast_path_gives_the_reference_candidates(reference, fast, request_):
+    same_answers(reference.infill(request_), fast.infill(request_))
+
+
+def test_static_shapes_come_from_buckets(fast):
+    fast.static.bucket_trace.clear()
+    fast.infill(REQUESTS[1])  # 3 rows, width 20 + 16 = 36
+    rows, width, prefix = fast.static.bucket_trace[0]
+    assert (rows, width) == (4, 48)
+    assert prefix in fast.static.prefix_buckets()
+    assert row_bucket(1) == 1 and row_bucket(3) == 4 and row_bucket(5) == 8 and row_bucket(10) == 16
+
+
+def test_info_and_capture_plan(fast):
+    assert fast.info.backend == "transformers-fast"
+    assert not fast.static.graphs_enabled  # CPU: the same static code, no graph capture
+    shapes = fast.capture_shapes()
+    assert {(r, w) for r, w, _ in shapes} == {(r, w) for r in (1, 4, 8) for w in (48, 80)}
+    assert {p for _, _, p in shapes} == set(fast.static.prefix_buckets())
+
+
+@pytest.fixture(scope="module")
+def keeping():
+    """Finished rows stay in the pass (and keep what they had), as in the reference loop."""
+    seen = []
+    engine = FastEngine(TINY, device="cpu", drop_finished=False,
+                        progress=lambda message, percent: seen.append((message, percent)))
+    engine.progress_seen = seen
+    return engine
+
+
+def test_progress_reaches_ready_in_order(keeping):
+    seen = keeping.progress_seen
+    percents = [p for _, p in seen]
+    assert percents == sorted(percents) and seen[-1] == ("ready", 100)
+    assert sum(1 for message, _ in seen if message == "ready") == 1
+
+
+def test_one_pass_matches_the_transformers_decoder(fast):
+    """Teacher-forced: the same canvas and self-conditioning through both, all rows and a padded subset."""
+    ids, _ = fast._prompt(SOURCE[:2100])
+    cache = fast._encode(ids)
+    fast.static.load_prefix(cache)
+    rows, width = 8, 32
+    vocab = fast.model.config.text_config.vocab_size
+    generator = torch.Generator().manual_seed(0)
+    canvas = torch.randint(0, vocab, (rows, width), generator=generator)
+    conditioning = torch.randn(rows, width, vocab, generator=generator) * 3
+    decoder = fast.model.model.decoder
+    with torch.inference_mode():
+        cache.batch_repeat_interleave(rows)
+        expected = fast.model.model(decoder_input_ids=canvas, past_key_values=cache,
+                                    self_conditioning_logits=conditioning).last_hidden_state
+        soft = (torch.softmax(conditioning, -1) @ decoder.embed_tokens.weight) * decoder.embed_tokens.embed_scale
+        torch.testing.assert_close(fast.static.step(canvas, soft, width), expected, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(fast.static.step(canvas[:3], soft[:3], width), expected[:3], atol=1e-4, rtol=1e-4)
+
+
+def test_prefix_reuse_across_keystrokes_is_kept(reference, fast):
+    before = fast.stats["prefix_cache_hits"]
+    for typed in ("re", "ret", "retu"):
+        request = InfillRequest(prefix=SOURCE[:2500] + typed, suffix=SOURCE[2500:2600],
+                                budget=Budget(candidates=2, max_middle_tokens=8, steps=3), seed=7)
+        same_answers(reference.infill(request), fast.infill(request))
+    assert fast.stats["prefix_cache_hits"] >= before + 2
+
+
+# Middles of one token: a row's argmax is often stable from one step to the next, so rows stop at
+# different steps (with longer middles the tiny random model never settles).
+FINISHING = [InfillRequest(prefix=SOURCE[:500 + 150 * seed], suffix=SOURCE[2000:2200], seed=seed,
+                           budget=Budget(candidates=8, max_middle_tokens=1, steps=12)) for seed in range(4)]
+
+
+def test_dropping_finished_rows_does_not_change_results(fast, keeping):
+    dropping = fast
+    before = dropping.static.stats["rows_finished_early"]
+    shrank = False
+    for request in FINISHING:
+        dropping.static.bucket_trace.clear()
+        keeping.static.bucket_trace.clear()
+        reference, fast, _ = dropping.compare(request)
+        kept = keeping.compare(request)[1]
+        assert torch.equal(reference.tokens, fast.tokens)
+        assert torch.allclose(reference.token_logprobs, fast.token_logprobs, atol=1e-4)
+        assert torch.equal(kept.tokens, fast.tokens)
+        assert torch.allclose(kept.token_logprobs, fast.token_logprobs, atol=1e-5)
+        assert reference.steps == fast.steps == kept.steps
+        dropped_rows = [rows for rows, _, _ in dropping.static.bucket_trace]
+        assert all(rows == 8 for rows, _, _ in keeping.static.bucket_trace)
+        assert dropped_rows == sorted(dropped_rows, reverse=True)
+        shrank |= dropped_rows[-1] < 8
+    assert shrank, "no row finished early: the test would not show anything"
+    assert dropping.static.stats["rows_finished_early"] > before
+
+
+def test_same_answers_through_the_infill_interface_when_rows_finish(reference, fast):
+    for request in FINISHING[:2]:
+        same_answers(reference.infill(request), fast.infill(request))
+
+
+def test_static_decoder_grows_its_prefix_buffers(fast):
+    static = StaticDecoder(fast.model, device="cpu", prefix_capacity=64)
+    ids, _ = fast._prompt(SOURCE[:1500])
+    assert len(ids) > 64
+    static.load_prefix(fast._encode(ids))
+    assert static.prefix_capacity >= len(ids)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_cuda_graphs_give_the_reference_candidates():
+    reference = TransformersEngine(TINY, device="cuda", dtype="float32")
+    fast = FastEngine(TINY, device="cuda", dtype="float32")
+    assert fast.static.graphs_enabled and fast.static.stats["graphs_captured"] > 0
+    for request in REQUESTS:
+        same_answers(reference.infill(request), fast.infill(request))
