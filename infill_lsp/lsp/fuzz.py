@@ -39,9 +39,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 TINY_MODEL = ROOT / "fixtures" / "tiny-diffusiongemma"
 PROBE_TIMEOUT_S = 10.0
-PROBE_URI = "file:///fuzz/probe.py"
-PROBE_TEXT = "def add(a, b):\n    return \n\nprint(add(1, 2))\n"
-PROBE_POSITION = {"line": 1, "character": 11}
+# plaintext: every candidate is shown (Python ones must parse), so a probe shows the model ran
+PROBE_URI = "file:///fuzz/probe.txt"
+PROBE_TEXT = "the probe document\nwhere the cursor is \nand one more line\n"
+PROBE_POSITION = {"line": 1, "character": 20}
 # Settings the probe restores, so a fuzzed budget never makes the probe itself slow.
 BASELINE = {"candidates": 2, "invokedCandidates": 2, "steps": 4, "invokedSteps": 4, "maxTokens": 8,
             "languages": {"*": True}, "showInvalid": False, "contextTokens": 256, "seed": None}
@@ -96,6 +97,7 @@ class Server:
         self.tracebacks: list[tuple[str, str, int]] = []  # (signature, text, messages written before it)
         self.stderr_tail: deque[str] = deque(maxlen=80)
         self.written = 0  # messages written: traceback attribution
+        self._block_written = 0
         self._write_lock = threading.Lock()
         self._threads = [threading.Thread(target=self._read_stdout, daemon=True),
                          threading.Thread(target=self._read_stderr, daemon=True)]
@@ -178,6 +180,7 @@ class Server:
                 if block:
                     self._traceback(block)
                 block = [line]
+                self._block_written = self.written  # the culprit came before this
             elif block is not None:
                 if re.match(r"\d{4}-\d\d-\d\d ", line):  # the next log record: the block is over
                     self._traceback(block)
@@ -194,7 +197,7 @@ class Server:
         exc = (ends[-1] if ends else "?").split(":")[0]
         where = re.sub(r'^File "(?:.*/)?([^/"]+)", line (\d+), in (.*)$', r"\1:\2 \3", frames[-1]) if frames else "?"
         with self.cond:
-            self.tracebacks.append((f"{exc} at {where}", "\n".join(block), self.written))
+            self.tracebacks.append((f"{exc} at {where}", "\n".join(block), self._block_written))
             self.cond.notify_all()
 
     def wait_reply(self, msg_id: Any, timeout: float) -> dict | None:
@@ -780,11 +783,20 @@ def _draw_many(generator: Generator, stratum: tuple[str, str], count: int, seed:
 class Failure:
     what: str  # death, hang, traceback
     signature: str
-    candidates: list[Message]  # what was sent just before
+    windows: list[list[Message]]  # per occurrence, what was sent just before it (oldest first)
     detail: str = ""
     count: int = 1
-    reproducer: Message | None = None
+    reproducer: list[Message] | None = None
     reproduced: bool = False
+
+    def describe_reproducer(self) -> str:
+        repro = self.reproducer
+        if not repro:
+            return "(not reduced)"
+        head = "" if self.reproduced else "not reproduced on a fresh server; sent before it: "
+        if len(repro) > 1:
+            head += f"{len(repro)} messages, the last: "
+        return f"{head}{repro[-1].note}: `{_show_bytes(repro[-1].wire())}`"
 
 
 @dataclass
@@ -799,6 +811,7 @@ class Report:
     wrong_answers: int = 0
     planned_restarts: int = 0
     probes: int = 0
+    probes_with_items: int = 0  # probes the model answered with at least one suggestion
     probe_ms_max: float = 0.0
     bad_output: int = 0  # frames from the server the fuzzer could not parse
     completions: int = 0  # inlineCompletion requests that reached the pipeline (infill/stats)
@@ -815,7 +828,7 @@ class Report:
         rows = [("messages sent", self.messages), ("deaths", self.deaths), ("hangs", self.hangs),
                 ("distinct tracebacks", self.tracebacks), ("unanswered requests", self.unanswered),
                 ("wrong lifecycle/method errors", self.wrong_answers),
-                ("malformed frames from the server", self.bad_output), ("probes answered", self.probes),
+                ("malformed frames from the server", self.bad_output), ("probes answered (with suggestions)", f"{self.probes} ({self.probes_with_items})"),
                 ("slowest probe (ms)", f"{self.probe_ms_max:.0f}"),
                 ("completions run (model or typing cache)", self.completions), ("planned restarts", self.planned_restarts),
                 ("wall time (s)", f"{self.seconds:.0f}")]
@@ -825,11 +838,7 @@ class Report:
         if self.failures:
             out += ["", "| failure | count | shortest reproducer |", "|---|---|---|"]
             for failure in self.failures:
-                repro = failure.reproducer
-                shown = _show_bytes(repro.wire()) if repro else "(not reduced)"
-                tag = "" if failure.reproduced else " (not confirmed alone)"
-                out.append(f"| {failure.what}: {failure.signature} | {failure.count} | {repro.note if repro else ''}: "
-                           f"`{shown}`{tag} |")
+                out.append(f"| {failure.what}: {failure.signature} | {failure.count} | {failure.describe_reproducer()} |")
         for line in self.wrong[:10]:
             out.append(f"wrong answer: {line}")
         return "\n".join(out)
@@ -851,7 +860,8 @@ class Runner:
         self.server: Server | None = None
         self.state = "down"  # pre-init, running, shut down
         self.outstanding: dict[str, tuple[float, Message, int | None]] = {}
-        self.history: deque[tuple[int, Message]] = deque(maxlen=400)  # (messages written, message)
+        self.history: deque[tuple[int, int, Message]] = deque(maxlen=400)  # (server, messages written, message)
+        self.serial = 0  # which server: `written` counts from 0 on each
         self.seen_tracebacks = 0
         self.ids = 0
 
@@ -859,6 +869,7 @@ class Runner:
     def start(self, pre_init: list[Message] = ()) -> None:
         """A new server; `pre_init` goes before initialize (requests must get ServerNotInitialized)."""
         self.server = Server(self.command)
+        self.serial += 1
         self.seen_tracebacks = 0
         self.outstanding.clear()
         self.state = "pre-init"
@@ -891,7 +902,7 @@ class Runner:
         """Baseline settings, the probe's document and the documents fuzzed requests aim at."""
         self.server.write(json_frame(notification("workspace/didChangeConfiguration",
                                                   {"settings": {"infill": BASELINE}})), count=False)
-        for uri, (language, text) in {PROBE_URI: ("python", PROBE_TEXT), **OPEN_DOCS}.items():
+        for uri, (language, text) in {PROBE_URI: ("plaintext", PROBE_TEXT), **OPEN_DOCS}.items():
             self.server.write(json_frame(notification("textDocument/didOpen", {"textDocument": {
                 "uri": uri, "languageId": language, "version": 1, "text": text}})), count=False)
 
@@ -915,12 +926,12 @@ class Runner:
         code = self.server.proc.poll()
         tail = " | ".join(list(self.server.stderr_tail)[-3:])
         self.report.deaths += 1
-        self.fail("death", f"exit code {code}", detail=f"during {during}; stderr: {tail}", candidates=self.recent(12))
+        self.fail("death", f"exit code {code}", detail=f"during {during}; stderr: {tail}", candidates=self.recent(64))
         self.restart()
 
     def hang(self, what: str) -> None:
         self.report.hangs += 1
-        self.fail("hang", what, candidates=self.recent(12))
+        self.fail("hang", what, candidates=self.recent(self.probe_every))
         self.restart()
 
     def exit_server(self) -> None:
@@ -955,7 +966,8 @@ class Runner:
 
     # -- sending -----------------------------------------------------------------------------------
     def recent(self, count: int, upto: int | None = None) -> list[Message]:
-        return [m for n, m in self.history if upto is None or n <= upto][-count:]
+        """The last `count` messages sent, or those the current server had read by its `upto`th."""
+        return [m for serial, n, m in self.history if upto is None or (serial == self.serial and n <= upto)][-count:]
 
     def send(self, message: Message) -> None:
         server = self.server
@@ -974,7 +986,7 @@ class Runner:
             server.written += 1
         else:
             ok = server.write(data)
-        self.history.append((server.written, message))
+        self.history.append((self.serial, server.written, message))
         if TRACE:
             with open(TRACE, "a", encoding="utf-8") as sink:
                 sink.write(f"{time.strftime('%H:%M:%S')} #{self.report.messages} {message.kind}: "
@@ -1023,9 +1035,23 @@ class Runner:
             self.report.wrong_answers += 1
             self.report.wrong.append(f"{message.note}: expected error {code}, got {got or 'a result'}")
 
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Until the engine is loaded (or failed): a settings change that reloads it would otherwise
+        make the probe's answer an empty list. The probe's own 10 s start after this."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.server.alive():
+            msg_id = self._id("ready")
+            self.server.write(json_frame(request(msg_id, "infill/stats", {})), count=False)
+            reply = self.server.wait_reply(msg_id, PROBE_TIMEOUT_S)
+            result = reply.get("result") if reply else None
+            if not isinstance(result, dict) or result.get("engineReady") or result.get("engineError"):
+                return
+            time.sleep(0.1)
+
     def probe(self) -> None:
         server = self.server
         self.open_probe()
+        self.wait_ready()
         msg_id = self._id("probe")
         started = time.monotonic()
         server.write(json_frame(request(msg_id, "textDocument/inlineCompletion", {
@@ -1044,6 +1070,8 @@ class Runner:
             self.report.wrong_answers += 1
             self.report.wrong.append(f"probe answered {str(reply)[:200]}")
         self.report.probes += 1
+        if isinstance(result, dict) and result.get("items"):
+            self.report.probes_with_items += 1
         self.report.probe_ms_max = max(self.report.probe_ms_max, elapsed)
         self.drain(ANSWER_TIMEOUT_S)
         self.collect_tracebacks()
@@ -1057,15 +1085,16 @@ class Runner:
             self.seen_tracebacks = len(server.tracebacks)
         for signature, text, written in new:
             # the server is behind the writer by at most a pipe's worth of messages
-            self.fail("traceback", signature, detail=text, candidates=self.recent(30, upto=written))
+            self.fail("traceback", signature, detail=text, candidates=self.recent(64, upto=written))
 
     def fail(self, what: str, signature: str, detail: str = "", candidates: list[Message] | None = None) -> None:
         for failure in self.report.failures:
             if failure.what == what and failure.signature == signature:
                 failure.count += 1
-                failure.candidates.extend(candidates or [])
+                if len(failure.windows) < 8:
+                    failure.windows.append(list(candidates or []))
                 return
-        self.report.failures.append(Failure(what, signature, list(candidates or []), detail))
+        self.report.failures.append(Failure(what, signature, [list(candidates or [])], detail))
         self.log(f"  {what}: {signature}")
 
     # -- the whole run --------------------------------------------------------------------------------
@@ -1111,29 +1140,50 @@ class Runner:
         return self.report
 
     # -- reproducers -----------------------------------------------------------------------------------
-    def reduce(self, budget_s: float = 180.0) -> None:
-        """For each failure, replay the messages sent just before it, each alone on a fresh server
-        (after initialize), shortest first; keep the first that reproduces it."""
+    def reduce(self, budget_s: float = 240.0) -> None:
+        """For each failure, replay what was sent before its first occurrence on a fresh server
+        (after initialize), then keep halving it (the later half first) while a half alone still
+        fails the same way; a single message left is then swapped for a shorter one of the same
+        method that fails too. What is left is the reproducer."""
         deadline = time.monotonic() + budget_s
         for failure in self.report.failures:
-            candidates = sorted({id(m): m for m in failure.candidates}.values(), key=lambda m: len(m.wire()))
-            for message in candidates:
-                if time.monotonic() > deadline:
-                    break
-                if self.replay(failure, message):
-                    failure.reproducer, failure.reproduced = message, True
-                    break
-            if failure.reproducer is None and candidates:
-                failure.reproducer = failure.candidates[-1]
+            window = failure.windows[0] if failure.windows else []
+            if not window or time.monotonic() > deadline:
+                continue
+            if not self.replay(failure, window):
+                failure.reproducer = window  # needs more than what was sent just before it
+                continue
+            current = window
+            while len(current) > 1 and time.monotonic() < deadline:
+                half = len(current) // 2
+                if self.replay(failure, current[half:]):
+                    current = current[half:]
+                elif self.replay(failure, current[:half]):
+                    current = current[:half]
+                else:
+                    break  # it takes messages from both halves
+            if len(current) == 1:
+                method = current[0].note.split(":")[0]
+                pool = {m.wire(): m for w in failure.windows for m in w}.values()
+                shorter = sorted((m for m in pool if m.note.split(":")[0] == method
+                                  and len(m.wire()) < len(current[0].wire())), key=lambda m: len(m.wire()))
+                for message in shorter[:3]:
+                    if time.monotonic() < deadline and self.replay(failure, [message]):
+                        current = [message]
+                        break
+            failure.reproducer, failure.reproduced = current, True
 
-    def replay(self, failure: Failure, message: Message) -> bool:
+    def replay(self, failure: Failure, messages: list[Message]) -> bool:
         runner = Runner(self.command, probe_every=10**9, restart_every=0, log=lambda _: None)
         try:
             runner.start()
-            runner.send(message)
+            for message in messages:
+                runner.send(message)
             if failure.what == "death":
-                return runner.report.deaths > 0
+                return runner.report.deaths > 0 or runner.server.wait_exit(3) is not None
             runner.probe()
+            if failure.what == "unanswered":
+                runner.drain(ANSWER_TIMEOUT_S)
             time.sleep(0.5)
             runner.collect_tracebacks()
             return any(f.what == failure.what and f.signature == failure.signature for f in runner.report.failures)
@@ -1190,7 +1240,8 @@ def fuzz_main(messages: int, seed: int, *, model: str | Path = TINY_MODEL, probe
             "hangs": report.hangs, "tracebacks": report.tracebacks, "unanswered": report.unanswered,
             "wrong_answers": report.wrong_answers, "probes": report.probes, "kinds": dict(report.kinds),
             "failures": [{"what": f.what, "signature": f.signature, "count": f.count,
-                          "reproducer": _show_bytes(f.reproducer.wire(), 2000) if f.reproducer else None}
+                          "reproducer": [_show_bytes(m.wire(), 2000) for m in f.reproducer or []],
+                          "reproduced": f.reproduced}
                          for f in report.failures]}, indent=2))
     return 0 if report.ok() else 1
 

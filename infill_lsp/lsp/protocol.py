@@ -30,6 +30,7 @@ from urllib.parse import unquote
 
 import attrs
 import cattrs
+import cattrs.cols
 from lsprotocol import types
 from pygls.exceptions import (
     JsonRpcException,
@@ -38,7 +39,7 @@ from pygls.exceptions import (
     JsonRpcMethodNotFound,
     JsonRpcParseError,
 )
-from pygls.protocol import LanguageServerProtocol, default_converter, lsp_method
+from pygls.protocol import LanguageServerProtocol, lsp_method
 from pygls.protocol.json_rpc import JsonRPCNotification, JsonRPCRequestMessage
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ DID_PARTIALLY_ACCEPT = "infill/didPartiallyAcceptCompletion"
 STATS = "infill/stats"
 
 _MISSING: Any = object()
+FAIL_FAST_VALUES = 20_000  # above this many commas in a message, structuring stops at the first error
 
 
 class _Answered:
@@ -98,10 +100,39 @@ CUSTOM_MESSAGE_TYPES: dict[str, type] = {
 
 
 # -- a converter that does not coerce -----------------------------------------------------------------
-def strict_converter() -> cattrs.Converter:
-    """pygls' converter, except that JSON scalars must already have the type the field declares:
-    cattrs' default would turn null into "None" for a URI, "5" into 5 and true into 1."""
-    converter = default_converter()
+def strict_converter(detailed: bool = True) -> cattrs.Converter:
+    """pygls' converter (lsprotocol's hooks plus pygls' three), except that JSON scalars must already
+    have the type the field declares (cattrs would turn null into "None" for a URI, "5" into 5 and
+    true into 1) and a list field takes only an array (cattrs would iterate a 1 MB string,
+    character by character, failing on each: seconds of CPU for one message). `detailed=False`
+    stops at the first error: for large messages, whose error trees could be huge."""
+    from lsprotocol.converters import get_converter
+    from pygls.protocol import (JsonRPCResponseMessage, _params_field_structure_hook,
+                                _result_field_structure_hook)
+
+    converter = get_converter(cattrs.Converter(detailed_validation=detailed))
+    converter.register_structure_hook(JsonRPCRequestMessage, _params_field_structure_hook)
+    converter.register_structure_hook(JsonRPCResponseMessage, _result_field_structure_hook)
+    converter.register_structure_hook(JsonRPCNotification, _params_field_structure_hook)
+
+    def arrays_only(factory):
+        def make(cls, conv):
+            inner = factory(cls, conv)
+
+            def structure(value: Any, target: type) -> Any:
+                if not isinstance(value, list):
+                    raise TypeError(f"expected an array, got {_json_type(value)}")
+                return inner(value, target)
+
+            return structure
+
+        return make
+
+    # later registrations are tried first: mutable sequences (lists) before the other ones (tuples)
+    converter.register_structure_hook_factory(cattrs.cols.is_sequence,
+                                              arrays_only(cattrs.cols.homogenous_tuple_structure_factory))
+    converter.register_structure_hook_factory(cattrs.cols.is_mutable_sequence,
+                                              arrays_only(cattrs.cols.list_structure_factory))
 
     def hook(kind: str, accepts, base: type):
         def structure(value: Any, cls: type) -> Any:
@@ -182,6 +213,8 @@ class InfillProtocol(LanguageServerProtocol):
 
     # -- the entry point: one frame's body --------------------------------------------------------
     def receive(self, body: bytes) -> None:
+        # many values: a failed structuring would collect (and describe) an error per value
+        self._fail_fast = body.count(b",") > FAIL_FAST_VALUES
         try:
             data = json.loads(body.decode("utf-8"))
         except UnicodeDecodeError as exc:
@@ -245,13 +278,20 @@ class InfillProtocol(LanguageServerProtocol):
         if has_id and message_type.__name__.endswith("Notification") and message_type is not default:
             return self._reject(msg_id, JsonRpcInvalidRequest, f"{_short(method)} is a notification: no id")
         try:
-            return self._converter.structure(data, message_type)
+            return self._structuring_converter().structure(data, message_type)
         except Exception as exc:  # ClassValidationError mostly; any failure to structure is bad params
             reason = describe(exc)
             if has_id:
                 return self._reject(msg_id, JsonRpcInvalidParams, f"invalid params for {method}: {reason}")
             log.warning("ignored %s notification with invalid params: %s", _short(method), reason)
             return ANSWERED
+
+    def _structuring_converter(self) -> cattrs.Converter:
+        if not getattr(self, "_fail_fast", False):
+            return self._converter
+        if getattr(self, "_fast_converter", None) is None:
+            self._fast_converter = strict_converter(detailed=False)
+        return self._fast_converter
 
     def handles(self, method: str) -> bool:
         """Whether a handler (or pygls itself, for $/cancelRequest) takes this method."""

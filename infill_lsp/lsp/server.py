@@ -21,6 +21,7 @@ from urllib.parse import unquote
 
 import msgspec
 from lsprotocol import types
+from pygls.exceptions import FeatureNotificationError
 from pygls.lsp.server import LanguageServer
 
 from .. import __version__, context, pipeline
@@ -72,7 +73,14 @@ class InfillServer(LanguageServer):
         self.last_timings: dict[str, Any] | None = None  # stage timings of the last completion
 
     def report_server_error(self, error: Exception, source) -> None:
-        """Bad messages are logged (stderr and window/logMessage), never shown as a popup."""
+        """Bad messages are logged (stderr and window/logMessage), never shown as a popup. Bad input
+        is rejected before any handler runs (protocol.py), so a notification handler that raised is
+        a bug: its traceback is logged (pygls already logs those of request handlers)."""
+        trace = getattr(error, "data", None)
+        if source is FeatureNotificationError and isinstance(trace, dict) and trace.get("traceback"):
+            log.error("a notification handler failed: %s\nTraceback (most recent call last):\n%s%s", error,
+                      "".join(trace["traceback"]), error)
+            return
         log.warning("ignored a message the server could not handle: %s", error)
 
     # -- transport: pygls' loops with a reader that survives malformed framing (transport.py) ---
@@ -242,7 +250,7 @@ class InfillServer(LanguageServer):
         uri = params.text_document.uri
         document = self.workspace.text_documents.get(unquote(uri))
         if document is None:
-            log.warning("inlineCompletion for a document that is not open: %s", uri)
+            log.warning("inlineCompletion for a document that is not open: %.200s", uri)
             return empty
         language_id = document.language_id or ""
         if not self.settings.enabled_for(language_id):
@@ -251,7 +259,7 @@ class InfillServer(LanguageServer):
         encoding = str(self.workspace.position_encoding or context.UTF16)
         cursor = context.cursor_at(text, params.position.line, params.position.character, encoding)
         if cursor is None:
-            log.warning("position %s:%s is past the end of %s", params.position.line,
+            log.warning("position %s:%s is past the end of %.200s", params.position.line,
                         params.position.character, uri)
             return empty
         self.stats["requests"] += 1
