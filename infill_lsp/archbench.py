@@ -54,6 +54,10 @@ def make_engine(args, settings: Settings, prefix_tokens: int, progress=None):
     fast = bool(getattr(args, "fast", False) or getattr(args, "compare", False))
     kwargs = dict(device=settings.device, dtype=settings.dtype, prefix_tokens=prefix_tokens,
                   suffix_head_tokens=settings.suffix_tokens, progress=progress)
+    if fast:
+        kwargs["graphs"] = getattr(args, "graphs", "auto")
+        if getattr(args, "middles", ""):
+            kwargs["capture_middles"] = tuple(_ints(args.middles))
     if getattr(args, "random_weights", ""):
         from .engine.random_weights import random_weights_engine
 
@@ -131,8 +135,11 @@ def _summary(samples: dict[str, list[float]]) -> dict:
             for k, v in samples.items()}
 
 
-def grid(engine, paths: list[_Path], args, settings: Settings) -> tuple[list[dict], list[dict]]:
-    """Latency rows per (path, prompt, middle, steps, candidates) and the cold prefill per prompt size."""
+def grid(engine, paths: list[_Path], args, settings: Settings, save=lambda rows, cold: None):
+    """Latency rows per (path, prompt, middle, steps, candidates) and the cold prefill per prompt size.
+
+    `save(rows, cold)` runs after every cell, so a run stopped at its time limit keeps what it measured.
+    """
     document, offset = _document()
     rows, cold = [], []
     keystroke = 0
@@ -174,6 +181,11 @@ def grid(engine, paths: list[_Path], args, settings: Settings) -> tuple[list[dic
                         rows.append({"path": path.name, "prompt": prompt, "prompt_tokens": statistics.mean(tokens),
                                      "middle": middle, "steps": steps, "candidates": count, "n": len(tokens),
                                      "steps_run": statistics.mean(steps_run), **_summary(samples)})
+                        r = rows[-1]
+                        print(f"  measured {path.name}: prompt {r['prompt_tokens']:.0f} tok, middle {middle}, "
+                              f"{steps} steps, {count} cand: total p50 {r['total_ms']['p50']:.1f} ms, "
+                              f"denoise {r['denoise_ms']['p50']:.1f} ms", flush=True)
+                        save(rows, cold)
     return rows, cold
 
 
@@ -292,9 +304,21 @@ def run_arch_bench(args, settings: Settings) -> int:
     if fast:
         static = engine.static
         print(f"fast path: row buckets {static.row_buckets}, prefix buckets {static.prefix_buckets()}, "
-              f"CUDA graphs {'on' if static.graphs_enabled else 'off'} ({static.stats['graphs_captured']} captured)")
+              f"CUDA graphs {'on' if static.graphs_enabled else 'off'} ({static.stats['graphs_captured']} captured)"
+              f"{', torch.compile' if static.compiled else ''}")
 
-    rows, cold = grid(engine, paths, args, settings)
+    report = {"model": engine.info.model, "device": device, "gpu": gpu, "dtype": engine.info.dtype,
+              "parameters": params, "torch": torch.__version__, "transformers": transformers.__version__,
+              "paths": [p.name for p in paths], "starts": starts}
+    if fast:
+        report["graphs"] = {"enabled": engine.static.graphs_enabled, "compiled": engine.static.compiled}
+
+    def save(rows: list[dict], cold: list[dict]) -> None:
+        if args.json:
+            Path(args.json).write_text(json.dumps({**report, "cold_prefill": cold, "grid": rows}, indent=2,
+                                                  default=str))
+
+    rows, cold = grid(engine, paths, args, settings, save)
     print("\ncold prefill (nothing reused), encode ms")
     print("| path | prompt tokens | encode |")
     print("|---|---|---|")
@@ -303,11 +327,9 @@ def run_arch_bench(args, settings: Settings) -> int:
     print_grid(rows)
     if len(paths) > 1:
         print_speedups(rows)
-    report = {"model": engine.info.model, "device": device, "gpu": gpu, "dtype": engine.info.dtype,
-              "parameters": params, "torch": torch.__version__, "transformers": transformers.__version__,
-              "starts": starts, "cold_prefill": cold, "grid": rows}
+    report.update(cold_prefill=cold, grid=rows)
     if fast:
-        report["graphs"] = dict(engine.static.stats)
+        report["graphs"].update(engine.static.stats)
     if getattr(args, "agreement", 0):
         if not fast:
             raise SystemExit("--agreement needs --fast or --compare")

@@ -267,6 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--starts", type=int, default=2, help="--random-weights: engine starts to time (first, second)")
     bench.add_argument("--layers", type=int, default=0,
                        help="--random-weights: keep only the first N layers (the real shapes in less memory)")
+    bench.add_argument("--graphs", default="auto", choices=["auto", "cuda", "compile", "none"],
+                       help="--fast/--compare: CUDA graphs of the decoder pass (auto: on a GPU with bf16), "
+                       "compile: torch.compile the pass first (slow first requests), none: the static pass eagerly")
     bench.add_argument("--agreement", type=int, default=0, metavar="N",
                        help="--random-weights with --fast/--compare: compare the fast path's tokens with the "
                        "reference's on N seeded requests (whole requests and teacher-forced passes)")

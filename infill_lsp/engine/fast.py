@@ -46,7 +46,9 @@ log = logging.getLogger(__name__)
 
 ROW_BUCKETS = (1, 4, 8)
 WIDTH_STEP = 16
-PREFIX_BUCKETS = (256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
+# Prompt sizes a pass is shaped for: a power of two plus room for the BOS token and a little more, so a
+# full `contextTokens` window (1024 tokens + BOS) lands in the 1088 bucket, not the next power of two.
+PREFIX_BUCKETS = tuple(2**k + 64 for k in range(8, 16))
 PREFIX_ALIGN = 64
 
 
@@ -74,7 +76,7 @@ class StaticDecoder:
     """The decoder pass over bucketed static shapes, reading the prefix from preallocated buffers."""
 
     def __init__(self, model, *, device: str, prefix_capacity: int, row_buckets=ROW_BUCKETS,
-                 graphs: bool = False, drop_finished: bool = True):
+                 graphs: bool = False, compile: bool = False, drop_finished: bool = True):
         self.model = model
         self.decoder = model.model.decoder
         self.config = model.config.text_config
@@ -84,6 +86,10 @@ class StaticDecoder:
         self.hidden_size = self.config.hidden_size
         self.row_buckets = tuple(sorted(row_buckets))
         self.graphs_enabled = graphs and self.device.type == "cuda"
+        # torch.compile fuses the pass's small kernels (inductor, one compile per bucket, on first use);
+        # the graphs are still captured here, around the compiled pass.
+        self.compiled = compile and self.device.type == "cuda"
+        self._pass = torch.compile(self.forward, dynamic=False, fullgraph=True) if self.compiled else self.forward
         self.drop_finished = drop_finished
         self.window = self.config.sliding_window
         self.layers = list(self.decoder.layers)
@@ -212,11 +218,11 @@ class StaticDecoder:
         stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(stream):  # warm up (kernel selection, workspaces) off the capture
             for _ in range(2):
-                self.forward(canvas, soft, lens, prefix)
+                self._pass(canvas, soft, lens, prefix)
         torch.cuda.current_stream(self.device).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self._pool):
-            hidden = self.forward(canvas, soft, lens, prefix)
+            hidden = self._pass(canvas, soft, lens, prefix)
         if self._pool is None:
             self._pool = graph.pool()
         self.stats["graphs_captured"] += 1
@@ -261,7 +267,7 @@ class StaticDecoder:
             captured.graph.replay()
             hidden = captured.hidden
         else:
-            hidden = self.forward(inputs_canvas, inputs_soft, lens, prefix)
+            hidden = self._pass(inputs_canvas, inputs_soft, lens, prefix)
         return hidden[:active, :width]
 
     # -- the denoising loop --------------------------------------------------------------------
@@ -384,17 +390,25 @@ class FastEngine(TransformersEngine):
         super().__init__(model, progress=base_progress, **kwargs)  # its warm-up request already runs the fast path
         self.info = msgspec.structs.replace(self.info, backend="transformers-fast")
         static = self._static_decoder()
-        if static.graphs_enabled:
+        if static.graphs_enabled and not static.compiled:  # compiled passes are captured on first use
             static.capture(self.capture_shapes(), report)
             self.infill(InfillRequest(prefix="def f(x):\n    return", suffix="\n"), NEVER)  # replay once
         report("ready", 100)
 
     def _static_decoder(self) -> StaticDecoder:
         if self._static is None:
+            if self._graphs_mode not in ("auto", "cuda", "compile", "none"):
+                raise ValueError(f"graphs={self._graphs_mode!r}: use auto, cuda, compile or none")
             if self._graphs_mode == "auto":
                 graphs = self.device.startswith("cuda")
             else:
-                graphs = self._graphs_mode == "cuda"
+                graphs = self._graphs_mode in ("cuda", "compile")
+            if graphs and self.dtype != torch.bfloat16:
+                # torch's grouped_mm has a synchronisation-free kernel for bf16 only (other dtypes take a
+                # fallback that reads the group sizes on the host), so no graph can hold the experts.
+                log.warning("fast engine: CUDA graphs need bfloat16 weights (got %s); running the static "
+                            "passes without graphs", self.dtype)
+                graphs = False
             if graphs:
                 # The experts must run without host synchronisation to be captured: grouped_mm does.
                 text_config = self.model.config.text_config
@@ -402,6 +416,7 @@ class FastEngine(TransformersEngine):
                     text_config._experts_implementation = "grouped_mm"
             self._static = StaticDecoder(self.model, device=self.device, prefix_capacity=self.prefix_tokens + 1,
                                          row_buckets=self._row_buckets, graphs=graphs,
+                                         compile=graphs and self._graphs_mode == "compile",
                                          drop_finished=self._drop_finished)
             self._banned_bias = None  # (V,) additive: -inf on control tokens, as the reference's bias
             if bool(self.banned.any()):
