@@ -152,6 +152,16 @@ def test_same_answers_through_the_infill_interface_when_rows_finish(reference, f
         same_answers(reference.infill(request), fast.infill(request))
 
 
+def test_graph_buffer_handling_with_an_emulated_replay(reference):
+    """The static inputs/outputs around captured passes (reused across requests and row counts)."""
+    emulated = FastEngine(TINY, device="cpu", graphs="emulate", capture_middles=(16,))
+    assert emulated.static.graphs_enabled
+    assert emulated.static.stats["graphs_captured"] >= len(emulated.capture_shapes())
+    for request in [*REQUESTS, *FINISHING[:2]]:
+        same_answers(reference.infill(request), emulated.infill(request))
+    assert emulated.static.stats["graphs_captured_late"] > 0  # widths not captured at start
+
+
 def test_static_decoder_grows_its_prefix_buffers(fast):
     static = StaticDecoder(fast.model, device="cpu", prefix_capacity=64)
     ids, _ = fast._prompt(SOURCE[:1500])

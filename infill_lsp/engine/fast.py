@@ -72,11 +72,23 @@ class _Captured:
     hidden: torch.Tensor  # (R, Wb, H) static output
 
 
+class _Replay:
+    """A stand-in for a CUDA graph off the GPU (tests): replay() recomputes the pass from the static
+    inputs into the static output, so the buffer handling around real graphs runs on a CPU too."""
+
+    def __init__(self, run, canvas, soft, lens, prefix: int, hidden):
+        self.run, self.args, self.hidden = run, (canvas, soft, lens, prefix), hidden
+
+    def replay(self) -> None:
+        self.hidden.copy_(self.run(*self.args))
+
+
 class StaticDecoder:
     """The decoder pass over bucketed static shapes, reading the prefix from preallocated buffers."""
 
     def __init__(self, model, *, device: str, prefix_capacity: int, row_buckets=ROW_BUCKETS,
-                 graphs: bool = False, compile: bool = False, drop_finished: bool = True):
+                 graphs: bool = False, compile: bool = False, drop_finished: bool = True,
+                 emulate_graphs: bool = False):
         self.model = model
         self.decoder = model.model.decoder
         self.config = model.config.text_config
@@ -85,7 +97,8 @@ class StaticDecoder:
         self.vocab = self.config.vocab_size
         self.hidden_size = self.config.hidden_size
         self.row_buckets = tuple(sorted(row_buckets))
-        self.graphs_enabled = graphs and self.device.type == "cuda"
+        self.emulate_graphs = emulate_graphs and self.device.type != "cuda"
+        self.graphs_enabled = (graphs and self.device.type == "cuda") or self.emulate_graphs
         # torch.compile fuses the pass's small kernels (inductor, one compile per bucket, on first use);
         # the graphs are still captured here, around the compiled pass.
         self.compiled = compile and self.device.type == "cuda"
@@ -214,6 +227,10 @@ class StaticDecoder:
         canvas = torch.zeros((rows, width), dtype=torch.long, device=self.device)
         soft = torch.zeros((rows, width, self.hidden_size), dtype=self.dtype, device=self.device)
         lens = torch.tensor([1, 1, width], dtype=torch.long, device=self.device)
+        if self.emulate_graphs:
+            hidden = self._pass(canvas, soft, lens, prefix)
+            self.stats["graphs_captured"] += 1
+            return _Captured(_Replay(self._pass, canvas, soft, lens, prefix, hidden), canvas, soft, lens, hidden)
         stream = torch.cuda.Stream(device=self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(stream):  # warm up (kernel selection, workspaces) off the capture
@@ -371,7 +388,16 @@ class StaticDecoder:
 
 
 class FastEngine(TransformersEngine):
-    """TransformersEngine whose denoising steps run `StaticDecoder` (same answers, fewer launches)."""
+    """TransformersEngine whose denoising steps run `StaticDecoder` (same answers, fewer launches).
+
+    `row_buckets`: batch sizes a pass is shaped for; `capture_middles`: the longest middles whose
+    canvas widths are captured at start (other widths are captured when first seen);
+    `graphs`: "auto" (CUDA graphs on a GPU with bf16 weights), "cuda", "compile" (torch.compile the
+    pass, then capture it; compiles on first use of each bucket), "none" (the static pass, eagerly),
+    "emulate" (tests: the graph buffer handling with an eager replay, on any device);
+    `drop_finished`: finished rows leave the batch (False keeps them, as the reference loop does).
+    The reference load reports progress 0-85%, graph capture 85-99%, then "ready".
+    """
 
     def __init__(self, model: str, *, row_buckets: tuple[int, ...] = ROW_BUCKETS,
                  capture_middles: tuple[int, ...] = (32, 64), graphs: str = "auto", drop_finished: bool = True,
@@ -397,7 +423,7 @@ class FastEngine(TransformersEngine):
 
     def _static_decoder(self) -> StaticDecoder:
         if self._static is None:
-            if self._graphs_mode not in ("auto", "cuda", "compile", "none"):
+            if self._graphs_mode not in ("auto", "cuda", "compile", "none", "emulate"):
                 raise ValueError(f"graphs={self._graphs_mode!r}: use auto, cuda, compile or none")
             if self._graphs_mode == "auto":
                 graphs = self.device.startswith("cuda")
@@ -417,6 +443,7 @@ class FastEngine(TransformersEngine):
             self._static = StaticDecoder(self.model, device=self.device, prefix_capacity=self.prefix_tokens + 1,
                                          row_buckets=self._row_buckets, graphs=graphs,
                                          compile=graphs and self._graphs_mode == "compile",
+                                         emulate_graphs=self._graphs_mode == "emulate",
                                          drop_finished=self._drop_finished)
             self._banned_bias = None  # (V,) additive: -inf on control tokens, as the reference's bias
             if bool(self.banned.any()):
