@@ -29,7 +29,7 @@ import logging
 import math
 import random
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass
 
 import msgspec
@@ -110,7 +110,7 @@ class StaticDecoder:
         self._graphs: dict[tuple[int, int, int], _Captured] = {}
         self._pool = None
         self.stats: Counter[str] = Counter()
-        self.bucket_trace: list[tuple[int, int, int]] = []  # (rows, width, prefix) of each pass (tests)
+        self.bucket_trace: deque[tuple[int, int, int]] = deque(maxlen=4096)  # (rows, width, prefix) per pass
         self._allocate(prefix_capacity)
 
     # -- buffers -------------------------------------------------------------------------------
