@@ -225,6 +225,19 @@ def test_every_handler_validates_its_params(server):
     no_tracebacks(server)
 
 
+def test_lone_surrogates_and_astral_characters_in_a_document(server):
+    initialize(server)
+    text = "ab\ud800cd 😀\udfff x\n𝔘\U0010ffff"  # \ud800 escapes: valid JSON, not valid Unicode
+    server.write(json_frame(notification("textDocument/didOpen", {"textDocument": {
+        "uri": DOC, "languageId": "plaintext", "version": 1, "text": text}})))
+    for character in (6, 8, 9, 30):  # 8: between the halves of 😀; 30: past the end of the line
+        server.write(json_frame(request(f"c{character}", "textDocument/inlineCompletion", {
+            "textDocument": {"uri": DOC}, "position": {"line": 0, "character": character},
+            "context": {"triggerKind": 1}})))
+        assert "items" in server.wait_reply(f"c{character}", 30)["result"]
+    no_tracebacks(server)
+
+
 def test_fuzz_2000_messages():
     pytest.importorskip("hypothesis")
     started = time.monotonic()

@@ -12,6 +12,7 @@ import asyncio
 import itertools
 import logging
 import os
+import re
 import sys
 import time
 from collections import Counter, OrderedDict
@@ -39,6 +40,7 @@ ACCEPT_COMMAND = "infill.accept"
 _KEEP_SHOWN = 512  # item ids remembered for acceptance telemetry
 # A failed engine (daemon not up yet, weights not there yet) is tried again after this many seconds.
 RETRY_AFTER_S = float(os.environ.get("INFILL_LSP_RETRY_S", "10"))
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 EXIT_GRACE_S = 2.0  # after exit, how long a running pipeline step may take to notice its cancellation
 
 
@@ -255,7 +257,11 @@ class InfillServer(LanguageServer):
         language_id = document.language_id or ""
         if not self.settings.enabled_for(language_id):
             return empty
-        text = document.source
+        text = source = document.source
+        if not text.isascii() and _LONE_SURROGATE.search(text):
+            # JSON's \ud800 escapes put lone surrogates in a document; no tokenizer takes them. U+FFFD
+            # is one code point and one UTF-16 unit too: every position stays where it was.
+            text = _LONE_SURROGATE.sub("\ufffd", text)
         encoding = str(self.workspace.position_encoding or context.UTF16)
         cursor = context.cursor_at(text, params.position.line, params.position.character, encoding)
         if cursor is None:
@@ -271,7 +277,7 @@ class InfillServer(LanguageServer):
 
         if not invoked and (cached := self.typing.lookup(uri, text, cursor.offset)) is not None:
             self.stats["typing_through"] += 1
-            return self._to_lsp(cached, text, cursor, encoding, remember=False)
+            return self._to_lsp(cached, source, cursor, encoding, remember=False)
 
         engine = self.holder.engine
         if engine is None:
@@ -309,7 +315,7 @@ class InfillServer(LanguageServer):
                 if self.state == "busy":
                     self.set_status("idle")
         self.typing.remember(uri, text, cursor.offset, result.items)
-        response = self._to_lsp(result.items, text, cursor, encoding)
+        response = self._to_lsp(result.items, source, cursor, encoding)  # the rest of the line as it was
         self.last_timings = {**msgspec.to_builtins(result.timings), "handler_ms": (time.perf_counter() - started) * 1e3}
         log.info("completed %s in %.1f ms (%d shown)", uri, self.last_timings["handler_ms"], len(result.items))
         return response
