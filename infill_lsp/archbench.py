@@ -327,6 +327,12 @@ def run_arch_bench(args, settings: Settings) -> int:
     print_grid(rows)
     if len(paths) > 1:
         print_speedups(rows)
+    if fast and engine.static.stats["passes"]:
+        stats = engine.static.stats
+        print(f"\nfast path, per decoder pass over the whole run: the pass {stats['pass_ms'] / stats['passes']:.2f} ms, "
+              f"the rest of the step (vocabulary head on free positions, sampling, bookkeeping) "
+              f"{stats['between_passes_ms'] / stats['passes']:.2f} ms ({stats['passes']} passes, "
+              f"{stats['rows_finished_early']} rows finished early)")
     report.update(cold_prefill=cold, grid=rows)
     if fast:
         report["graphs"].update(engine.static.stats)

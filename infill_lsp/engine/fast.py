@@ -320,11 +320,14 @@ class StaticDecoder:
         in_pass = torch.arange(rows, device=device)  # the rows this pass computes
         live = torch.ones(rows, dtype=torch.bool, device=device)  # per row in the pass: not finished yet
         steps_run = 0
+        marks = []  # (before the pass, after it) per step: where a step's time goes
 
         for remaining in range(settings.steps, 0, -1):
             cancel.raise_if_cancelled()
             a_free, a_known, a_clamped = free[in_pass], known[in_pass], clamped[in_pass]
+            marks.append(self._mark())
             hidden = self.step(canvas[in_pass], soft[in_pass], width)
+            marks.append(self._mark())
             steps_run += 1
             raw = vocabulary_head(model, hidden[a_free])
             if banned_bias is not None:
@@ -384,7 +387,31 @@ class StaticDecoder:
             soft[in_pass[live]] = next_soft
             if self.drop_finished:  # finished rows leave the pass: a smaller bucket, less work
                 in_pass, live = in_pass[live], live[live]
-        return DenoiseOutput(tokens=argmax.cpu(), token_logprobs=token_logprobs.cpu(), steps=steps_run)
+        marks.append(self._mark())
+        out = DenoiseOutput(tokens=argmax.cpu(), token_logprobs=token_logprobs.cpu(), steps=steps_run)
+        self._account(marks)
+        return out
+
+    def _mark(self):
+        """A point in time on the device's stream (a CUDA event; the host clock elsewhere)."""
+        if self.device.type == "cuda":
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def _account(self, marks: list) -> None:
+        """Add the request's pass time and the rest of its steps (head, sampling, bookkeeping) to stats."""
+        def elapsed(a, b) -> float:
+            return a.elapsed_time(b) if self.device.type == "cuda" else (b - a) * 1e3
+
+        if self.device.type == "cuda":
+            marks[-1].synchronize()
+        passes = sum(elapsed(marks[i], marks[i + 1]) for i in range(0, len(marks) - 1, 2))
+        total = elapsed(marks[0], marks[-1])
+        self.stats["passes"] += (len(marks) - 1) // 2
+        self.stats["pass_ms"] += passes
+        self.stats["between_passes_ms"] += total - passes
 
 
 class FastEngine(TransformersEngine):
