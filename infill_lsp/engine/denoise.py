@@ -82,78 +82,94 @@ def denoise(
     rows, width = known.shape
     free_rows = free.nonzero()[:, 0]  # (F,) the row of each free position
 
-    # Additive bias on the free positions: -inf where a token may not go (control tokens; token healing).
+    # Additive bias on the free positions where a token may not go (control tokens; token healing). A large
+    # finite negative rather than -inf: exp() still gives exactly 0, and 0 * bias stays 0 in the entropy.
+    blocked = -1e4
     bias = torch.zeros((int(free.sum()), vocab), device=device)
     if banned_tokens is not None:
-        bias[:, banned_tokens.to(device)] = -math.inf
+        bias[:, banned_tokens.to(device)] = blocked
     if first_token_allowed is not None:
         first = free.clone()
         first[:, 1:] = False
-        bias[first[free], :] += torch.where(first_token_allowed.to(device), 0.0, -math.inf)
+        bias[first[free], :] += torch.where(first_token_allowed.to(device), 0.0, blocked)
 
     def noise() -> torch.Tensor:
         return torch.randint(0, vocab, (rows, width), device=device, generator=generator)
 
+    # Self-conditioning: the decoder turns the previous step's distribution into soft embeddings,
+    # softmax(logits) @ E. A clamped position's distribution is one-hot, i.e. its own embedding, and a
+    # free position's is the `probs` the sampler computes anyway, so the soft embeddings are built
+    # here (one (F, V) @ (V, H) product, no (B, L, V) tensor) and handed to the decoder's
+    # self-conditioning block by a forward pre-hook.
+    embed = model.model.decoder.embed_tokens
+    soft = embed(known).float()  # (B, L, H): clamped positions stay as they are
+    soft_ready = False
+
+    def inject(module, args):
+        return (args[0], soft.to(args[0].dtype)) if soft_ready else None
+
     canvas = torch.where(clamped, known, noise())
     argmax = canvas
-    # Self-conditioning input: the previous step's processed logits; clamped positions one-hot on their token.
-    conditioning = torch.full((rows, width, vocab), -math.inf, device=device, dtype=model.dtype)
-    conditioning.scatter_(-1, known[..., None], 0.0)
-    self_conditioning = None
     finished = torch.zeros(rows, dtype=torch.bool, device=device)
     history = torch.full((max(settings.stability, 1), rows, width), -1, dtype=torch.long, device=device)
     free_count = free.sum(-1).clamp(min=1)
     logits = None  # (F, V) raw logits of the free positions at each row's last step
     steps_run = 0
 
-    for remaining in range(settings.steps, 0, -1):
-        cancel.raise_if_cancelled()
-        hidden = model.model(
-            decoder_input_ids=canvas,
-            past_key_values=cache,
-            self_conditioning_logits=self_conditioning,
-        ).last_hidden_state
-        steps_run += 1
-        raw = vocabulary_head(model, hidden[free]) + bias
-        temperature = settings.t_min + (settings.t_max - settings.t_min) * remaining / settings.steps
-        processed = raw / temperature
+    hook = model.model.decoder.self_conditioning.register_forward_pre_hook(inject)
+    try:
+        for remaining in range(settings.steps, 0, -1):
+            cancel.raise_if_cancelled()
+            hidden = model.model(decoder_input_ids=canvas, past_key_values=cache).last_hidden_state
+            steps_run += 1
+            raw = vocabulary_head(model, hidden[free]) + bias
+            temperature = settings.t_min + (settings.t_max - settings.t_min) * remaining / settings.steps
+            processed = raw / temperature
 
-        # Inverse-CDF sampling: one uniform per position against the cumulative distribution. Exact,
-        # and an order of magnitude cheaper on CPU than torch.multinomial or an exponential race.
-        probs = torch.softmax(processed, dim=-1)
-        uniform = torch.rand((rows, width, 1), device=device, generator=generator)[free]
-        sampled = known.clone()
-        sampled[free] = (probs.cumsum(-1) < uniform).sum(-1).clamp(max=vocab - 1)
-        new_argmax = known.clone()
-        new_argmax[free] = processed.argmax(-1)
+            # One softmax serves the argmax, the sample, the entropy and the next step's soft embeddings.
+            top, best = processed.max(-1)
+            shifted = processed - top[:, None]
+            weights = shifted.exp()
+            total = weights.sum(-1, keepdim=True)
+            probs = weights / total
+            # Inverse-CDF sampling: one uniform per position against the cumulative distribution. Exact,
+            # and an order of magnitude cheaper on CPU than torch.multinomial or an exponential race.
+            uniform = torch.rand((rows, width, 1), device=device, generator=generator)[free]
+            sampled = known.clone()
+            sampled[free] = (probs.cumsum(-1) < uniform).sum(-1).clamp(max=vocab - 1)
+            new_argmax = known.clone()
+            new_argmax[free] = best
 
-        # Entropy-bound acceptance over the free positions: accept the lowest-entropy tokens whose
-        # summed entropy (minus the largest) stays under the bound; renoise the rest.
-        entropy = torch.zeros((rows, width), device=device)
-        entropy[free] = _entropy(processed)
-        sorted_entropy, order = torch.sort(entropy.masked_fill(~free, math.inf), dim=-1)
-        sorted_entropy = sorted_entropy.masked_fill(torch.isinf(sorted_entropy), 0.0)
-        take = (torch.cumsum(sorted_entropy, -1) - sorted_entropy) <= settings.entropy_bound
-        accepted = torch.zeros_like(take).scatter(-1, order, take) & free
-        new_canvas = torch.where(accepted, sampled, noise())
-        new_canvas = torch.where(clamped, known, new_canvas)
+            # Entropy-bound acceptance over the free positions: accept the lowest-entropy tokens whose
+            # summed entropy (minus the largest) stays under the bound; renoise the rest.
+            entropy = torch.zeros((rows, width), device=device)
+            entropy[free] = (total.squeeze(-1).log() - (probs * shifted).sum(-1)).clamp(min=0.0)
+            sorted_entropy, order = torch.sort(entropy.masked_fill(~free, math.inf), dim=-1)
+            sorted_entropy = sorted_entropy.masked_fill(torch.isinf(sorted_entropy), 0.0)
+            take = (torch.cumsum(sorted_entropy, -1) - sorted_entropy) <= settings.entropy_bound
+            accepted = torch.zeros_like(take).scatter(-1, order, take) & free
+            new_canvas = torch.where(accepted, sampled, noise())
+            new_canvas = torch.where(clamped, known, new_canvas)
 
-        # Finished rows keep what they had; the rest move on.
-        keep = finished[:, None]
-        canvas = torch.where(keep, canvas, new_canvas)
-        argmax = torch.where(keep, argmax, new_argmax)
-        keep_free = finished[free_rows][:, None]
-        logits = raw if logits is None else torch.where(keep_free, logits, raw)
-        conditioning[free & ~keep] = processed[~keep_free.squeeze(-1)].to(model.dtype)
-        self_conditioning = conditioning
+            # Finished rows keep what they had; the rest move on.
+            keep = finished[:, None]
+            canvas = torch.where(keep, canvas, new_canvas)
+            argmax = torch.where(keep, argmax, new_argmax)
+            keep_free = finished[free_rows][:, None]
+            logits = raw if logits is None else torch.where(keep_free, logits, raw)
+            moving = ~keep_free.squeeze(-1)
+            soft[free & ~keep] = (probs[moving] @ embed.weight.float()) * embed.scalar_embed_scale
+            soft_ready = True
 
-        stable = (history == argmax[None]).all(-1).all(0)
-        history = torch.roll(history, -1, 0)
-        history[-1] = argmax
-        confident = entropy.sum(-1) / free_count < settings.confidence
-        finished |= stable & confident
-        if bool(finished.all()):
-            break
+            stable = (history == argmax[None]).all(-1).all(0)
+            history = torch.roll(history, -1, 0)
+            history[-1] = argmax
+            confident = entropy.sum(-1) / free_count < settings.confidence
+            finished |= stable & confident
+            if bool(finished.all()):
+                break
+    finally:
+        hook.remove()
 
     token_logprobs = torch.zeros((rows, width), device=device)
     token_logprobs[free] = torch.log_softmax(logits, -1).gather(-1, argmax[free][:, None]).squeeze(-1)
