@@ -514,6 +514,8 @@ class Generator:
         obj = request(msg_id, method, params) if is_request else notification(method, params)
         if params is None and kind == "mutated":
             obj.pop("params", None)
+        if "params" in obj and not isinstance(obj["params"], (dict, list)):
+            method = "$envelope"  # params neither object nor array: InvalidRequest in any state
         if method == self.types.CANCEL_REQUEST and kind == "valid":
             obj["params"] = {"id": max(1, self.counter - data.draw(st.integers(0, 20)))}
         body = encode(obj, ascii_only=data.draw(st.booleans()))
@@ -1004,6 +1006,8 @@ class Runner:
 
     def expected_code(self, message: Message) -> int | None:
         """The error code the protocol prescribes for this request now, when it does."""
+        if message.method == "$envelope":
+            return INVALID_REQUEST
         if self.state == "pre-init":
             return SERVER_NOT_INITIALIZED
         if self.state == "shut down":
@@ -1140,11 +1144,11 @@ class Runner:
         return self.report
 
     # -- reproducers -----------------------------------------------------------------------------------
-    def reduce(self, budget_s: float = 240.0) -> None:
+    def reduce(self, budget_s: float = 600.0, per_failure_s: float = 240.0) -> None:
         """For each failure, replay what was sent before its first occurrence on a fresh server
-        (after initialize), then keep halving it (the later half first) while a half alone still
-        fails the same way; a single message left is then swapped for a shorter one of the same
-        method that fails too. What is left is the reproducer."""
+        (after initialize), then shrink it by delta debugging (ddmin: keep a chunk, or drop one,
+        while the rest still fails the same way); a single message left is then swapped for a
+        shorter one of the same method that fails too. What is left is the reproducer."""
         deadline = time.monotonic() + budget_s
         for failure in self.report.failures:
             window = failure.windows[0] if failure.windows else []
@@ -1153,22 +1157,15 @@ class Runner:
             if not self.replay(failure, window):
                 failure.reproducer = window  # needs more than what was sent just before it
                 continue
-            current = window
-            while len(current) > 1 and time.monotonic() < deadline:
-                half = len(current) // 2
-                if self.replay(failure, current[half:]):
-                    current = current[half:]
-                elif self.replay(failure, current[:half]):
-                    current = current[:half]
-                else:
-                    break  # it takes messages from both halves
+            stop = min(deadline, time.monotonic() + per_failure_s)
+            current = _ddmin(window, lambda messages: self.replay(failure, messages), stop)
             if len(current) == 1:
                 method = current[0].note.split(":")[0]
                 pool = {m.wire(): m for w in failure.windows for m in w}.values()
                 shorter = sorted((m for m in pool if m.note.split(":")[0] == method
                                   and len(m.wire()) < len(current[0].wire())), key=lambda m: len(m.wire()))
                 for message in shorter[:3]:
-                    if time.monotonic() < deadline and self.replay(failure, [message]):
+                    if time.monotonic() < stop and self.replay(failure, [message]):
                         current = [message]
                         break
             failure.reproducer, failure.reproduced = current, True
@@ -1192,6 +1189,29 @@ class Runner:
         finally:
             if runner.server is not None:
                 runner.server.kill()
+
+
+def _ddmin(items: list, fails: Callable[[list], bool], deadline: float) -> list:
+    """Zeller's delta debugging: a smaller list that still `fails` (1-minimal when time allows)."""
+    granularity = 2
+    while len(items) >= 2 and time.monotonic() < deadline:
+        size = -(-len(items) // granularity)
+        chunks = [items[i:i + size] for i in range(0, len(items), size)]
+        for chunk in reversed(chunks):  # the trigger is usually near the end
+            if time.monotonic() < deadline and fails(chunk):
+                items, granularity = chunk, 2
+                break
+        else:
+            for index in range(len(chunks)):
+                rest = [m for j, c in enumerate(chunks) if j != index for m in c]
+                if time.monotonic() < deadline and fails(rest):
+                    items, granularity = rest, max(granularity - 1, 2)
+                    break
+            else:
+                if granularity >= len(items):
+                    break
+                granularity = min(len(items), granularity * 2)
+    return items
 
 
 def run(messages: int = 10_000, seed: int = 1, *, model: str | Path = TINY_MODEL, probe_every: int = 250,

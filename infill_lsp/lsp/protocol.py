@@ -294,7 +294,11 @@ class InfillProtocol(LanguageServerProtocol):
         return self._fast_converter
 
     def handles(self, method: str) -> bool:
-        """Whether a handler (or pygls itself, for $/cancelRequest) takes this method."""
+        """Whether a handler (or pygls itself, for $/cancelRequest) takes this method. pygls has
+        notebook handlers built in, but this server does not advertise notebook sync: a client that
+        sends notebook notifications anyway has them ignored (pygls' notebook code trusts them)."""
+        if method.startswith("notebookDocument/") and getattr(self._server, "_notebook_document_sync", None) is None:
+            return False
         return method == types.CANCEL_REQUEST or method in self.fm.builtin_features or method in self.fm.features
 
     def _structure_response(self, data: dict):
