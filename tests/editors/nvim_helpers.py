@@ -75,15 +75,18 @@ def suggestion(nvim):
 
 
 def as_drawn(text, column):
-    """How Neovim draws text placed at display column `column`: control characters as ^X, tabs
-    expanded (the plugin turns them into spaces; the random model emits both)."""
+    """How the plugin draws text placed at display column `column`: tabs as the spaces they take."""
     lines = text.split("\n")
     out = []
     for i, line in enumerate(lines):
         start = column if i == 0 else 0
-        line = (" " * start + line).expandtabs(8)[start:]
-        out.append("".join("^?" if c == "\x7f" else f"^{chr(ord(c) + 64)}" if ord(c) < 32 else c for c in line))
+        out.append((" " * start + line).expandtabs(8)[start:])
     return "\n".join(out)
+
+
+def has_controls(text) -> bool:
+    """Control characters a suggestion must never carry (all but tab and line feed)."""
+    return any(c not in "\t\n" and (ord(c) < 32 or 127 <= ord(c) < 160) for c in text)
 
 
 def status(nvim):

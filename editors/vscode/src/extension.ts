@@ -24,6 +24,7 @@ import {
   itemId,
   missingServerMessage,
   partialAcceptance,
+  printableInsert,
   ServerState,
   serverSettings,
   Settings,
@@ -146,6 +147,24 @@ function reportShown(item: vscode.InlineCompletionItem, document: vscode.TextDoc
   }
 }
 
+/** The server's items without control characters in what they add (see printableInsert). */
+function printableItems(items: vscode.InlineCompletionItem[], document: vscode.TextDocument, position: vscode.Position) {
+  const text = document.getText();
+  const cursor = document.offsetAt(position);
+  const kept: vscode.InlineCompletionItem[] = [];
+  for (const item of items) {
+    const range = item.range ?? new vscode.Range(position, position);
+    const [start, end] = [document.offsetAt(range.start), document.offsetAt(range.end)];
+    const [before, after] = start <= cursor && cursor <= end ? [text.slice(start, cursor), text.slice(cursor, end)] : ["", ""];
+    const snippet = typeof item.insertText !== "string";
+    const clean = printableInsert(typeof item.insertText === "string" ? item.insertText : item.insertText.value, before, after);
+    if (clean === undefined) continue;
+    item.insertText = snippet ? new vscode.SnippetString(clean) : clean;
+    kept.push(item);
+  }
+  return kept;
+}
+
 async function provideInlineCompletionItems(
   document: vscode.TextDocument,
   position: vscode.Position,
@@ -175,9 +194,11 @@ async function provideInlineCompletionItems(
       return new vscode.InlineCompletionList(items);
     }
   }
-  const result = await next(document, position, context, token);
-  const items = Array.isArray(result) ? result : result?.items;
-  if (items && items.length > 0 && !token.isCancellationRequested) {
+  const answered = await next(document, position, context, token);
+  const items = printableItems((Array.isArray(answered) ? answered : answered?.items) ?? [], document, position);
+  if (answered && !Array.isArray(answered)) answered.items = items;
+  const result = Array.isArray(answered) ? items : answered;
+  if (items.length > 0 && !token.isCancellationRequested) {
     const start = document.offsetAt(items[0].range?.start ?? position);
     const insertTexts = items.map((item) => (typeof item.insertText === "string" ? item.insertText : item.insertText.value));
     answer = { key: answerAt(uri, text, start, insertTexts), items };
@@ -273,7 +294,10 @@ async function start(): Promise<void> {
     setState(params.state, params.message, params.percent),
   );
   created.onDidChangeState((event) => {
-    if (event.newState === State.Starting) [cameUp, restarting, told] = [false, false, false];
+    if (event.newState === State.Starting) {
+      [cameUp, restarting, told] = [false, false, false];
+      reported.clear(); // a new server process numbers its items afresh
+    }
     if (event.newState === State.Running) cameUp = true;
     if (event.newState === State.StartFailed) void failed("the server exited before it started");
     if (event.newState === State.Stopped && !restarting) void failed("the server exited");

@@ -102,6 +102,30 @@ export function findExecutable(
   return undefined;
 }
 
+/** Control characters other than tab and line feed: C0, DEL, C1. */
+const CONTROLS = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f]/g;
+
+/** `text` without the characters a suggestion must never show or insert (the server leaves them
+ * out too; this is defence in depth). */
+export function printable(text: string): string {
+  return text.replace(CONTROLS, "");
+}
+
+/**
+ * An item's insertText without control characters in the text it adds. `before` / `after`: the
+ * document's text in the item's range before / after the cursor, which the item repeats (what was
+ * typed, the rest of the line) and which is kept as it is. Undefined when the item adds nothing
+ * once cleaned: drop it.
+ */
+export function printableInsert(insertText: string, before: string, after: string): string | undefined {
+  const repeats =
+    insertText.length >= before.length + after.length && insertText.startsWith(before) && insertText.endsWith(after);
+  const [head, tail] = repeats ? [before, after] : ["", ""];
+  const middle = insertText.slice(head.length, insertText.length - tail.length);
+  const clean = printable(middle);
+  return clean === "" && middle !== "" ? undefined : head + clean + tail;
+}
+
 /** Payloads of the acceptance telemetry the server counts (local only). */
 export function itemId(command: { arguments?: unknown[] } | undefined): string | undefined {
   const arg = command?.arguments?.[0] as { id?: unknown } | undefined;

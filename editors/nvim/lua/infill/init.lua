@@ -462,6 +462,101 @@ local function builtin()
   return vim.lsp.inline_completion ~= nil and not M.config.own_client
 end
 
+--- `s` without the characters a suggestion must never draw or insert: control characters other
+--- than tab and line feed (C0, DEL, C1). The server leaves them out too; this is defence in depth.
+function M._printable(s)
+  return (s:gsub("[%z\1-\8\11-\31\127]", ""):gsub("\194[\128-\159]", ""))
+end
+
+--- An inlineCompletion answer with the control characters taken out of the text each item adds
+--- (`at`: the cursor's line and byte column when it was asked for). The document's own text an
+--- item repeats, before the cursor within its range and the rest of the line after it, is kept
+--- as it is. Items that add nothing once cleaned are dropped.
+local function printable_answer(result, at, encoding)
+  local list = result.items or result
+  local kept = {}
+  for _, raw in ipairs(list) do
+    local insert = type(raw.insertText) == "table" and raw.insertText.value or raw.insertText
+    if type(insert) == "string" then
+      local before, after = "", ""
+      local range = raw.range
+      if range and range.start.line == at.row and range["end"].line == at.row then
+        local first = compat.byte_col(at.line, range.start.character, encoding)
+        local last = compat.byte_col(at.line, range["end"].character, encoding)
+        if first <= at.col and at.col <= last then
+          before, after = at.line:sub(first + 1, at.col), at.line:sub(at.col + 1, last)
+        end
+      end
+      local head, tail = insert:sub(1, #before), #after > 0 and insert:sub(-#after) or ""
+      if #insert < #before + #after or head ~= before or tail ~= after then
+        before, after = "", "" -- it replaces that text: all of it is new
+      end
+      local middle = M._printable(insert:sub(#before + 1, #insert - #after))
+      if middle ~= "" or #insert == #before + #after then
+        if type(raw.insertText) == "table" then
+          raw.insertText.value = before .. middle .. after
+        else
+          raw.insertText = before .. middle .. after
+        end
+        table.insert(kept, raw)
+      end
+    else
+      table.insert(kept, raw)
+    end
+  end
+  if result.items then
+    result.items = kept
+    return result
+  end
+  return kept
+end
+
+--- The server's RPC client (what `cmd` starts or connects to), with every inlineCompletion answer
+--- made printable before any client, this plugin's or vim.lsp.inline_completion, sees it.
+local function printable_rpc(rpc)
+  local request = rpc.request
+  local encoding = "utf-16"
+  rpc.request = function(method, params, callback, notify_reply_callback)
+    if method == "initialize" and callback then
+      local on_initialize = callback
+      callback = function(err, result, ...)
+        local capabilities = type(result) == "table" and result.capabilities or {}
+        encoding = capabilities.positionEncoding or "utf-16"
+        return on_initialize(err, result, ...)
+      end
+    elseif method == "textDocument/inlineCompletion" and callback and params and params.position then
+      local buf = vim.uri_to_bufnr(params.textDocument.uri)
+      local row = params.position.line
+      local line = api.nvim_buf_is_loaded(buf) and api.nvim_buf_get_lines(buf, row, row + 1, false)[1] or ""
+      local at = { row = row, line = line, col = compat.byte_col(line, params.position.character, encoding) }
+      local on_answer = callback
+      callback = function(err, result, ...)
+        if type(result) == "table" then
+          result = printable_answer(result, at, encoding)
+        end
+        return on_answer(err, result, ...)
+      end
+    end
+    return request(method, params, callback, notify_reply_callback)
+  end
+  return rpc
+end
+
+--- `cmd` for vim.lsp.start: the configured command (or RPC client factory), through printable_rpc.
+local function server_cmd(cmd)
+  return function(dispatchers, config)
+    if type(cmd) == "function" then
+      return printable_rpc(cmd(dispatchers, config))
+    end
+    config = config or {}
+    return printable_rpc(vim.lsp.rpc.start(cmd, dispatchers, {
+      cwd = config.cmd_cwd,
+      env = config.cmd_env,
+      detached = config.detached,
+    }))
+  end
+end
+
 local function attach(buf)
   if not api.nvim_buf_is_valid(buf) or vim.bo[buf].buftype ~= "" then
     return
@@ -481,7 +576,7 @@ local function attach(buf)
   end
   vim.lsp.start({
     name = "infill",
-    cmd = cmd,
+    cmd = server_cmd(cmd),
     root_dir = vim.fs.root(buf, { ".git" }) or vim.fn.getcwd(),
     init_options = M.config.settings,
     handlers = {

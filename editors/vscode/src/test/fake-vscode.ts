@@ -22,8 +22,15 @@ export class EventEmitter<T> {
     disposables?.push(d);
     return d;
   };
+  /** As VS Code's emitters: a listener that throws is reported and the others still run. */
   fire(e: T): void {
-    for (const l of [...this.listeners]) l(e);
+    for (const l of [...this.listeners]) {
+      try {
+        l(e);
+      } catch (error) {
+        fake.listenerErrors.push(String(error));
+      }
+    }
   }
   dispose(): void {
     this.listeners.clear();
@@ -224,6 +231,7 @@ export const fake = {
   statusBarItems: [] as any[],
   messages: [] as { level: string; text: string; items: string[] }[],
   log: [] as string[],
+  listenerErrors: [] as string[],
   clipboard: "",
   documents: [] as TextDocument[],
   onDidOpenTextDocument: new EventEmitter<TextDocument>(),

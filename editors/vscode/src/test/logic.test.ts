@@ -9,6 +9,8 @@ import {
   itemId,
   missingServerMessage,
   partialAcceptance,
+  printable,
+  printableInsert,
   serverSettings,
   statusView,
   exitReason,
@@ -176,4 +178,15 @@ test("typing through the last answer is answered without the server", () => {
   assert.equal(endOfFile.rest, "");
   assert.deepEqual(typingThrough(endOfFile, { uri: "file:///c.txt", text: "abcd", offset: 4 }), [0]);
   assert.equal(answerAt("u", "a = \r\nb", 4, []).rest, "");
+});
+
+test("control characters never reach the screen: taken out of what an item adds, not out of the document", () => {
+  assert.equal(printable("a\u0000b\u001b[31mc\r\n\td\u007fe\u0085f\u00a0é😀"), "ab[31mc\n\tdef\u00a0é😀");
+  // insertText = typed part + middle + rest of the line; the document's own form feed stays
+  assert.equal(printableInsert("x = a\u0000b\f)", "x = ", "\f)"), "x = ab\f)");
+  assert.equal(printableInsert("a\r\nb\f)", "", "\f)"), "a\nb\f)");
+  // it does not repeat the rest of the line (it replaces it): all of it is new text
+  assert.equal(printableInsert("a\u0007b", "", "\f)"), "ab");
+  assert.equal(printableInsert("\u0007\u0008)", "", ")"), undefined); // nothing left to add: dropped
+  assert.equal(printableInsert(")", "", ")"), ")"); // it added nothing to begin with: the server's business
 });
