@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import torch
 
+from infill_lsp.engine.denoise import DenoiseSettings
 from infill_lsp.engine.fast import FastEngine, StaticDecoder, row_bucket
 from infill_lsp.engine.transformers_backend import TransformersEngine
 from infill_lsp.types import Budget, InfillRequest
@@ -120,36 +122,47 @@ def test_prefix_reuse_across_keystrokes_is_kept(reference, fast):
 
 
 # Middles of one token: a row's argmax is often stable from one step to the next, so rows stop at
-# different steps (with longer middles the tiny random model never settles).
+# different steps. The tiny random model is never confident, so these requests run with a stopping rule
+# that needs stability only (any mean entropy counts as confident).
 FINISHING = [InfillRequest(prefix=SOURCE[:500 + 150 * seed], suffix=SOURCE[2000:2200], seed=seed,
                            budget=Budget(candidates=8, max_middle_tokens=1, steps=12)) for seed in range(4)]
+STABLE_IS_DONE = DenoiseSettings(confidence=1e9)
+
+
+@contextmanager
+def stopping_when_stable(*engines):
+    saved = [e.denoise_settings for e in engines]
+    for e in engines:
+        e.denoise_settings = STABLE_IS_DONE
+    try:
+        yield
+    finally:
+        for e, settings in zip(engines, saved):
+            e.denoise_settings = settings
 
 
 def test_dropping_finished_rows_does_not_change_results(fast, keeping):
-    dropping = fast
-    before = dropping.static.stats["rows_finished_early"]
-    shrank = False
-    for request in FINISHING:
-        dropping.static.bucket_trace.clear()
-        keeping.static.bucket_trace.clear()
-        reference, fast, _ = dropping.compare(request)
-        kept = keeping.compare(request)[1]
-        assert torch.equal(reference.tokens, fast.tokens)
-        assert torch.allclose(reference.token_logprobs, fast.token_logprobs, atol=1e-4)
-        assert torch.equal(kept.tokens, fast.tokens)
-        assert torch.allclose(kept.token_logprobs, fast.token_logprobs, atol=1e-5)
-        assert reference.steps == fast.steps == kept.steps
-        dropped_rows = [rows for rows, _, _ in dropping.static.bucket_trace]
-        assert all(rows == 8 for rows, _, _ in keeping.static.bucket_trace)
-        assert dropped_rows == sorted(dropped_rows, reverse=True)
-        shrank |= dropped_rows[-1] < 8
-    assert shrank, "no row finished early: the test would not show anything"
-    assert dropping.static.stats["rows_finished_early"] > before
+    before = fast.static.stats["rows_finished_early"]
+    fast.static.bucket_trace.clear()
+    keeping.static.bucket_trace.clear()
+    with stopping_when_stable(fast, keeping):
+        for request in FINISHING:
+            reference, dropped, _ = fast.compare(request)
+            kept = keeping.compare(request)[1]
+            assert torch.equal(reference.tokens, dropped.tokens)
+            assert torch.allclose(reference.token_logprobs, dropped.token_logprobs, atol=1e-4)
+            assert torch.equal(kept.tokens, dropped.tokens)
+            assert torch.allclose(kept.token_logprobs, dropped.token_logprobs, atol=1e-5)
+            assert reference.steps == dropped.steps == kept.steps
+    assert all(rows == 8 for rows, _, _ in keeping.static.bucket_trace)  # finished rows still computed
+    assert any(rows < 8 for rows, _, _ in fast.static.bucket_trace), "no row finished early: nothing shown"
+    assert fast.static.stats["rows_finished_early"] > before
 
 
 def test_same_answers_through_the_infill_interface_when_rows_finish(reference, fast):
-    for request in FINISHING[:2]:
-        same_answers(reference.infill(request), fast.infill(request))
+    with stopping_when_stable(reference, fast):
+        for request in FINISHING[:2]:
+            same_answers(reference.infill(request), fast.infill(request))
 
 
 def test_graph_buffer_handling_with_an_emulated_replay(reference):
@@ -157,8 +170,11 @@ def test_graph_buffer_handling_with_an_emulated_replay(reference):
     emulated = FastEngine(TINY, device="cpu", graphs="emulate", capture_middles=(16,))
     assert emulated.static.graphs_enabled
     assert emulated.static.stats["graphs_captured"] >= len(emulated.capture_shapes())
-    for request in [*REQUESTS, *FINISHING[:2]]:
+    for request in REQUESTS:
         same_answers(reference.infill(request), emulated.infill(request))
+    with stopping_when_stable(reference, emulated):
+        for request in FINISHING[:2]:
+            same_answers(reference.infill(request), emulated.infill(request))
     assert emulated.static.stats["graphs_captured_late"] > 0  # widths not captured at start
 
 

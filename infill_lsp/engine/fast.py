@@ -39,12 +39,13 @@ import torch.nn.functional as F
 from ..types import EngineTimings, InfillRequest, InfillResult
 from .cancel import NEVER, CancelToken
 from .canvas import CanvasBatch, build_canvas, middle_lengths
-from .denoise import DenoiseOutput, DenoiseSettings, _entropy, vocabulary_head
+from .denoise import DenoiseOutput, DenoiseSettings, vocabulary_head
 from .transformers_backend import Progress, TransformersEngine
 
 log = logging.getLogger(__name__)
 
 ROW_BUCKETS = (1, 4, 8)
+BLOCKED = -1e4  # denoise.py's additive bias where a token may not go (finite, so 0 * bias stays 0)
 WIDTH_STEP = 16
 # Prompt sizes a pass is shaped for: a power of two plus room for the BOS token and a little more, so a
 # full `contextTokens` window (1024 tokens + BOS) lands in the 1088 bucket, not the next power of two.
@@ -302,7 +303,7 @@ class StaticDecoder:
         free_count = free.sum(-1).clamp(min=1)
         heal_bias = None
         if first_token_allowed is not None:
-            heal_bias = torch.where(first_token_allowed.to(device), 0.0, -math.inf)
+            heal_bias = torch.where(first_token_allowed.to(device), 0.0, BLOCKED)
         is_first = free.clone()
         is_first[:, 1:] = False
 
@@ -311,10 +312,11 @@ class StaticDecoder:
 
         canvas = torch.where(clamped, known, noise())
         argmax = canvas.clone()
-        embed = decoder.embed_tokens.weight
-        scale = decoder.embed_tokens.embed_scale.to(self.dtype)
-        clamped_soft = embed[known] * scale  # one-hot self-conditioning of a clamped position
-        soft = torch.zeros((rows, width, self.hidden_size), dtype=self.dtype, device=device)
+        # Self-conditioning input, as denoise.py builds it: soft embeddings softmax(logits) @ E (float32),
+        # a clamped position's one-hot distribution being its own embedding; zeros before the first pass.
+        embed = decoder.embed_tokens
+        soft = embed(known).float()
+        first_soft = torch.zeros((rows, width, self.hidden_size), dtype=self.dtype, device=device)
         history = torch.full((max(settings.stability, 1), rows, width), -1, dtype=torch.long, device=device)
         token_logprobs = torch.zeros((rows, width), device=device)
         in_pass = torch.arange(rows, device=device)  # the rows this pass computes
@@ -326,7 +328,7 @@ class StaticDecoder:
             cancel.raise_if_cancelled()
             a_free, a_known, a_clamped = free[in_pass], known[in_pass], clamped[in_pass]
             marks.append(self._mark())
-            hidden = self.step(canvas[in_pass], soft[in_pass], width)
+            hidden = self.step(canvas[in_pass], first_soft[in_pass] if steps_run == 0 else soft[in_pass], width)
             marks.append(self._mark())
             steps_run += 1
             raw = vocabulary_head(model, hidden[a_free])
@@ -337,15 +339,20 @@ class StaticDecoder:
             temperature = settings.t_min + (settings.t_max - settings.t_min) * remaining / settings.steps
             processed = raw / temperature
 
-            probs = torch.softmax(processed, dim=-1)
+            # One softmax serves the argmax, the sample, the entropy and the next soft embeddings (denoise.py).
+            top, best = processed.max(-1)
+            shifted = processed - top[:, None]
+            weights = shifted.exp()
+            total = weights.sum(-1, keepdim=True)
+            probs = weights / total
             uniform = torch.rand((rows, width, 1), device=device, generator=generator)[in_pass][a_free]
             sampled = a_known.clone()
             sampled[a_free] = (probs.cumsum(-1) < uniform).sum(-1).clamp(max=vocab - 1)
             new_argmax = a_known.clone()
-            new_argmax[a_free] = processed.argmax(-1)
+            new_argmax[a_free] = best
 
             entropy = torch.zeros(a_free.shape, device=device)
-            entropy[a_free] = _entropy(processed)
+            entropy[a_free] = (total.squeeze(-1).log() - (probs * shifted).sum(-1)).clamp(min=0.0)
             sorted_entropy, order = torch.sort(entropy.masked_fill(~a_free, math.inf), dim=-1)
             sorted_entropy = sorted_entropy.masked_fill(torch.isinf(sorted_entropy), 0.0)
             take = (torch.cumsum(sorted_entropy, -1) - sorted_entropy) <= settings.entropy_bound
@@ -379,11 +386,17 @@ class StaticDecoder:
                 break
             self.stats["rows_finished_early"] += int(done.sum())
 
-            # Self-conditioning input of the next pass: the soft embedding of this pass's processed logits.
+            # Self-conditioning input of the next pass: the soft embeddings of this pass's distributions.
+            # float32 weights: the reference's float32 product; bf16: one bf16 product with float32
+            # accumulation (the float32 copy of a 262,144 x 2,816 embedding would cost ~3 GB per step).
             position_live = live[:, None].expand_as(a_free)[a_free]
-            next_soft = clamped_soft[in_pass[live]]
-            mixed = torch.softmax(processed[position_live].to(self.dtype), dim=-1, dtype=torch.float32)
-            next_soft[a_free[live]] = (mixed.to(embed.dtype) @ embed) * scale
+            mixed = probs[position_live]
+            if embed.weight.dtype == torch.float32:
+                product = mixed @ embed.weight
+            else:
+                product = (mixed.to(embed.weight.dtype) @ embed.weight).float()
+            next_soft = soft[in_pass[live]]
+            next_soft[a_free[live]] = product * embed.scalar_embed_scale
             soft[in_pass[live]] = next_soft
             if self.drop_finished:  # finished rows leave the pass: a smaller bucket, less work
                 in_pass, live = in_pass[live], live[live]
@@ -472,9 +485,9 @@ class FastEngine(TransformersEngine):
                                          compile=graphs and self._graphs_mode == "compile",
                                          emulate_graphs=self._graphs_mode == "emulate",
                                          drop_finished=self._drop_finished)
-            self._banned_bias = None  # (V,) additive: -inf on control tokens, as the reference's bias
+            self._banned_bias = None  # (V,) additive: BLOCKED on control tokens, as the reference's bias
             if bool(self.banned.any()):
-                self._banned_bias = torch.where(self.banned, -math.inf, 0.0).to(self.device)
+                self._banned_bias = torch.where(self.banned, BLOCKED, 0.0).to(self.device)
         return self._static
 
     def capture_shapes(self) -> list[tuple[int, int, int]]:
