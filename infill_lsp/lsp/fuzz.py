@@ -514,7 +514,8 @@ class Generator:
         obj = request(msg_id, method, params) if is_request else notification(method, params)
         if params is None and kind == "mutated":
             obj.pop("params", None)
-        if "params" in obj and not isinstance(obj["params"], (dict, list)):
+        deep = isinstance(obj.get("params"), str) and obj["params"].startswith("\x00deep:")  # an array on the wire
+        if "params" in obj and not isinstance(obj["params"], (dict, list)) and not deep:
             method = "$envelope"  # params neither object nor array: InvalidRequest in any state
         if method == self.types.CANCEL_REQUEST and kind == "valid":
             obj["params"] = {"id": max(1, self.counter - data.draw(st.integers(0, 20)))}
