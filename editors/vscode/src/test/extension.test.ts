@@ -172,11 +172,14 @@ test("the extension in a (fake) editor against the real server", { skip }, async
       const rest = document.lineAt(0).text.slice(9);
       const middle: string = list.items[0].insertText.slice(0, list.items[0].insertText.length - rest.length);
       assert.ok(middle.length >= 3, `a suggestion long enough for a partial accept: ${JSON.stringify(middle)}`);
+      // the new server numbers its items afresh: its first one is reported as shown all the same
+      await until("the shown report", async () => (await stats()).shown === 1, 10_000);
       fake.onDidChangeTextDocument.fire(document.edit(new vscode.Range(at, at), middle.slice(0, 2)));
       await until("the partial accept", async () => (await stats()).partiallyAccepted >= 1, 10_000);
       await new Promise((r) => setTimeout(r, 200));
       assert.equal((await stats()).partiallyAccepted, 1);
     });
+    assert.deepEqual(fake.listenerErrors, []);
   } finally {
     await extension.deactivate();
     for (const d of context.subscriptions) d.dispose();
