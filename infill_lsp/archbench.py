@@ -305,13 +305,15 @@ def run_arch_bench(args, settings: Settings) -> int:
         static = engine.static
         print(f"fast path: row buckets {static.row_buckets}, prefix buckets {static.prefix_buckets()}, "
               f"CUDA graphs {'on' if static.graphs_enabled else 'off'} ({static.stats['graphs_captured']} captured)"
-              f"{', torch.compile' if static.compiled else ''}")
+              f"{', torch.compile' if static.compiled else ''}"
+              f"{'; capture FAILED, passes run eagerly: ' + static.capture_error if static.capture_error else ''}")
 
     report = {"model": engine.info.model, "device": device, "gpu": gpu, "dtype": engine.info.dtype,
               "parameters": params, "torch": torch.__version__, "transformers": transformers.__version__,
               "paths": [p.name for p in paths], "starts": starts}
     if fast:
-        report["graphs"] = {"enabled": engine.static.graphs_enabled, "compiled": engine.static.compiled}
+        report["graphs"] = {"enabled": engine.static.graphs_enabled, "compiled": engine.static.compiled,
+                            "capture_error": engine.static.capture_error}
 
     def save(rows: list[dict], cold: list[dict]) -> None:
         if args.json:

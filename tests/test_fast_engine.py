@@ -201,3 +201,17 @@ def test_on_cuda_fp32_matches_the_reference_and_bf16_graphs_match_the_eager_stat
         with_graphs, without = graphs.compare(request)[1], eager.compare(request)[1]
         assert torch.equal(with_graphs.tokens, without.tokens)
         assert torch.allclose(with_graphs.token_logprobs, without.token_logprobs, atol=1e-3)
+
+
+def test_a_failed_capture_falls_back_to_the_eager_static_pass(reference, monkeypatch):
+    emulated = FastEngine(TINY, device="cpu", graphs="emulate", capture_middles=(16,))
+
+    def broken(*shape):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(emulated.static, "_capture", broken)
+    emulated.static._graphs.clear()
+    request = REQUESTS[0]
+    same_answers(reference.infill(request), emulated.infill(request))
+    assert not emulated.static.graphs_enabled
+    assert "not permitted" in emulated.static.capture_error

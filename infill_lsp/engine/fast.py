@@ -110,6 +110,7 @@ class StaticDecoder:
         self.sliding = [layer.self_attn.is_sliding for layer in self.layers]
         self._graphs: dict[tuple[int, int, int], _Captured] = {}
         self._pool = None
+        self.capture_error = ""  # why graphs were given up, if they were
         self.stats: Counter[str] = Counter()
         self.bucket_trace: deque[tuple[int, int, int]] = deque(maxlen=4096)  # (rows, width, prefix) per pass
         self._allocate(prefix_capacity)
@@ -246,18 +247,35 @@ class StaticDecoder:
         self.stats["graphs_captured"] += 1
         return _Captured(graph, canvas, soft, lens, hidden)
 
+    def _capture_or_give_up(self, shape: tuple[int, int, int]) -> None:
+        """Capture one bucket; if capture fails, say why once and run every pass eagerly from now on."""
+        try:
+            self._graphs[shape] = self._capture(*shape)
+        except Exception as exc:  # noqa: BLE001 - any capture failure: the eager static pass still answers
+            if self.device.type == "cuda":
+                try:
+                    torch.cuda.synchronize(self.device)
+                except Exception:  # noqa: BLE001 - a sticky device error will surface on the next pass
+                    pass
+            self.graphs_enabled = False
+            self._graphs.clear()
+            self.capture_error = f"{type(exc).__name__}: {exc}"
+            self.stats["graph_capture_failed"] += 1
+            log.warning("fast engine: capturing the decoder pass %s failed, running it without graphs: %s",
+                        shape, self.capture_error)
+
     @torch.inference_mode()
     def capture(self, shapes: list[tuple[int, int, int]], progress: Progress | None = None,
                 span: tuple[int, int] = (85, 99)) -> None:
         """Capture the passes for these (rows, width, prefix) buckets (CUDA only; no-op elsewhere)."""
-        if not self.graphs_enabled:
-            return
         lo, hi = span
         for k, shape in enumerate(shapes):
+            if not self.graphs_enabled:
+                return
             if shape not in self._graphs:
                 if progress:
                     progress(f"capturing decoder pass {k + 1}/{len(shapes)}", lo + (hi - lo) * k // max(len(shapes), 1))
-                self._graphs[shape] = self._capture(*shape)
+                self._capture_or_give_up(shape)
 
     def step(self, canvas: torch.Tensor, soft: torch.Tensor, width: int) -> torch.Tensor:
         """One pass for the active rows: canvas (a, width), soft (a, width, H) -> hidden (a, width, H)."""
@@ -267,7 +285,7 @@ class StaticDecoder:
         shape = (rows, padded, prefix)
         self.bucket_trace.append(shape)
         if self.graphs_enabled and shape not in self._graphs:
-            self._graphs[shape] = self._capture(*shape)  # a bucket first seen now: capture it once
+            self._capture_or_give_up(shape)  # a bucket first seen now: capture it once
             self.stats["graphs_captured_late"] += 1
         captured = self._graphs.get(shape)
         if captured is not None:
