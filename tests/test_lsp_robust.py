@@ -216,6 +216,8 @@ def test_every_handler_validates_its_params(server):
         ("$/cancelRequest", {"id": {"an": "object"}}),
         ("window/workDoneProgress/cancel", {"token": [1]}),
         ("workspace/didChangeConfiguration", {"settings": {"infill": {"candidates": "lots", "steps": None}}}),
+        ("workspace/didChangeConfiguration", {"settings": {"infill": {"showInvalid": "x\udfff",
+                                                                      "languages": {"\ud800": True}}}}),
         ("notebookDocument/didChange", {"notebookDocument": {"uri": "nb", "version": 1}, "change": {}}),
     ]:
         server.write(json_frame(notification(method, params)))

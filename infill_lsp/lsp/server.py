@@ -243,7 +243,9 @@ class InfillServer(LanguageServer):
 
     # -- settings ----------------------------------------------------------------------------
     def apply_settings(self, changes: Any) -> None:
-        self.settings = merge(self.settings, changes)
+        # msgspec cannot even report a value holding a lone surrogate (UnicodeEncodeError instead of a
+        # ValidationError): U+FFFD in their place, and merge drops the bad value with a warning.
+        self.settings = merge(self.settings, _scrub_surrogates(changes))
 
     # -- completion --------------------------------------------------------------------------
     async def inline_completion(self, params: types.InlineCompletionParams) -> types.InlineCompletionList:
@@ -370,6 +372,17 @@ class InfillServer(LanguageServer):
         report["engineError"] = self.holder.error
         report["lastTimings"] = self.last_timings
         return report
+
+
+def _scrub_surrogates(value: Any) -> Any:
+    """The same JSON value with every lone surrogate (a \\ud800 escape) replaced by U+FFFD."""
+    if isinstance(value, str):
+        return _LONE_SURROGATE.sub("\ufffd", value) if not value.isascii() else value
+    if isinstance(value, dict):
+        return {_scrub_surrogates(k): _scrub_surrogates(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scrub_surrogates(v) for v in value]
+    return value
 
 
 def build_server(settings: Settings | None = None, engine: Engine | None = None) -> InfillServer:
