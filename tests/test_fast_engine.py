@@ -165,9 +165,14 @@ def test_same_answers_through_the_infill_interface_when_rows_finish(reference, f
             same_answers(reference.infill(request), fast.infill(request))
 
 
-def test_graph_buffer_handling_with_an_emulated_replay(reference):
+@pytest.fixture(scope="module")
+def emulated():
+    """CUDA graphs' buffer handling (static inputs and outputs, captured at start and on first use) on a CPU."""
+    return FastEngine(TINY, device="cpu", graphs="emulate", capture_middles=(16,))
+
+
+def test_graph_buffer_handling_with_an_emulated_replay(reference, emulated):
     """The static inputs/outputs around captured passes (reused across requests and row counts)."""
-    emulated = FastEngine(TINY, device="cpu", graphs="emulate", capture_middles=(16,))
     assert emulated.static.graphs_enabled
     assert emulated.static.stats["graphs_captured"] >= len(emulated.capture_shapes())
     for request in REQUESTS:
@@ -203,8 +208,8 @@ def test_on_cuda_fp32_matches_the_reference_and_bf16_graphs_match_the_eager_stat
         assert torch.allclose(with_graphs.token_logprobs, without.token_logprobs, atol=1e-3)
 
 
-def test_a_failed_capture_falls_back_to_the_eager_static_pass(reference, monkeypatch):
-    emulated = FastEngine(TINY, device="cpu", graphs="emulate", capture_middles=(16,))
+def test_a_failed_capture_falls_back_to_the_eager_static_pass(reference, emulated, monkeypatch):
+    """(Runs last: it leaves the module's emulated engine without graphs.)"""
 
     def broken(*shape):
         raise RuntimeError("operation not permitted when stream is capturing")
