@@ -21,6 +21,12 @@ rule, scores), but each denoising step runs a static-shape decoder pass:
   smaller bucket, so finished rows stop costing compute. Random numbers are still drawn for the
   whole request, in the reference's order and shapes, so a seeded request gives the same
   candidates as the reference.
+
+The sampler's arithmetic (bias, one softmax for argmax/sample/entropy, acceptance, stopping rule,
+self-conditioning input) mirrors `denoise.denoise` line for line; tests/test_fast_engine.py checks
+that seeded requests give the reference's candidates, so a change to one belongs in the other.
+One deliberate difference: with bf16 weights the next step's soft embeddings are one bf16 product
+(float32 accumulation) instead of a float32 copy of the whole embedding matrix per step.
 """
 
 from __future__ import annotations
