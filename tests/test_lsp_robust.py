@@ -218,6 +218,7 @@ def test_every_handler_validates_its_params(server):
         ("workspace/didChangeConfiguration", {"settings": {"infill": {"candidates": "lots", "steps": None}}}),
         ("workspace/didChangeConfiguration", {"settings": {"infill": {"showInvalid": "x\udfff",
                                                                       "languages": {"\ud800": True}}}}),
+        ("workspace/didChangeConfiguration", {"settings": {"infill": {"languages": json.loads("[" * 900 + "]" * 900)}}}),
         ("notebookDocument/didChange", {"notebookDocument": {"uri": "nb", "version": 1}, "change": {}}),
     ]:
         server.write(json_frame(notification(method, params)))

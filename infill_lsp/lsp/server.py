@@ -245,7 +245,12 @@ class InfillServer(LanguageServer):
     def apply_settings(self, changes: Any) -> None:
         # msgspec cannot even report a value holding a lone surrogate (UnicodeEncodeError instead of a
         # ValidationError): U+FFFD in their place, and merge drops the bad value with a warning.
-        self.settings = merge(self.settings, _scrub_surrogates(changes))
+        try:
+            changes = _scrub_surrogates(changes)
+        except RecursionError:
+            log.warning("ignored settings nested too deeply")
+            return
+        self.settings = merge(self.settings, changes)
 
     # -- completion --------------------------------------------------------------------------
     async def inline_completion(self, params: types.InlineCompletionParams) -> types.InlineCompletionList:
