@@ -158,7 +158,8 @@ def denoise(
             keep_free = finished[free_rows][:, None]
             logits = raw if logits is None else torch.where(keep_free, logits, raw)
             moving = ~keep_free.squeeze(-1)
-            soft[free & ~keep] = (probs[moving] @ embed.weight.float()) * embed.scalar_embed_scale
+            weight = embed.weight  # in its own dtype: a float32 copy of a 262k-row table each step would dominate
+            soft[free & ~keep] = (probs[moving].to(weight.dtype) @ weight).float() * embed.scalar_embed_scale
             soft_ready = True
 
             stable = (history == argmax[None]).all(-1).all(0)
