@@ -45,6 +45,19 @@ def _entropy(logits: torch.Tensor) -> torch.Tensor:
     return -(logp.exp() * logp).sum(-1).nan_to_num(0.0)
 
 
+def distribution(processed: torch.Tensor):
+    """One softmax over (F, V) that serves the argmax, the sample, the entropy and the soft embeddings.
+
+    Returns (argmax, logits minus their max, partition function, probabilities); the entropy is
+    log(partition) - sum(probs * shifted).
+    """
+    top, best = processed.max(-1)
+    shifted = processed - top[:, None]
+    weights = shifted.exp()
+    total = weights.sum(-1, keepdim=True)
+    return best, shifted, total, weights / total
+
+
 def vocabulary_head(model, hidden: torch.Tensor) -> torch.Tensor:
     """DiffusionGemmaForBlockDiffusion's head (projection + logit soft-capping) on chosen positions only."""
     logits = model.lm_head(hidden).float()
@@ -126,12 +139,7 @@ def denoise(
             temperature = settings.t_min + (settings.t_max - settings.t_min) * remaining / settings.steps
             processed = raw / temperature
 
-            # One softmax serves the argmax, the sample, the entropy and the next step's soft embeddings.
-            top, best = processed.max(-1)
-            shifted = processed - top[:, None]
-            weights = shifted.exp()
-            total = weights.sum(-1, keepdim=True)
-            probs = weights / total
+            best, shifted, total, probs = distribution(processed)
             # Inverse-CDF sampling: one uniform per position against the cumulative distribution. Exact,
             # and an order of magnitude cheaper on CPU than torch.multinomial or an exponential race.
             uniform = torch.rand((rows, width, 1), device=device, generator=generator)[free]

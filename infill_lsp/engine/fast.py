@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from ..types import EngineTimings, InfillRequest, InfillResult
 from .cancel import NEVER, CancelToken
 from .canvas import CanvasBatch, build_canvas, middle_lengths
-from .denoise import DenoiseOutput, DenoiseSettings, vocabulary_head
+from .denoise import DenoiseOutput, DenoiseSettings, distribution, vocabulary_head
 from .transformers_backend import Progress, TransformersEngine
 
 log = logging.getLogger(__name__)
@@ -363,12 +363,7 @@ class StaticDecoder:
             temperature = settings.t_min + (settings.t_max - settings.t_min) * remaining / settings.steps
             processed = raw / temperature
 
-            # One softmax serves the argmax, the sample, the entropy and the next soft embeddings (denoise.py).
-            top, best = processed.max(-1)
-            shifted = processed - top[:, None]
-            weights = shifted.exp()
-            total = weights.sum(-1, keepdim=True)
-            probs = weights / total
+            best, shifted, total, probs = distribution(processed)  # one softmax, as in denoise.py
             uniform = torch.rand((rows, width, 1), device=device, generator=generator)[in_pass][a_free]
             sampled = a_known.clone()
             sampled[a_free] = (probs.cumsum(-1) < uniform).sum(-1).clamp(max=vocab - 1)
