@@ -26,6 +26,8 @@ def _engine_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16")
     parser.add_argument("--context-tokens", type=int, default=1024, help="prefix tokens sent to the model")
+    parser.add_argument("--fast", action="store_true", help="static-shape decoder pass (CUDA graphs on a GPU); "
+                        "same candidates as the default eager path")
 
 
 def _settings(args: argparse.Namespace):
@@ -36,7 +38,7 @@ def _settings(args: argparse.Namespace):
     if getattr(args, "engine_api_key", ""):  # the HTTP engine backend reads it from there
         os.environ["INFILL_ENGINE_API_KEY"] = args.engine_api_key
     return Settings(model=args.model, engine_address=args.engine, device=args.device, dtype=args.dtype,
-                    context_tokens=args.context_tokens)
+                    context_tokens=args.context_tokens, fast=getattr(args, "fast", False))
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -252,9 +254,6 @@ def main(argv: list[str] | None = None) -> int:
                        help="instead: fuzz `infill-lsp serve` over stdio with N messages, print deaths/hangs/"
                        "tracebacks (needs hypothesis, in the test extra); see docs/reliability.md")
     bench.add_argument("--seed", type=int, default=1, help="--fuzz: seed of the generated messages")
-    bench.add_argument("--fast", action="store_true",
-                       help="time the fast engine (static-shape decoder pass, CUDA graphs on a GPU) instead of "
-                       "transformers' loop")
     bench.add_argument("--random-weights", default="", metavar="CONFIG",
                        help="instead: the architecture of this config (a path, or a name in infill_lsp/configs, "
                        "e.g. diffusiongemma-26B-A4B-it) with random weights and a synthetic tokenizer of its "

@@ -33,6 +33,7 @@ class Settings(msgspec.Struct, frozen=True, rename="camel", forbid_unknown_field
     suffix_tokens: int = 16  # suffix head clamped into the canvas
     prefix_chars: int = 8000  # character windows cut before tokenizing (a 10 MB file never is)
     suffix_chars: int = 2000
+    fast: bool = False  # the static-shape decoder pass (engine/fast.py): CUDA graphs on a GPU
     seed: int | None = None  # fixed noise for reproducible suggestions (debugging, tests); None = fresh noise
 
     def enabled_for(self, language_id: str) -> bool:
@@ -53,6 +54,7 @@ class Settings(msgspec.Struct, frozen=True, rename="camel", forbid_unknown_field
             dtype=self.dtype,
             prefix_tokens=_clamp(self.context_tokens, 16, 32768),
             suffix_head_tokens=_clamp(self.suffix_tokens, 1, 256),
+            fast=self.fast,
         )
 
 

@@ -220,3 +220,19 @@ def test_a_failed_capture_falls_back_to_the_eager_static_pass(reference, emulate
     same_answers(reference.infill(request), emulated.infill(request))
     assert not emulated.static.graphs_enabled
     assert "not permitted" in emulated.static.capture_error
+
+
+def test_the_fast_setting_selects_the_fast_engine_through_load_engine():
+    """`--fast` / the `fast` setting reach load_engine, and the answers are the reference's."""
+    from infill_lsp.config import Settings, merge
+    from infill_lsp.engine import load_engine
+    from infill_lsp.engine.fast import FastEngine
+    from infill_lsp.types import Budget, InfillRequest
+
+    settings = merge(Settings(model=TINY, device="cpu"), {"fast": True})
+    fast = load_engine(settings.engine_config())
+    reference = load_engine(Settings(model=TINY, device="cpu").engine_config())
+    assert isinstance(fast, FastEngine) and not isinstance(reference, FastEngine)
+    request = InfillRequest(prefix="def f(x):\n    return", suffix="\n", seed=3,
+                            budget=Budget(candidates=4, max_middle_tokens=16, steps=6))
+    assert [c.text for c in fast.infill(request).candidates] == [c.text for c in reference.infill(request).candidates]

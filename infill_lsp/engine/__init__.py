@@ -32,11 +32,12 @@ class EngineConfig(msgspec.Struct, frozen=True):
     """How to get an engine: an address of a running daemon, or a model to load here."""
 
     model: str = ""
-    address: str = ""  # Unix socket of `infill-lsp engine`; empty = in-process
+    address: str = ""  # http(s)://HOST:PORT (vLLM or `infill-lsp engine --http`) or the engine's socket; "" = here
     device: str = "auto"
     dtype: str = "auto"
     prefix_tokens: int = 1024
     suffix_head_tokens: int = 16
+    fast: bool = False  # the static-shape decoder pass (engine/fast.py; CUDA graphs on a GPU) instead of eager
 
 
 DEFAULT_MODEL = "google/diffusiongemma-26B-A4B-it"
@@ -73,6 +74,9 @@ def load_engine(config: EngineConfig, progress=None) -> Engine:
         return HttpEngine(config.address, model=config.model, prefix_tokens=config.prefix_tokens,
                           suffix_head_tokens=config.suffix_head_tokens)
     from .transformers_backend import TransformersEngine
+
+    if config.fast:
+        from .fast import FastEngine as TransformersEngine  # same interface, same candidates (tested)
 
     return TransformersEngine(
         config.model or default_model(),
