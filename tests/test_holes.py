@@ -8,7 +8,8 @@ from transformers import AutoTokenizer, DiffusionGemmaForBlockDiffusion
 
 from infill_lsp.engine.canvas import build_canvas
 from infill_lsp.train.corpus import Corpus, ManifestEntry
-from infill_lsp.train.holes import HoleSampler, _head, _rows_cache, block_causal_mask
+from infill_lsp.engine.denoise import vocabulary_head
+from infill_lsp.train.holes import HoleSampler, _rows_cache, block_causal_mask
 from infill_lsp.train.shards import TokenData, is_heldout, read_heldout, write_shards
 
 from conftest import ROOT, TINY_MODEL
@@ -36,7 +37,7 @@ def test_block_causal_rows_equal_one_inference_pass_per_hole():
                                                                         length),
             decoder_attention_mask={"full_attention": mask, "sliding_attention": mask},
             decoder_position_ids=batch.row_start[:, None] + torch.arange(width)[None]).last_hidden_state
-        vectorised = _head(model, hidden)
+        vectorised = vocabulary_head(model, hidden)
         for row in range(batch.canvas.shape[0]):
             prompt = batch.encoder_ids[batch.row_sequence[row], :batch.row_start[row]][None]
             cache = model.model.encoder(input_ids=prompt, use_cache=True).past_key_values

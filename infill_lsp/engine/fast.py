@@ -44,7 +44,7 @@ import torch.nn.functional as F
 
 from ..types import EngineTimings, InfillRequest, InfillResult
 from .cancel import NEVER, CancelToken
-from .canvas import CanvasBatch, build_canvas, middle_lengths
+from .canvas import CanvasBatch
 from .denoise import DenoiseOutput, DenoiseSettings, distribution, vocabulary_head
 from .transformers_backend import Progress, TransformersEngine
 
@@ -522,16 +522,6 @@ class FastEngine(TransformersEngine):
     def _sync(self) -> None:
         if self.device.startswith("cuda"):
             torch.cuda.synchronize(self.device)
-
-    def _prepare(self, request: InfillRequest):
-        budget = request.budget
-        prompt_ids, healed = self._prompt(request.prefix)
-        suffix_ids = self._encode_text(request.suffix[: self.suffix_head_tokens * 16])[: self.suffix_head_tokens]
-        lengths = middle_lengths(budget.candidates, budget.max_middle_tokens)
-        batch = build_canvas(lengths, suffix_ids, self.suffix_head_tokens, self.end_id, self.pad_id)
-        allowed = self.healer.allowed_mask(healed) if healed else None
-        settings = DenoiseSettings(**{**self.denoise_settings.__dict__, "steps": max(1, budget.steps)})
-        return prompt_ids, healed, lengths, batch, allowed, settings
 
     def _infill(self, request: InfillRequest, cancel: CancelToken) -> InfillResult:
         static = self._static_decoder()

@@ -165,15 +165,21 @@ class TransformersEngine:
         with self._lock:
             return self._infill(request, cancel)
 
-    def _infill(self, request: InfillRequest, cancel: CancelToken) -> InfillResult:
-        timings = EngineTimings()
-        t0 = time.perf_counter()
+    def _prepare(self, request: InfillRequest):
+        """Tokenize and lay out one request: prompt, healed text, slot lengths, canvas rows, healing mask, steps."""
         budget = request.budget
         prompt_ids, healed = self._prompt(request.prefix)
         suffix_ids = self._encode_text(request.suffix[: self.suffix_head_tokens * 16])[: self.suffix_head_tokens]
         lengths = middle_lengths(budget.candidates, budget.max_middle_tokens)
         batch = build_canvas(lengths, suffix_ids, self.suffix_head_tokens, self.end_id, self.pad_id)
         allowed = self.healer.allowed_mask(healed) if healed else None
+        settings = DenoiseSettings(**{**self.denoise_settings.__dict__, "steps": max(1, budget.steps)})
+        return prompt_ids, healed, lengths, batch, allowed, settings
+
+    def _infill(self, request: InfillRequest, cancel: CancelToken) -> InfillResult:
+        timings = EngineTimings()
+        t0 = time.perf_counter()
+        prompt_ids, healed, lengths, batch, allowed, settings = self._prepare(request)
         timings.prompt_tokens = len(prompt_ids)
         t1 = time.perf_counter()
         timings.tokenize_ms = (t1 - t0) * 1e3
@@ -186,7 +192,6 @@ class TransformersEngine:
 
         seed = request.seed if request.seed is not None else random.randrange(2**63)
         generator = torch.Generator(device=self.device).manual_seed(seed)
-        settings = DenoiseSettings(**{**self.denoise_settings.__dict__, "steps": max(1, budget.steps)})
         out = denoise(
             self.model, cache, batch, settings,
             first_token_allowed=allowed, banned_tokens=self.banned, cancel=cancel, generator=generator,

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from ..engine.canvas import build_canvas, middle_lengths
+from ..engine.denoise import vocabulary_head
 
 
 @dataclass
@@ -161,13 +162,6 @@ def block_causal_mask(row_start: torch.Tensor, length: int, width: int, dtype: t
     return mask[:, None, None, :].expand(-1, 1, width, -1)
 
 
-def _head(model, hidden: torch.Tensor) -> torch.Tensor:
-    """The model's vocabulary head with its logit soft-capping, on selected hidden states only."""
-    logits = model.lm_head(hidden).float()
-    cap = model.final_logit_softcapping
-    return torch.tanh(logits / cap) * cap if cap else logits
-
-
 def holes_loss(model, batch: HoleBatch, generator: torch.Generator | None = None,
                self_condition_p: float = 0.5) -> torch.Tensor:
     """Cross-entropy on the middle slots of all holes, against one causal encoding per sequence."""
@@ -204,7 +198,7 @@ def holes_loss(model, batch: HoleBatch, generator: torch.Generator | None = None
                 hidden = model.model.decoder(decoder_input_ids=noisy[chosen], past_key_values=sub_cache,
                                              decoder_attention_mask=sub_masks,
                                              decoder_position_ids=positions[chosen]).last_hidden_state
-                first = _head(model, hidden[sub_free])
+                first = vocabulary_head(model, hidden[sub_free])
                 temperature = 0.4 + 0.4 * torch.rand((len(chosen), 1), device=device, generator=generator)
                 self_conditioning = torch.full((rows, width, vocab), -1e4, device=device)
                 self_conditioning.scatter_(-1, batch.canvas[..., None], 0.0)  # clamped: one-hot on the known token
@@ -215,5 +209,5 @@ def holes_loss(model, batch: HoleBatch, generator: torch.Generator | None = None
         else:
             sc_mask = None
     hidden = decode(self_conditioning, sc_mask)
-    logits = _head(model, hidden[free])
+    logits = vocabulary_head(model, hidden[free])
     return F.cross_entropy(logits, batch.canvas[free])
