@@ -2,16 +2,22 @@
 
 Each check is one line: ok / warn / FAIL, what was found, and for a problem the fix in one
 line. Nothing is downloaded and no weights are loaded (the parameter count comes from the
-safetensors headers). Exits 1 when a check fails. `--json` prints the same for editors
-(Neovim's :checkhealth infill, VS Code's "Infill: Show Health").
+safetensors headers). Exits 1 when a check fails. `--json` prints the same for editors.
+
+A running server answers the custom request `infill/health` with the same checks (as `--json`
+prints them) plus one on its own engine (serving, loading, failed): Neovim's `:checkhealth infill`
+and VS Code's "Infill: Show Health" ask it. See `server_health`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import json
 import os
 import socket
+import threading
+import weakref
 from importlib import metadata
 from pathlib import Path
 
@@ -161,3 +167,73 @@ def main(config: EngineConfig, as_json: bool = False) -> int:
             if check.fix:
                 print(f"     fix: {check.fix}")
     return 1 if any(c.state == "fail" for c in checks) else 0
+
+
+# -- infill/health: the same checks, answered by a running server ------------------------------------
+HEALTH_TIMEOUT_S = 20.0  # the checks' own timeouts (engine: 3 s) keep them well within this
+_running: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # server -> the checks in progress
+
+
+def check_server(server) -> list[Check]:
+    """The engine this server has (or why not): what `doctor` cannot see from outside."""
+    holder = server.holder
+    config = holder.config
+    what = (config.address or config.model or "the default model") if config is not None else "nothing yet"
+    if holder.engine is not None:
+        info = holder.engine.info
+        return [Check("server", "ok", f"serving {info.model} ({info.backend} on {info.device}, {info.dtype})")]
+    if holder.loading is not None:
+        return [Check("server", "warn", f"still loading {what}: suggestions start when it is ready",
+                      "wait for it (the status shows how far it is); a model on the CPU takes longest")]
+    if holder.error:
+        return [Check("server", "fail", f"no engine: {holder.error}",
+                      "fix what the checks below report (the `model` or `engineAddress` setting); the server "
+                      "tries again on a later request")]
+    return [Check("server", "ok", "no engine loaded yet: it loads after initialize")]
+
+
+async def server_health(server, timeout: float = HEALTH_TIMEOUT_S) -> list[dict]:
+    """The `infill/health` answer: `run_checks` for the server's current settings on a thread of its
+    own (never the event loop, never the pipeline worker, which may be busy loading a model), the
+    server's own engine check after the first line. Concurrent requests share one run. Never raises:
+    whatever goes wrong, a timeout included, is a failed check."""
+    try:
+        checks = check_server(server)
+        found = await asyncio.wait_for(asyncio.shield(_checks_for(server)), timeout)
+        checks = found[:1] + checks + found[1:]
+    except asyncio.CancelledError:
+        raise  # $/cancelRequest: the client no longer wants it
+    except (asyncio.TimeoutError, TimeoutError):
+        checks = [Check("doctor", "fail", f"the checks did not finish within {timeout:g} s",
+                        "run `infill-lsp doctor` in a terminal to see which one hangs")]
+    except Exception as exc:  # noqa: BLE001 - a check that breaks is itself a finding
+        checks = [Check("doctor", "fail", f"the checks failed to run: {type(exc).__name__}: {exc}")]
+    return msgspec.to_builtins(checks)
+
+
+def _checks_for(server) -> asyncio.Future:
+    running = _running.get(server)
+    if running is not None and not running.done():
+        return running
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future = loop.create_future()
+    _running[server] = future
+    config = server.settings.engine_config()
+
+    def settle(result) -> None:
+        if not future.done():
+            future.set_result(result)
+
+    def work() -> None:
+        try:
+            result = run_checks(config)
+        except BaseException as exc:  # noqa: BLE001 - reported, not raised on a thread nobody joins
+            result = [Check("doctor", "fail", f"the checks failed to run: {type(exc).__name__}: {exc}")]
+        try:
+            loop.call_soon_threadsafe(settle, result)
+        except RuntimeError:
+            pass  # the server's loop is closed: nobody is waiting
+
+    # A daemon thread: a check stuck past the timeout never holds up the server's exit.
+    threading.Thread(target=work, name="infill-health", daemon=True).start()
+    return future

@@ -48,6 +48,7 @@ STATUS = "infill/status"
 DID_SHOW = "infill/didShowCompletion"
 DID_PARTIALLY_ACCEPT = "infill/didPartiallyAcceptCompletion"
 STATS = "infill/stats"
+HEALTH = "infill/health"  # the checks of `infill-lsp doctor`, from the running server (doctor.server_health)
 
 _MISSING: Any = object()
 FAIL_FAST_VALUES = 20_000  # above this many commas in a message, structuring stops at the first error
@@ -95,7 +96,7 @@ class DidPartiallyAcceptCompletionNotification:
 CUSTOM_MESSAGE_TYPES: dict[str, type] = {
     DID_SHOW: DidShowCompletionNotification,
     DID_PARTIALLY_ACCEPT: DidPartiallyAcceptCompletionNotification,
-    # infill/stats takes no params: any object, array or null is accepted (JsonRPCRequestMessage)
+    # infill/stats and infill/health take no params: any object, array or null is accepted (JsonRPCRequestMessage)
 }
 
 

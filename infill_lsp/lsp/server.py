@@ -25,12 +25,12 @@ from lsprotocol import types
 from pygls.exceptions import FeatureNotificationError
 from pygls.lsp.server import LanguageServer
 
-from .. import __version__, context, pipeline
+from .. import __version__, context, doctor, pipeline
 from ..config import Settings, merge
 from ..engine import Cancelled, CancelToken, Engine, EngineUnavailable, load_engine
 from ..rank import Ranked
 from . import transport
-from .protocol import (DID_PARTIALLY_ACCEPT, DID_SHOW, STATS, STATUS, InfillProtocol, ItemId, PartialAccept,
+from .protocol import (DID_PARTIALLY_ACCEPT, DID_SHOW, HEALTH, STATS, STATUS, InfillProtocol, ItemId, PartialAccept,
                        strict_converter)
 from .typing_cache import TypingCache
 
@@ -434,6 +434,10 @@ def build_server(settings: Settings | None = None, engine: Engine | None = None)
     @server.feature(STATS)
     def stats(ls: InfillServer, params: Any) -> dict[str, int]:
         return ls.stats_report()
+
+    @server.feature(HEALTH)
+    async def health(ls: InfillServer, params: Any) -> list[dict]:
+        return await doctor.server_health(ls)  # off the event loop; failures are failed checks
 
     return server
 
