@@ -4,6 +4,10 @@ middles the test chooses, and logs every message it gets as a JSON line.
 
     python scripted_server.py LOG_PATH '{"middles": ["a", "b\\nc"], "delay": 0.0}'
 
+Optional: "version" (initialize's serverInfo.version; none without it); "load" (seconds: like
+infill-lsp while its model loads, infill/status `loading` after initialized and empty answers until
+`idle`, which comes that long after the first inlineCompletion request).
+
 Only the standard library: it stands in for the real server where a test needs exact text
 (several lines, tabs, non-ASCII) that the random fixture model cannot be asked for.
 """
@@ -17,6 +21,9 @@ log_path, script = sys.argv[1], json.loads(sys.argv[2])
 documents: dict[str, str] = {}
 write_lock = threading.Lock()
 request_count = 0
+ready = threading.Event()
+if script.get("load") is None:
+    ready.set()
 
 
 def log(message):
@@ -66,6 +73,11 @@ def complete(message):
     pos = params["position"]
     line = lines[pos["line"]]
     rest = line[utf16_to_index(line, pos["character"]):]
+    if not ready.is_set():
+        send({"jsonrpc": "2.0", "id": message["id"], "result": {"items": []}})
+        if request_count == 1:
+            threading.Timer(script["load"], become_ready).start()
+        return
     time.sleep(script.get("delay", 0))
     items = [
         {
@@ -78,16 +90,26 @@ def complete(message):
     send({"jsonrpc": "2.0", "id": message["id"], "result": {"items": items}})
 
 
+def become_ready():
+    ready.set()
+    send({"jsonrpc": "2.0", "method": "infill/status", "params": {"state": "idle"}})
+
+
 def main():
     while (message := read()) is not None:
         log(message)
         method = message.get("method")
         if method == "initialize":
-            send({"jsonrpc": "2.0", "id": message["id"], "result": {"capabilities": {
+            result = {"capabilities": {
                 "textDocumentSync": 1,
                 "inlineCompletionProvider": {},
                 "executeCommandProvider": {"commands": ["infill.accept"]},
-            }}})
+            }}
+            if script.get("version") is not None:
+                result["serverInfo"] = {"name": "infill-lsp", "version": script["version"]}
+            send({"jsonrpc": "2.0", "id": message["id"], "result": result})
+        elif method == "initialized" and not ready.is_set():
+            send({"jsonrpc": "2.0", "method": "infill/status", "params": {"state": "loading", "percent": 0}})
         elif method == "textDocument/didOpen":
             documents[message["params"]["textDocument"]["uri"]] = message["params"]["textDocument"]["text"]
         elif method == "textDocument/didChange":

@@ -22,9 +22,9 @@ SERVER = Path(__file__).with_name("scripted_server.py")
 def start(tmp_path):
     sessions = []
 
-    def start(middles, text="first line\n", delay=0.0, name="notes.txt", before_setup="", own_client=True):
+    def start(middles, text="first line\n", delay=0.0, name="notes.txt", before_setup="", own_client=True, **extra):
         log = tmp_path / "server.jsonl"
-        script = json.dumps({"middles": middles, "delay": delay})
+        script = json.dumps({"middles": middles, "delay": delay, **extra})  # extra: load, version
         session = pynvim.attach("child", argv=[NVIM, "--embed", "--headless", "--clean", "-n"])
         sessions.append(session)
         session.exec_lua(
@@ -265,3 +265,87 @@ def test_on_012_the_builtin_client_is_used_with_accept_word_and_line(start):
     nvim.input("<M-[>")
     wait(lambda: ["select", -1] in calls())
     assert ["select", 1] in calls()
+
+
+# -- the first suggestion of the day, and versions ------------------------------------------------------
+
+def test_the_first_suggestion_comes_when_the_server_is_ready(start):
+    nvim = start(["done"], load=0.5)  # a model that loads: empty answers until `idle`
+    nvim.input("Goab")
+    wait(lambda: messages(nvim, "textDocument/inlineCompletion"))
+    assert nvim.exec_lua('return require("infill").statusline()') in ("infill loading", "infill 0%")
+    # nothing more is typed: the plugin asks again when the server turns ready, at the same place
+    assert wait(lambda: drawn(nvim)) == "done"
+    asked = messages(nvim, "textDocument/inlineCompletion")
+    assert len(asked) == 2 and asked[0]["params"]["position"] == asked[1]["params"]["position"] == \
+        {"line": 1, "character": 2}
+    assert status(nvim)["status"] == "idle" and nvim.current.line == "ab"
+
+
+def test_no_second_request_once_the_user_left_insert_mode(start):
+    nvim = start(["done"], load=0.5)
+    nvim.input("Goab")
+    wait(lambda: messages(nvim, "textDocument/inlineCompletion"))
+    nvim.input("<Esc>")
+    wait(lambda: status(nvim)["status"] == "idle", timeout=10)
+    time.sleep(0.3)
+    assert len(messages(nvim, "textDocument/inlineCompletion")) == 1 and not drawn(nvim)
+
+
+CAPTURE_NOTIFY = """
+_G.notes = {}
+vim.notify = function(message, level) table.insert(_G.notes, { message, level }) end
+"""
+
+
+def test_a_server_of_another_version_is_reported_once(start, tmp_path):
+    nvim = start([], version="9.9.9", before_setup=CAPTURE_NOTIFY)
+    wait(lambda: nvim.exec_lua("return #_G.notes") > 0)
+    [(message, level)] = nvim.exec_lua("return _G.notes")
+    plugin = nvim.exec_lua('return require("infill").version')
+    assert "infill-lsp 9.9.9" in message and f"this plugin is {plugin}" in message
+    assert level == nvim.exec_lua("return vim.log.levels.WARN")
+    # a new server of that version (a restart): not reported again
+    nvim.exec_lua('vim.lsp.stop_client(vim.lsp.get_clients({ name = "infill" })[1].id, true)')
+    wait(lambda: nvim.exec_lua('return #vim.lsp.get_clients({ name = "infill" }) == 0'))
+    other = tmp_path / "other.txt"
+    other.write_text("x\n")
+    nvim.command(f"edit {other}")
+    wait(lambda: nvim.exec_lua('local c = vim.lsp.get_clients({ name = "infill" })[1]; return c and c.initialized'))
+    time.sleep(0.2)
+    assert len(nvim.exec_lua("return _G.notes")) == 1
+    assert status(nvim)["server_version"] == "9.9.9"
+
+
+def test_a_server_of_the_same_version_is_not_reported(start):
+    plugin_version = (ROOT / "editors" / "nvim" / "lua" / "infill" / "init.lua").read_text().split('M.version = "')[1]
+    nvim = start([], version=plugin_version.split('"')[0], before_setup=CAPTURE_NOTIFY)
+    wait(lambda: status(nvim)["server_version"])
+    assert nvim.exec_lua("return _G.notes") == []
+
+
+# vim.lsp.inline_completion asks on CursorMovedI (and draws itself): this stands in for that part.
+BUILTIN_REQUESTS = BUILTIN_STUB + """
+vim.api.nvim_create_autocmd("CursorMovedI", { callback = function(args)
+  local client = vim.lsp.get_clients({ name = "infill", bufnr = args.buf })[1]
+  if client then
+    local params = vim.lsp.util.make_position_params(0, client.offset_encoding)
+    params.context = { triggerKind = 2 }
+    client:request("textDocument/inlineCompletion", params, function() end, args.buf)
+  end
+end })
+"""
+
+
+def test_on_012_the_builtin_client_asks_again_when_the_server_is_ready(start):
+    nvim = start(["done"], load=0.8, before_setup=BUILTIN_REQUESTS, own_client=False)
+    nvim.input("Goab")
+    wait(lambda: nvim.current.line == "ab" and messages(nvim, "textDocument/inlineCompletion"))
+    time.sleep(0.2)
+    before = len(messages(nvim, "textDocument/inlineCompletion"))
+    assert status(nvim)["status"] == "loading", "typed before the server was ready"
+    wait(lambda: len(messages(nvim, "textDocument/inlineCompletion")) == before + 1, timeout=10)
+    time.sleep(0.3)
+    asked = messages(nvim, "textDocument/inlineCompletion")
+    assert len(asked) == before + 1 and asked[-1]["params"]["position"] == asked[-2]["params"]["position"] == \
+        {"line": 1, "character": 2}

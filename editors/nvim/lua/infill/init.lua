@@ -10,6 +10,10 @@ local compat = require("infill.compat")
 
 local M = {}
 
+-- The plugin's version: the same as the server's (infill_lsp.__version__) and the VS Code
+-- extension's; a server that reports another one in initialize is pointed out once.
+M.version = "0.1.0"
+
 local DEFAULTS = {
   cmd = { "infill-lsp", "serve" },
   filetypes = nil, -- nil: every normal buffer with a filetype; else a list of filetypes
@@ -51,7 +55,12 @@ local state = {
   reported = {}, -- item ids already sent as infill/didShowCompletion
   quiet = nil, -- { buf, tick }: our own full accept; its TextChangedI asks for nothing
   last = nil, -- { buf, tick, row, col } when an insert-mode event was last handled
+  -- The last inlineCompletion request (this plugin's or vim.lsp.inline_completion's), to ask once
+  -- more when the server turns ready: { buf, tick, row, col, items = count once answered }
+  asked = nil,
+  server_version = nil, -- initialize's serverInfo.version
   warned = false,
+  version_warned = false,
 }
 
 local function client_for(buf)
@@ -428,6 +437,8 @@ function M.status()
     index = state.index,
     requests = state.requests,
     pending = state.request ~= nil,
+    version = M.version,
+    server_version = state.server_version,
   }
 end
 
@@ -529,11 +540,14 @@ local function printable_rpc(rpc)
       local row = params.position.line
       local line = api.nvim_buf_is_loaded(buf) and api.nvim_buf_get_lines(buf, row, row + 1, false)[1] or ""
       local at = { row = row, line = line, col = compat.byte_col(line, params.position.character, encoding) }
+      local asked = { buf = buf, tick = api.nvim_buf_is_loaded(buf) and tick(buf) or -1, row = row + 1, col = at.col }
+      state.asked = asked
       local on_answer = callback
       callback = function(err, result, ...)
         if type(result) == "table" then
           result = printable_answer(result, at, encoding)
         end
+        asked.items = type(result) == "table" and #(result.items or result) or 0
         return on_answer(err, result, ...)
       end
     end
@@ -554,6 +568,45 @@ local function server_cmd(cmd)
       env = config.cmd_env,
       detached = config.detached,
     }))
+  end
+end
+
+--- The server turned ready (loading -> idle). What it answered while it loaded was nothing: the
+--- request of that time is sent once more, if the user is still in insert mode where it was made
+--- (nothing typed, the cursor not moved), so the first suggestion does not wait for more typing.
+local function ask_again()
+  local asked = state.asked
+  if not asked or (asked.items or 0) > 0 or not state.enabled then
+    return
+  end
+  state.asked = nil -- once
+  local buf = api.nvim_get_current_buf()
+  if vim.fn.mode():sub(1, 1) ~= "i" or buf ~= asked.buf or tick(buf) ~= asked.tick then
+    return
+  end
+  local row, col = cursor()
+  if row ~= asked.row or col ~= asked.col then
+    return
+  end
+  if builtin() then
+    -- vim.lsp.inline_completion asks on CursorMovedI (it has no function for that)
+    api.nvim_exec_autocmds("CursorMovedI", { buffer = buf, modeline = false })
+  else
+    M.request(2)
+  end
+end
+
+--- initialize's serverInfo: a server of another version than this plugin is pointed out once.
+local function check_version(info)
+  local version = type(info) == "table" and info.version or nil
+  if type(version) ~= "string" then
+    return
+  end
+  state.server_version = version
+  if version ~= M.version and not state.version_warned then
+    state.version_warned = true
+    vim.notify(string.format("infill: the server is infill-lsp %s but this plugin is %s; update them together "
+      .. "(pip install -U infill-lsp, and the plugin from the same release)", version, M.version), vim.log.levels.WARN)
   end
 end
 
@@ -579,12 +632,19 @@ local function attach(buf)
     cmd = server_cmd(cmd),
     root_dir = vim.fs.root(buf, { ".git" }) or vim.fn.getcwd(),
     init_options = M.config.settings,
+    on_init = function(_, result)
+      check_version(type(result) == "table" and result.serverInfo or nil)
+    end,
     handlers = {
       ["infill/status"] = function(_, result)
         if type(result) == "table" then
+          local was = state.status
           state.status = result.state or state.status
           state.percent = result.percent
           state.message = result.message
+          if was == "loading" and state.status == "idle" then
+            vim.schedule(ask_again)
+          end
         end
       end,
     },
