@@ -284,11 +284,36 @@ def test_status_command_reports_the_server_state(nvim):
     assert nvim.exec_lua('return require("infill").statusline()') == "infill"
 
 
-def test_checkhealth(nvim):
+def test_checkhealth_runs_the_doctor_checks_through_the_server(nvim):
     nvim.command("checkhealth infill")
     report = buffer_text(nvim)
     nvim.command("bwipeout!")
-    assert "server running" in report and "ERROR" not in report
+    assert "server running" in report and "ERROR" not in report, report
+    # the checks of `infill-lsp doctor` from the server (infill/health), one health line each
+    doctor = report[report.index("infill: infill-lsp doctor"):]
+    for expected in ("OK infill-lsp: version ", "OK server: serving ", "OK device: ", "OK model: ", "OK engine: ",
+                     "OK grammars: "):
+        assert expected in doctor, (expected, report)
+    assert "parameters" in report and "plugin " + nvim.exec_lua('return require("infill").version') in report
+
+
+def test_checkhealth_without_a_server_runs_doctor_with_the_plugins_command(tmp_path):
+    session = start_nvim("""
+        require("infill").setup({ cmd = { python, "-m", "infill_lsp", "serve", "--model", model, "--stdio" } })
+        """)
+    try:
+        assert session.exec_lua('return require("infill.health")._doctor_cmd(...)',
+                                ["infill-lsp", "serve", "--tcp", "h:1", "--stdio"], {"engineAddress": "/s"}) == \
+            ["infill-lsp", "doctor", "--json", "--engine", "/s"]
+        session.command("checkhealth infill")
+        report = buffer_text(session)
+        assert "no server running" in report and "doctor --json --model" in report, report
+        assert "OK model: " in report and "OK grammars: " in report and "ERROR" not in report, report
+    finally:
+        try:
+            session.command("qa!")
+        except Exception:
+            pass
 
 
 def test_a_missing_server_says_how_to_install_it(tmp_path):

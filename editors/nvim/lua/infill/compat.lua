@@ -15,6 +15,14 @@ function M.request(client, method, params, handler, bufnr)
   return client.request(method, params, handler, bufnr)
 end
 
+--- A request that waits for its answer: { err, result }, or nil and "timeout" (or an error).
+function M.request_sync(client, method, params, timeout_ms, bufnr)
+  if M.nvim_011 then
+    return client:request_sync(method, params, timeout_ms, bufnr)
+  end
+  return client.request_sync(method, params, timeout_ms, bufnr)
+end
+
 function M.notify(client, method, params)
   if M.nvim_011 then
     return client:notify(method, params)
