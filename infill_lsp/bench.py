@@ -111,14 +111,13 @@ def big_python_file(lines: int) -> tuple[str, int, int]:
 
 async def lsp_overhead(args, settings: Settings, candidates: int = 8) -> dict:
     from lsprotocol import types
-    from pygls.lsp.client import LanguageClient
 
     text, line, character = big_python_file(args.big_file_lines)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "big_module.py"
         path.write_text(text)
         uri = path.as_uri()
-        client = LanguageClient("infill-bench", "1")
+        client = editor_client("infill-bench")
         # stderr is a pipe nobody reads: keep the server quiet so it never fills up
         command = [sys.executable, "-m", "infill_lsp", "--log-level", "ERROR", "serve"]
         if settings.engine_address:
@@ -180,6 +179,18 @@ async def lsp_overhead(args, settings: Settings, candidates: int = 8) -> dict:
             "server_overhead_p50": percentile(server_side, 50), "server_overhead_p95": percentile(server_side, 95)}
 
 
+def editor_client(name: str):
+    """A pygls client that takes the server's notifications as an editor would (status, log lines,
+    messages) instead of logging a warning for each one."""
+    from lsprotocol import types
+    from pygls.lsp.client import LanguageClient
+
+    client = LanguageClient(name, "1")
+    for method in ("infill/status", types.WINDOW_LOG_MESSAGE, types.WINDOW_SHOW_MESSAGE, types.PROGRESS):
+        client.feature(method)(lambda *args: None)
+    return client
+
+
 def _plain(value):
     """pygls hands custom-method results back as namedtuples; the bench wants dicts."""
     if hasattr(value, "_asdict"):
@@ -194,6 +205,10 @@ def run_bench(args, settings: Settings) -> int:
         from .lsp.fuzz import TINY_MODEL, fuzz_main
 
         return fuzz_main(args.fuzz, args.seed, model=settings.model or TINY_MODEL, json_path=args.json)
+    if getattr(args, "storm", 0):  # a simulated typist against one server: infill_lsp/storm.py
+        from .storm import storm_main
+
+        return storm_main(args, settings)
     if getattr(args, "clients", ""):  # load mode: N simulated editors against one running engine
         from .loadbench import run_load
 

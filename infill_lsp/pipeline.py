@@ -52,6 +52,7 @@ def complete(
     cancel: CancelToken = NEVER,
     seed: int | None = None,
 ) -> Completions:
+    cancel.raise_if_cancelled()  # superseded while it waited for the worker: no windowing, no model
     timings = StageTimings()
     t0 = time.perf_counter()
     language = syntax.language_for(language_id, path)

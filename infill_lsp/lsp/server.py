@@ -278,9 +278,12 @@ class InfillServer(LanguageServer):
         self.stats["requests"] += 1
         invoked = params.context.trigger_kind == types.InlineCompletionTriggerKind.Invoked
 
-        if (previous := self.inflight.pop(uri, None)) is not None:
-            previous.cancel()  # a newer request for this document makes the old one stale
+        # A newer request makes every older one stale: an editor shows ghost text at one cursor
+        # only, so a request for another document (the user switched tabs) is stale too.
+        for previous in self.inflight.values():
+            previous.cancel()
             self.stats["cancelled"] += 1
+        self.inflight.clear()
 
         if not invoked and (cached := self.typing.lookup(uri, text, cursor.offset)) is not None:
             self.stats["typing_through"] += 1
@@ -321,7 +324,8 @@ class InfillServer(LanguageServer):
                 del self.inflight[uri]
                 if self.state == "busy":
                     self.set_status("idle")
-        self.typing.remember(uri, text, cursor.offset, result.items)
+        if unquote(uri) in self.workspace.text_documents:  # not closed while it ran: nothing outlives a close
+            self.typing.remember(uri, text, cursor.offset, result.items)
         response = self._to_lsp(result.items, source, cursor, encoding)  # the rest of the line as it was
         self.last_timings = {**msgspec.to_builtins(result.timings), "handler_ms": (time.perf_counter() - started) * 1e3}
         log.info("completed %s in %.1f ms (%d shown)", uri, self.last_timings["handler_ms"], len(result.items))
@@ -376,6 +380,9 @@ class InfillServer(LanguageServer):
         report["engineReady"] = self.holder.engine is not None
         report["engineError"] = self.holder.error
         report["lastTimings"] = self.last_timings
+        report["model"] = self.holder.engine.info.model if self.holder.engine is not None else None
+        report["openDocuments"] = len(self.workspace.text_documents)
+        report["cachedSuggestions"] = len(self.typing)
         return report
 
 

@@ -36,6 +36,9 @@ class TypingCache:
         else:
             self._by_uri.pop(uri, None)
 
+    def __len__(self) -> int:
+        return len(self._by_uri)
+
     def forget(self, uri: str) -> None:
         self._by_uri.pop(uri, None)
 
