@@ -97,8 +97,8 @@ def window(text: str, offset: int, prefix_chars: int = 8000, suffix_chars: int =
     The engine trims again in tokens; this keeps a 10 MB file from ever being tokenized.
     """
     lo = max(0, offset - prefix_chars)
-    if lo > 0:
-        lo = lo // WINDOW_STEP * WINDOW_STEP  # move the start in steps: the engine's prefix cache keeps hitting
+    lo = lo // WINDOW_STEP * WINDOW_STEP  # move the start in steps: the engine's prefix cache keeps hitting
+    if lo > 0:  # (the file's start is a line start already)
         newline = text.find("\n", lo, offset)
         if newline >= 0:
             lo = newline + 1

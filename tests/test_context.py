@@ -69,3 +69,111 @@ def test_window_start_stays_put_while_typing():
         win = context.window(edited, offset + typed, prefix_chars=2000)
         starts.add(edited[: offset + typed].rfind(win.prefix[:20]))
     assert len(starts) <= 2
+
+
+# -- positions: lines ---------------------------------------------------------------------------
+
+
+def test_lines_are_found_whatever_their_length_including_empty_ones():
+    text = "\nab\n\ncd\nef"  # an empty first line, an empty line in the middle, no final newline
+    lines = text.split("\n")
+    start = 0
+    for number, line in enumerate(lines):
+        end = start + len(line)
+        cursor = context.cursor_at(text, number, 99)  # past the end: the end of that line
+        assert cursor == context.Cursor(offset=end, line=number, line_start=start, line_end=end), number
+        assert context.cursor_at(text, number, 0).offset == start
+        start = end + 1
+    assert context.cursor_at(text, len(lines), 0) is None
+
+
+def test_first_line_of_a_longer_document_ends_at_its_own_newline():
+    text = "ab\ncd\nef\n"
+    assert context.cursor_at(text, 0, 99) == context.Cursor(offset=2, line=0, line_start=0, line_end=2)
+
+
+# -- positions: columns in every encoding -------------------------------------------------------
+
+# Characters on each side of every UTF-8 length boundary (1/2/3/4 bytes) and of the UTF-16
+# surrogate-pair boundary.
+BOUNDARY_CHARS = ["\x7f", "\x80", "\u07ff", "\u0800", "\uffee", "\U00010000", "\U0010fffd"]
+
+
+def _units_in(text, encoding):
+    """An independent count: what the client's own encoder says."""
+    if encoding == UTF8:
+        return len(text.encode("utf-8"))
+    if encoding == UTF16:
+        return len(text.encode("utf-16-le")) // 2
+    return len(text)
+
+
+def test_columns_count_the_units_of_the_negotiated_encoding():
+    for char in BOUNDARY_CHARS:
+        line = "a" + char + "b" + char
+        for encoding in (UTF8, UTF16, UTF32):
+            for index in range(len(line) + 1):
+                column = _units_in(line[:index], encoding)
+                assert context.index_to_column(line, index, encoding) == column, (hex(ord(char)), encoding, index)
+                assert context.column_to_index(line, column, encoding) == index, (hex(ord(char)), encoding, index)
+
+
+def test_cursor_at_uses_the_negotiated_encoding():
+    text = "x = 'é😀' + y\n"
+    offset = text.index("+")
+    for encoding in (UTF8, UTF16, UTF32):
+        cursor = context.cursor_at(text, 0, _units_in(text[:offset], encoding), encoding)
+        assert cursor.offset == offset, encoding
+    assert context.cursor_at(text, 0, _units_in(text[:offset], UTF8)).offset != offset  # UTF-16 by default
+
+
+# -- the window ---------------------------------------------------------------------------------
+
+
+def test_a_short_file_is_seen_whole():
+    text = "import os\n\ndef f():\n    return 1\n"
+    for offset in range(len(text) + 1):
+        assert context.window(text, offset) == context.Window(prefix=text[:offset], suffix=text[offset:])
+
+
+def test_the_prefix_keeps_the_files_first_line_when_the_window_reaches_the_start():
+    # The start moves in WINDOW_STEP steps; when a step lands on the file's start, that is a
+    # line start already and nothing is cut (the first line, often an import, used to be dropped).
+    text = "import os\n" + "".join(f"x{i} = {i}\n" for i in range(2000))
+    for offset in (8100, 8500, 9000):
+        assert context.window(text, offset).prefix == text[:offset]
+
+
+def test_window_keeps_whole_lines_and_fills_the_budget():
+    text = "".join(f"line {i}\n" for i in range(1000))  # lines of 7 to 9 characters
+    longest = max(len(line) + 1 for line in text.split("\n"))
+    for offset in range(3000, 3200, 7):
+        win = context.window(text, offset, prefix_chars=100, suffix_chars=50)
+        lo, hi = offset - len(win.prefix), offset + len(win.suffix)
+        assert (win.prefix, win.suffix) == (text[lo:offset], text[offset:hi])
+        assert text[lo - 1] == "\n" and text[hi] == "\n"  # a line start and a line end
+        assert 100 - longest <= len(win.prefix) < 100 + context.WINDOW_STEP  # the start moves in steps
+        assert 50 - longest <= len(win.suffix) <= 50  # as many whole lines as fit
+
+
+def test_window_cuts_a_line_longer_than_the_budget_rather_than_showing_nothing():
+    minified = "var a=1;" * 3000  # one 24,000-character line
+    text = "// header\n" + minified + "\n// footer\n"
+    offset = text.index("var") + 12_000
+    win = context.window(text, offset, prefix_chars=1000, suffix_chars=1000)
+    assert win.prefix and text[:offset].endswith(win.prefix) and len(win.prefix) < 1000 + context.WINDOW_STEP
+    assert win.suffix == text[offset : offset + 1000]
+
+
+def test_the_suffix_ends_at_the_cursors_own_line_end_when_the_next_line_does_not_fit():
+    text = "\n" + "x" * 100 + "\n"
+    assert context.window(text, 0, suffix_chars=50).suffix == ""
+    assert context.window("ab\n" + "x" * 100, 2, suffix_chars=50).suffix == ""
+
+
+def test_default_budget_is_8000_characters_before_and_4000_after():
+    text = "x" * 20_000  # no line to cut at: the budgets show exactly
+    for offset in range(8000, 8000 + 3 * context.WINDOW_STEP):
+        win = context.window(text, offset)
+        assert 8000 <= len(win.prefix) < 8000 + context.WINDOW_STEP, offset
+        assert len(win.suffix) == 4000
