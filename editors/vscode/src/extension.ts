@@ -1,4 +1,6 @@
+import { execFile } from "child_process";
 import * as fs from "fs";
+import * as path from "path";
 import * as readline from "readline";
 import type { Readable } from "stream";
 import * as vscode from "vscode";
@@ -16,7 +18,12 @@ import {
   afterExit,
   Answer,
   answerAt,
+  askAgain,
+  Asked,
+  Cursor,
   DEFAULTS,
+  doctorArgs,
+  healthLines,
   didPartiallyAcceptParams,
   didShowParams,
   findExecutable,
@@ -29,8 +36,11 @@ import {
   serverSettings,
   Settings,
   Shown,
+  statusTooltip,
   statusView,
   stderrLevel,
+  TOOLTIP_COMMANDS,
+  versionMismatch,
   stoppedMessage,
   exitReason,
   remember,
@@ -80,6 +90,12 @@ let shown: Shown | undefined;
 /** The last answer, to follow the user typing through it without asking the server. */
 let answer: { key: Answer; items: vscode.InlineCompletionItem[] } | undefined;
 const reported = new Set<string>();
+/** Where a suggestion was last asked for: asked once more when the server turns ready (askAgain). */
+let asked: Asked | undefined;
+/** This extension's version, and the server's (initialize's serverInfo); a mismatch is shown once. */
+let extensionVersion = "";
+let serverVersion: string | undefined;
+let versionWarned = false;
 
 function readSettings(): Settings {
   const c = vscode.workspace.getConfiguration("infill");
@@ -103,8 +119,86 @@ function setState(state: ServerState, detail?: string, percent?: number): void {
   serverPercent = percent;
   const view = statusView(state, enabled, detail, percent);
   status.text = view.text;
-  status.tooltip = view.tooltip;
+  // The tooltip is a menu: links to the health checks, the log, toggle and restart.
+  const tooltip = new vscode.MarkdownString(statusTooltip(view.tooltip), true);
+  tooltip.isTrusted = { enabledCommands: TOOLTIP_COMMANDS };
+  status.tooltip = tooltip;
   status.command = view.command;
+}
+
+/** The server says how it is. From loading to ready: the suggestion asked for in vain while the
+ * model loaded is asked for once more, if the user is still there (same document, same cursor). */
+function onStatus(state: ServerState, detail?: string, percent?: number): void {
+  const was = serverState;
+  setState(state, detail, percent);
+  const editor = vscode.window.activeTextEditor;
+  const here: Cursor | undefined = editor && {
+    uri: editor.document.uri.toString(),
+    version: editor.document.version,
+    line: editor.selection.active.line,
+    character: editor.selection.active.character,
+  };
+  if (askAgain(was, state, asked, editor?.selection.isEmpty ? here : undefined, enabled)) {
+    asked = undefined; // once
+    void vscode.commands.executeCommand("editor.action.inlineSuggest.trigger").then(undefined, (error) =>
+      output.warn(`could not ask for a suggestion again: ${String(error)}`),
+    );
+  }
+}
+
+/** initialize's serverInfo: a server of another version is reported once (a warning and the log). */
+function checkVersion(info: { name: string; version?: string } | undefined): void {
+  serverVersion = info?.version;
+  const warning = versionMismatch(extensionVersion, serverVersion);
+  if (!warning || versionWarned) return;
+  versionWarned = true;
+  output.warn(warning);
+  void vscode.window.showWarningMessage(warning);
+}
+
+/** `infill-lsp doctor --json` with the configured server command: the checks when no server runs. */
+function runDoctor(): Promise<unknown> {
+  const settings = readSettings();
+  const executable = findExecutable(settings.serverPath, process.env, (file) => {
+    try {
+      return fs.statSync(file).isFile();
+    } catch {
+      return false;
+    }
+  });
+  const args = doctorArgs(settings.serverArgs, settings);
+  if (!executable) return Promise.resolve([{ name: "server", state: "fail", detail: missingServerMessage(settings.serverPath) }]);
+  if (!args) return Promise.resolve([{ name: "doctor", state: "fail", detail: `infill.serverArgs has no "serve": ${settings.serverArgs.join(" ")}` }]);
+  output.info(`health: no server running: ${executable} ${args.join(" ")}`);
+  return new Promise((resolve) => {
+    execFile(executable, args, { timeout: 60_000, maxBuffer: 1 << 20 }, (error, stdout, stderr) => {
+      try {
+        resolve(JSON.parse(stdout)); // it exits 1 when a check fails: the checks say which
+      } catch {
+        const why = String(stderr).trim().split("\n").slice(-3).join(" ") || String(error ?? "no output");
+        resolve([{ name: "doctor", state: "fail", detail: `infill-lsp doctor did not run: ${why}` }]);
+      }
+    });
+  });
+}
+
+/** "Infill: Show Health": the doctor checks, from the running server (infill/health) or, with none
+ * running, from `infill-lsp doctor --json`, written to the output channel, which is shown. */
+async function showHealth(): Promise<unknown> {
+  const server = running();
+  let checks: unknown;
+  if (server) {
+    try {
+      checks = await server.sendRequest("infill/health", {});
+    } catch (error) {
+      output.error(`health: the server did not answer infill/health: ${String(error)}`);
+    }
+  }
+  if (checks === undefined) checks = await runDoctor();
+  output.info(`health: extension ${extensionVersion}, server ${serverVersion ?? (server ? "version unknown" : "not running")}`);
+  for (const line of healthLines(checks)) output[line.level](line.text);
+  output.show(true);
+  return checks;
 }
 
 function running(): InfillClient | undefined {
@@ -181,6 +275,8 @@ async function provideInlineCompletionItems(
   const uri = document.uri.toString();
   const text = document.getText();
   const offset = document.offsetAt(position);
+  const here: Asked = { uri, version: document.version, line: position.line, character: position.character, items: 0 };
+  asked = here;
   if (context.triggerKind === vscode.InlineCompletionTriggerKind.Automatic && answer) {
     const keep = typingThrough(answer.key, { uri, text, offset });
     if (keep) {
@@ -191,6 +287,7 @@ async function provideInlineCompletionItems(
         return new vscode.InlineCompletionItem(old.insertText, range, old.command);
       });
       reportShown(items[0], document, position, text.slice(answer.key.offset, offset));
+      here.items = items.length;
       return new vscode.InlineCompletionList(items);
     }
   }
@@ -198,6 +295,7 @@ async function provideInlineCompletionItems(
   const items = printableItems((Array.isArray(answered) ? answered : answered?.items) ?? [], document, position);
   if (answered && !Array.isArray(answered)) answered.items = items;
   const result = Array.isArray(answered) ? items : answered;
+  here.items = items.length;
   if (items.length > 0 && !token.isCancellationRequested) {
     const start = document.offsetAt(items[0].range?.start ?? position);
     const insertTexts = items.map((item) => (typeof item.insertText === "string" ? item.insertText : item.insertText.value));
@@ -291,14 +389,17 @@ async function start(): Promise<void> {
     if (client === created && !stopping && over) reportStopped(exitReason(stderr) ?? fallback);
   };
   created.onNotification("infill/status", (params: { state: ServerState; message?: string; percent?: number }) =>
-    setState(params.state, params.message, params.percent),
+    onStatus(params.state, params.message, params.percent),
   );
   created.onDidChangeState((event) => {
     if (event.newState === State.Starting) {
       [cameUp, restarting, told] = [false, false, false];
       reported.clear(); // a new server process numbers its items afresh
     }
-    if (event.newState === State.Running) cameUp = true;
+    if (event.newState === State.Running) {
+      cameUp = true;
+      checkVersion(created.initializeResult?.serverInfo);
+    }
     if (event.newState === State.StartFailed) void failed("the server exited before it started");
     if (event.newState === State.Stopped && !restarting) void failed("the server exited");
   });
@@ -316,6 +417,7 @@ async function stop(): Promise<void> {
   client = undefined;
   answer = undefined;
   shown = undefined;
+  asked = undefined;
   if (!current) return;
   stopping = true;
   try {
@@ -362,6 +464,11 @@ async function onDidChangeConfiguration(event: vscode.ConfigurationChangeEvent):
 }
 
 export async function activate(context: vscode.ExtensionContext): Promise<void> {
+  extensionVersion =
+    context.extension?.packageJSON?.version ??
+    JSON.parse(fs.readFileSync(path.join(__dirname, "..", "package.json"), "utf8")).version;
+  versionWarned = false;
+  serverVersion = undefined;
   output = vscode.window.createOutputChannel("infill-lsp", { log: true });
   status = vscode.window.createStatusBarItem(vscode.StatusBarAlignment.Right, 100);
   status.name = "infill-lsp";
@@ -380,6 +487,7 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
       await start();
     }),
     vscode.commands.registerCommand("infill.showLog", () => output.show()),
+    vscode.commands.registerCommand("infill.showHealth", showHealth),
     vscode.commands.registerCommand("infill.showStats", async () => {
       const server = running();
       if (!server) {

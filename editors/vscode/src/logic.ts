@@ -249,3 +249,91 @@ export function afterExit(exits: number[], now: number, cameUp: boolean): { rest
   const recent = [...exits.filter((t) => now - t < RESTART_WINDOW_MS), now];
   return { restart: cameUp && recent.length <= MAX_RESTARTS, exits: recent };
 }
+
+// -- health: the checks of `infill-lsp doctor` ------------------------------------------------------
+
+/** One check as `infill-lsp doctor --json` prints it and the server's `infill/health` answers. */
+export type Check = { name: string; state: "ok" | "warn" | "fail"; detail: string; fix?: string };
+
+export type LogLine = { level: "info" | "warn" | "error"; text: string };
+
+/** The checks as output-channel lines: one per check at its level, its fix on the next line. */
+export function healthLines(checks: unknown): LogLine[] {
+  if (!Array.isArray(checks)) return [{ level: "error", text: `health: not a list of checks: ${JSON.stringify(checks)}` }];
+  const lines: LogLine[] = [];
+  for (const check of checks as Partial<Check>[]) {
+    const state = check?.state;
+    const level = state === "ok" ? "info" : state === "warn" ? "warn" : "error";
+    const mark = state === "ok" ? "ok  " : state === "warn" ? "warn" : "FAIL";
+    lines.push({ level, text: `${mark} ${String(check?.name)}: ${String(check?.detail)}` });
+    if (typeof check?.fix === "string" && check.fix) lines.push({ level, text: `     fix: ${check.fix}` });
+  }
+  return lines;
+}
+
+/**
+ * The arguments of `infill-lsp doctor --json` for a server started with `serverArgs` (its `serve`
+ * replaced, its transport flags dropped) and the model and engine the settings name, which the
+ * server would get in initializationOptions. Undefined when the arguments have no `serve`.
+ */
+export function doctorArgs(serverArgs: string[], settings: Pick<Settings, "model" | "engineAddress">): string[] | undefined {
+  const serve = serverArgs.indexOf("serve");
+  if (serve < 0) return undefined;
+  const rest: string[] = [];
+  for (let i = serve + 1; i < serverArgs.length; i++) {
+    const arg = serverArgs[i];
+    if (arg === "--tcp") i++;
+    else if (arg !== "--stdio" && !arg.startsWith("--tcp=")) rest.push(arg);
+  }
+  const out = [...serverArgs.slice(0, serve), "doctor", "--json", ...rest];
+  if (settings.model && !out.includes("--model")) out.push("--model", settings.model);
+  if (settings.engineAddress && !out.includes("--engine")) out.push("--engine", settings.engineAddress);
+  return out;
+}
+
+// -- versions --------------------------------------------------------------------------------------
+
+/** What to say when the server (initialize's serverInfo.version) is not the extension's version. */
+export function versionMismatch(extension: string, server: string | undefined): string | undefined {
+  if (typeof server !== "string" || server === extension) return undefined;
+  return (
+    `infill-lsp: the server is version ${server} but this extension is ${extension}; ` +
+    "update them together (pip install -U infill-lsp, and the extension from the same release)."
+  );
+}
+
+// -- the first suggestion while the model loads ----------------------------------------------------
+
+/** Where a suggestion was last asked for, and how many items came back. */
+export type Asked = { uri: string; version: number; line: number; character: number; items: number };
+
+/** The active editor's document and cursor. */
+export type Cursor = { uri: string; version: number; line: number; character: number };
+
+/**
+ * The server turned ready (loading -> idle) and its answer while loading was empty: ask once more
+ * when the user is still where that was asked (same document version, same cursor).
+ */
+export function askAgain(was: ServerState, now: ServerState, asked: Asked | undefined, here: Cursor | undefined, enabled: boolean): boolean {
+  if (!enabled || was !== "loading" || now !== "idle" || !asked || !here || asked.items > 0) return false;
+  return asked.uri === here.uri && asked.version === here.version && asked.line === here.line && asked.character === here.character;
+}
+
+// -- the status bar item's tooltip -----------------------------------------------------------------
+
+/** `text` with Markdown's syntax characters escaped (as VS Code's MarkdownString.appendText does). */
+export function markdownText(text: string): string {
+  return text.replace(/[\\`*_{}[\]()#+\-!~]/g, "\\$&");
+}
+
+/** The commands the status bar item's tooltip links to. */
+export const TOOLTIP_COMMANDS = ["infill.showHealth", "infill.showLog", "infill.toggle", "infill.restartServer"];
+
+/** The tooltip as Markdown: the state, then links to the health checks, the log, toggle, restart. */
+export function statusTooltip(tooltip: string): string {
+  return (
+    `${markdownText(tooltip)}\n\n` +
+    "[$(pulse) Show Health](command:infill.showHealth) · [$(output) Show Log](command:infill.showLog) · " +
+    "[Toggle](command:infill.toggle) · [Restart](command:infill.restartServer)"
+  );
+}

@@ -67,6 +67,14 @@ function statusBar(): any {
   return fake.statusBarItems[fake.statusBarItems.length - 1];
 }
 
+/** The status bar item's tooltip as text: its first paragraph (the state), Markdown escapes undone. */
+function tooltipText(): string {
+  const tooltip = statusBar().tooltip;
+  assert.ok(tooltip instanceof vscode.MarkdownString, "a Markdown tooltip (with links)");
+  assert.ok(tooltip.value.includes("(command:infill.showHealth)"), "the tooltip links to the health checks");
+  return tooltip.value.split("\n\n")[0].replace(/\\(.)/g, "$1");
+}
+
 test("the extension in a (fake) editor against the real server", { skip }, async (t) => {
   Object.assign(fake.settings, {
     "infill.serverPath": server,
@@ -79,7 +87,7 @@ test("the extension in a (fake) editor against the real server", { skip }, async
   const context = { subscriptions: [] as { dispose(): any }[] };
   await extension.activate(context);
   try {
-    for (const id of ["infill.toggle", "infill.restartServer", "infill.showLog", "infill.showStats"]) {
+    for (const id of ["infill.toggle", "infill.restartServer", "infill.showLog", "infill.showStats", "infill.showHealth"]) {
       assert.ok(fake.commands.has(id), id);
     }
     assert.ok(statusBar().visible);
@@ -88,6 +96,21 @@ test("the extension in a (fake) editor against the real server", { skip }, async
     assert.ok(statusBar().texts.some((t: string) => t.startsWith("$(loading~spin) infill: loading")), statusBar().texts.join(" | "));
     // vscode-languageclient registers the server's command, so VS Code can run it on accept.
     assert.ok(fake.commands.has("infill.accept"));
+    // the server is this extension's version: nothing to report
+    assert.deepEqual(fake.messages.filter((m) => m.level === "warning"), []);
+
+    await t.test("Infill: Show Health: the server's checks in the output channel", async () => {
+      const logged = fake.log.length;
+      const checks: any[] = await vscode.commands.executeCommand("infill.showHealth");
+      const names = checks.map((c) => c.name);
+      assert.deepEqual(names.slice(0, 2), ["infill-lsp", "server"]);
+      for (const name of ["device", "model", "engine", "grammars"]) assert.ok(names.includes(name), name);
+      assert.ok(!checks.some((c) => c.state === "fail"), JSON.stringify(checks));
+      const lines = fake.log.slice(logged);
+      assert.ok(lines.some((l) => /^\[infill-lsp\] info health: extension \d+\.\d+\.\d+, server \d+\.\d+\.\d+$/.test(l)), lines.join("\n"));
+      assert.ok(lines.some((l) => l.startsWith("[infill-lsp] info ok   server: serving ")), lines.join("\n"));
+      assert.ok(lines.some((l) => l.startsWith("[infill-lsp] info ok   model: ")), lines.join("\n"));
+    });
 
     const document = new vscode.TextDocument(vscode.Uri.file("/tmp/infill-vscode-test.txt"), "plaintext", "total = ()\n");
     fake.documents.push(document);
@@ -199,9 +222,14 @@ test("a missing server: the status bar and a message with the install command", 
     assert.match(fake.messages[0].text, /pip install infill-lsp/);
     assert.deepEqual(fake.messages[0].items, ["Copy install command", "Open Settings"]);
     assert.equal(statusBar().text, "$(error) infill");
-    assert.equal(statusBar().tooltip, "infill-lsp: error: server not found (click to show the log)");
+    assert.equal(tooltipText(), "infill-lsp: error: server not found (click to show the log)");
     assert.equal(statusBar().command, "infill.showLog");
     assert.equal(await vscode.commands.executeCommand("infill.showStats"), undefined);
+    // health without a server: the missing server is the failed check
+    const checks: any[] = await vscode.commands.executeCommand("infill.showHealth");
+    assert.equal(checks[0].state, "fail");
+    assert.match(checks[0].detail, /pip install infill-lsp/);
+    assert.ok(fake.log.some((l) => l.startsWith("[infill-lsp] error FAIL server: ")));
   } finally {
     await extension.deactivate();
     for (const d of context.subscriptions) d.dispose();
@@ -230,8 +258,8 @@ async function withServer(serverPath: string, serverArgs: string[], check: () =>
 
 async function stoppedWith(reason: RegExp): Promise<void> {
   await until("an error in the status bar", () => statusBar().text === "$(error) infill", 20_000);
-  assert.match(statusBar().tooltip, reason);
-  assert.match(statusBar().tooltip, /click to show the log/);
+  assert.match(tooltipText(), reason);
+  assert.match(tooltipText(), /click to show the log/);
   assert.equal(statusBar().command, "infill.showLog");
   await until("the message", () => fake.messages.length > 0, 5_000);
   assert.equal(fake.messages.length, 1, JSON.stringify(fake.messages));
@@ -370,4 +398,104 @@ test("control characters in an answer are never shown or inserted; the document'
     assert.deepEqual(list.items.map((item: any) => item.insertText), ["ab[31mc\n\tdef\f)"]); // the second: only controls
     assert.deepEqual([list.items[0].range.start.character, list.items[0].range.end.character], [5, 7]);
   });
+});
+
+// Like infill-lsp while its model loads (infill/status `loading`, empty answers), ready (`idle`)
+// 300 ms after the first inlineCompletion; serverInfo says version 9.9.9. Every start is counted.
+const LOADS_THEN_READY = `
+const fs = require("fs");
+fs.appendFileSync(process.env.INFILL_STARTS, "start\\n");
+const documents = new Map();
+let buffer = Buffer.alloc(0);
+let ready = false;
+let asked = 0;
+const send = (message) => {
+  const body = JSON.stringify({ jsonrpc: "2.0", ...message });
+  process.stdout.write("Content-Length: " + Buffer.byteLength(body) + "\\r\\n\\r\\n" + body);
+};
+process.stdin.on("data", (chunk) => {
+  buffer = Buffer.concat([buffer, chunk]);
+  for (;;) {
+    const end = buffer.indexOf("\\r\\n\\r\\n");
+    if (end < 0) return;
+    const length = Number(/Content-Length: (\\d+)/i.exec(buffer.subarray(0, end).toString())[1]);
+    if (buffer.length < end + 4 + length) return;
+    const message = JSON.parse(buffer.subarray(end + 4, end + 4 + length).toString());
+    buffer = buffer.subarray(end + 4 + length);
+    const params = message.params;
+    if (message.method === "initialize") {
+      send({ id: message.id, result: { capabilities: { textDocumentSync: 1, inlineCompletionProvider: true },
+                                       serverInfo: { name: "infill-lsp", version: "9.9.9" } } });
+    } else if (message.method === "initialized") {
+      send({ method: "infill/status", params: { state: "loading", percent: 0 } });
+    } else if (message.method === "textDocument/didOpen") {
+      documents.set(params.textDocument.uri, params.textDocument.text);
+    } else if (message.method === "textDocument/inlineCompletion") {
+      if (!ready) {
+        send({ id: message.id, result: { items: [] } });
+        if (++asked === 1) setTimeout(() => { ready = true; send({ method: "infill/status", params: { state: "idle" } }); }, 300);
+        continue;
+      }
+      send({ id: message.id, result: { items: [{ insertText: "ready" }] } });
+    } else if (message.method === "shutdown") {
+      send({ id: message.id, result: null });
+    } else if (message.method === "exit") {
+      process.exit(0);
+    } else if (message.id !== undefined && message.method) {
+      send({ id: message.id, result: null });
+    }
+  }
+});
+`;
+
+test("the first suggestion: asked again once the server is ready; another version: said once", async () => {
+  const starts = path.join(fs.mkdtempSync(path.join(os.tmpdir(), "infill-vscode-")), "starts");
+  process.env.INFILL_STARTS = starts;
+  const triggers: number[] = [];
+  try {
+    await withServer(process.execPath, [standIn(LOADS_THEN_READY)], async () => {
+      fake.commands.set("editor.action.inlineSuggest.trigger", () => triggers.push(Date.now()));
+      const document = new vscode.TextDocument(vscode.Uri.file("/tmp/infill-first.txt"), "plaintext", "value = \n");
+      fake.documents.push(document);
+      const at = new vscode.Position(0, 8);
+      const editor = { document, selection: { active: at, anchor: at, isEmpty: true } };
+      (vscode.window as any).activeTextEditor = editor;
+      await until("the provider (the server came up)", () => fake.inlineProviders.length > 0, 20_000);
+      fake.onDidOpenTextDocument.fire(document);
+      await until("loading", () => statusBar().text.startsWith("$(loading~spin) infill: loading"), 10_000);
+
+      // the version: one warning, and the same in the log
+      await until("the version warning", () => fake.messages.length > 0, 5_000);
+      assert.deepEqual(fake.messages.map((m) => m.level), ["warning"]);
+      assert.match(fake.messages[0].text, /server is version 9\.9\.9 but this extension is \d+\.\d+\.\d+/);
+
+      // typed while the model loads: nothing; ready: VS Code is asked to ask again, once
+      const empty = await provide(document, at, vscode.InlineCompletionTriggerKind.Automatic);
+      assert.equal((Array.isArray(empty) ? empty : empty.items).length, 0);
+      await until("idle", () => statusBar().text === "$(sparkle) infill", 10_000);
+      await until("the trigger", () => triggers.length > 0, 5_000);
+      const list = await provide(document, at, vscode.InlineCompletionTriggerKind.Invoke);
+      assert.equal(list.items[0].insertText, "ready");
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      assert.equal(triggers.length, 1);
+
+      // a new server (a restart), and the user moves on before it is ready: not asked again,
+      // and the version mismatch is not said again
+      await vscode.commands.executeCommand("infill.restartServer");
+      await until("the second start", () => fs.readFileSync(starts, "utf8").split("\n").filter(Boolean).length === 2, 20_000);
+      await until("loading again", () => statusBar().text.startsWith("$(loading~spin) infill: loading"), 10_000);
+      fake.onDidOpenTextDocument.fire(document);
+      await provide(document, at, vscode.InlineCompletionTriggerKind.Automatic);
+      const moved = new vscode.Position(0, 7);
+      editor.selection = { active: moved, anchor: moved, isEmpty: true };
+      await until("idle again", () => statusBar().text === "$(sparkle) infill", 10_000);
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      assert.equal(triggers.length, 1);
+      assert.equal(fake.messages.length, 1);
+    });
+  } finally {
+    delete process.env.INFILL_STARTS;
+    (vscode.window as any).activeTextEditor = undefined;
+    fake.commands.delete("editor.action.inlineSuggest.trigger");
+  }
 });

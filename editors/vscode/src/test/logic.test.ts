@@ -22,6 +22,12 @@ import {
   RESTART_WINDOW_MS,
   typingThrough,
   answerAt,
+  askAgain,
+  doctorArgs,
+  healthLines,
+  markdownText,
+  statusTooltip,
+  versionMismatch,
 } from "../logic";
 
 test("settings map to the server's camelCase keys", () => {
@@ -189,4 +195,67 @@ test("control characters never reach the screen: taken out of what an item adds,
   assert.equal(printableInsert("a\u0007b", "", "\f)"), "ab");
   assert.equal(printableInsert("\u0007\u0008)", "", ")"), undefined); // nothing left to add: dropped
   assert.equal(printableInsert(")", "", ")"), ")"); // it added nothing to begin with: the server's business
+});
+
+test("health checks become output lines at their level, each fix on its own line", () => {
+  const lines = healthLines([
+    { name: "model", state: "ok", detail: "tiny at /m", fix: "" },
+    { name: "real model", state: "warn", detail: "not cached", fix: "hf download x" },
+    { name: "engine", state: "fail", detail: "/s: refused", fix: "start it" },
+  ]);
+  assert.deepEqual(lines, [
+    { level: "info", text: "ok   model: tiny at /m" },
+    { level: "warn", text: "warn real model: not cached" },
+    { level: "warn", text: "     fix: hf download x" },
+    { level: "error", text: "FAIL engine: /s: refused" },
+    { level: "error", text: "     fix: start it" },
+  ]);
+  // an answer that is not a list of checks (an older server's null) is said as such
+  assert.deepEqual(healthLines(null), [{ level: "error", text: "health: not a list of checks: null" }]);
+});
+
+test("doctor's arguments: serve replaced, transport flags dropped, the settings' model and engine added", () => {
+  const none = { model: "", engineAddress: "" };
+  assert.deepEqual(doctorArgs(["serve"], none), ["doctor", "--json"]);
+  assert.deepEqual(doctorArgs(["--log-level", "WARNING", "serve", "--model", "/m", "--stdio"], none), [
+    "--log-level", "WARNING", "doctor", "--json", "--model", "/m",
+  ]);
+  assert.deepEqual(doctorArgs(["serve", "--tcp", "h:1", "--tcp=h:2"], { model: "m", engineAddress: "/e.sock" }), [
+    "doctor", "--json", "--model", "m", "--engine", "/e.sock",
+  ]);
+  assert.deepEqual(doctorArgs(["serve", "--model", "/a"], { model: "/b", engineAddress: "" }), ["doctor", "--json", "--model", "/a"]);
+  assert.equal(doctorArgs(["engine"], none), undefined);
+});
+
+test("a server of another version is pointed out; the same or an unknown version is not", () => {
+  assert.equal(versionMismatch("0.1.0", "0.1.0"), undefined);
+  assert.equal(versionMismatch("0.1.0", undefined), undefined);
+  const message = versionMismatch("0.1.0", "0.2.0")!;
+  assert.match(message, /server is version 0\.2\.0 but this extension is 0\.1\.0/);
+  assert.match(message, /pip install -U infill-lsp/);
+});
+
+test("the suggestion asked for while loading is asked again once ready, only where it was asked", () => {
+  const asked = { uri: "file:///a", version: 3, line: 1, character: 4, items: 0 };
+  const here = { uri: "file:///a", version: 3, line: 1, character: 4 };
+  assert.equal(askAgain("loading", "idle", asked, here, true), true);
+  assert.equal(askAgain("busy", "idle", asked, here, true), false); // not the end of a load
+  assert.equal(askAgain("loading", "error", asked, here, true), false);
+  assert.equal(askAgain("loading", "idle", { ...asked, items: 2 }, here, true), false); // it got an answer
+  assert.equal(askAgain("loading", "idle", asked, { ...here, version: 4 }, true), false); // typed since
+  assert.equal(askAgain("loading", "idle", asked, { ...here, character: 5 }, true), false); // moved
+  assert.equal(askAgain("loading", "idle", asked, { ...here, uri: "file:///b" }, true), false); // another file
+  assert.equal(askAgain("loading", "idle", asked, undefined, true), false); // no editor
+  assert.equal(askAgain("loading", "idle", undefined, here, true), false); // nothing asked
+  assert.equal(askAgain("loading", "idle", asked, here, false), false); // suggestions off
+});
+
+test("the status bar tooltip: the state as text, then links to health, log, toggle, restart", () => {
+  assert.equal(markdownText("a_b [c](d) *e* `f` #1 - x!"), "a\\_b \\[c\\]\\(d\\) \\*e\\* \\`f\\` \\#1 \\- x\\!");
+  const tooltip = statusTooltip("infill-lsp: error: boom (click to show the log)");
+  const [state, links] = tooltip.split("\n\n");
+  assert.equal(state.replace(/\\(.)/g, "$1"), "infill-lsp: error: boom (click to show the log)");
+  for (const command of ["infill.showHealth", "infill.showLog", "infill.toggle", "infill.restartServer"]) {
+    assert.ok(links.includes(`(command:${command})`), command);
+  }
 });

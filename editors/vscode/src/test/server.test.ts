@@ -35,6 +35,9 @@ test("extension request shapes against the real server", { skip: !fs.existsSync(
     // vscode-languageclient turns these into VS Code commands, which VS Code runs on accept
     assert.ok(init.capabilities.executeCommandProvider.commands.includes("infill.accept"));
     assert.notEqual(init.capabilities.textDocumentSync, 0);
+    // the server's version is the extension's (a mismatch would be reported once)
+    const extension = JSON.parse(fs.readFileSync(path.resolve(__dirname, "../../package.json"), "utf8"));
+    assert.deepEqual(init.serverInfo, { name: "infill-lsp", version: extension.version });
     await connection.sendNotification("initialized", {});
     const uri = "file:///tmp/vscode-test.txt";
     await connection.sendNotification("textDocument/didOpen", {
@@ -46,6 +49,16 @@ test("extension request shapes against the real server", { skip: !fs.existsSync(
       if (!stats.engineReady) await new Promise((r) => setTimeout(r, 100));
     }
     assert.ok(stats.engineReady, JSON.stringify(stats));
+
+    // "Infill: Show Health" asks this: doctor's checks plus the server's own engine
+    const checks: any[] = await connection.sendRequest("infill/health", {});
+    assert.deepEqual(checks.slice(0, 2).map((c) => c.name), ["infill-lsp", "server"]);
+    for (const check of checks) {
+      assert.deepEqual(Object.keys(check).sort(), ["detail", "fix", "name", "state"]);
+      assert.ok(["ok", "warn", "fail"].includes(check.state));
+    }
+    assert.equal(checks[1].state, "ok");
+    assert.match(checks[1].detail, /^serving /);
 
     for (const triggerKind of [1, 2]) {
       const result: any = await connection.sendRequest("textDocument/inlineCompletion", {
