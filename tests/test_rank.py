@@ -80,3 +80,49 @@ def test_rank_never_returns_unreadable_text_even_when_handed_some():
     candidates = [_c("ok\x00no", -0.1), _c("fine", -0.2), _c("bad\ufffd", -0.05)]
     validations = [_v("ok\x00no"), _v("fine"), _v("bad\ufffd")]
     assert [r.text for r in rank(candidates, validations, show_invalid=True)] == ["fine"]
+
+
+# -- clean: what a suggestion looks like, given the text after the cursor ---------------------
+
+
+def test_trailing_whitespace_goes_when_the_cursor_ends_its_line():
+    # the line ends at the cursor: end of file, a newline (LF or CRLF), or only blanks after it
+    for suffix in ("", "\n", "\nfoo()\n", "\r\nfoo()\r\n", "  \n\n"):
+        assert clean("return x  ", suffix) == "return x", repr(suffix)
+        assert clean("if x:  \n    return 1 \n\n", suffix) == "if x:\n    return 1", repr(suffix)
+
+
+def test_indentation_inside_a_suggestion_is_kept():
+    assert clean("if x:\n    return 1", "\n") == "if x:\n    return 1"
+    assert clean("    y = 1\n    return y", "\n") == "    y = 1\n    return y"
+
+
+def test_the_part_of_a_suggestion_already_after_the_cursor_is_trimmed():
+    cases = [
+        # suggestion, suffix, shown
+        ("items)", '), end="")\n', "items"),  # only the head of the rest of the line is repeated
+        ("size = MAX", "MAX\n", "size = "),  # the rest of the line is an identifier
+        ("x  # note   ", "  # note   \n", "x"),  # the rest of the line, trailing spaces included
+        ("f(x)", ")\r\nnext\r\n", "f(x"),  # a CRLF document
+    ]
+    for text, suffix, shown in cases:
+        assert clean(text, suffix) == shown, (text, suffix)
+
+
+def test_lines_repeating_the_line_below_are_dropped_from_the_end():
+    below = "\n    return y\n\ndef g():\n    pass\n"  # more lines below the next one
+    assert clean("y = 1\nreturn y", below) == "y = 1"
+    assert clean("y = 1\nz = 2\nreturn y", below) == "y = 1\nz = 2"
+    assert clean("y = 1\nreturn y\nreturn y", below) == "y = 1"
+    assert clean("    y = 1\n\n    return y", below) == "    y = 1"  # with the blank line before it
+    assert clean("return y\n    return y", below) == "return y"  # the first line always stays
+
+
+def test_the_line_below_is_compared_only_when_the_cursor_ends_its_line():
+    # inside "f(|)": what follows the cursor's line is not what the suggestion runs into
+    assert clean("a,\n    return y", ")\n    return y\n") == "a,\n    return y"
+
+
+def test_rank_keeps_whether_a_suggestion_was_checked():
+    ranked = rank([_c("x", -0.1), _c("y", -0.2)], [_v("x", checked=False), _v("y")])
+    assert [(r.text, r.checked) for r in ranked] == [("x", False), ("y", True)]
