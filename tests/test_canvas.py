@@ -31,6 +31,23 @@ def test_canvas_at_end_of_file_clamps_end_marker_then_padding():
     assert batch.known[0, 3:].tolist() == [1, 0, 0, 0]
 
 
+def test_canvas_width_is_the_longest_slot_plus_the_suffix_head_or_the_width_asked_for():
+    # at least one clamped position after the longest slot: the end marker when there is no suffix
+    for suffix_head, width in ((0, 5), (1, 5), (3, 7)):
+        batch = build_canvas([4, 2], [10, 11, 12], suffix_head=suffix_head, end_id=1, pad_id=0)
+        assert batch.shape == (2, width), suffix_head
+        assert batch.clamped[0].tolist() == [False] * 4 + [True] * (width - 4)
+    wide = build_canvas([4, 2], [10], suffix_head=1, end_id=1, pad_id=0, width=9)  # training's fixed width
+    assert wide.shape == (2, 9) and wide.known[0, 4:].tolist() == [10, 1, 0, 0, 0]
+
+
+def test_canvas_records_each_rows_slot_length():
+    lengths = [8, 4, 2]
+    batch = build_canvas(lengths, [10], suffix_head=1, end_id=1, pad_id=0)
+    assert batch.lengths == [8, 4, 2] and batch.lengths is not lengths
+    assert batch.free.sum(dim=1).tolist() == lengths
+
+
 def test_token_healer_finds_every_token_with_the_prefix():
     texts = ["<pad>", "re", "ret", "return", "r", "x", "retina", "  "]
     healer = TokenHealer(texts)
