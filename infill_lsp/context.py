@@ -9,6 +9,8 @@ returns None and the caller answers with an empty result.
 
 from __future__ import annotations
 
+import re
+
 import msgspec
 
 UTF8, UTF16, UTF32 = "utf-8", "utf-16", "utf-32"
@@ -29,19 +31,37 @@ class Window(msgspec.Struct, frozen=True):
     suffix: str
 
 
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
 def _line_bounds(text: str, line: int) -> tuple[int, int] | None:
-    start = 0
+    """[start, end) of a line without its terminator. LSP's line breaks are \\n, \\r\\n and \\r, and
+    nothing else (not \\f or U+2028, which Python's splitlines also takes)."""
+    if "\r" not in text:  # the common case, without a regex
+        start = 0
+        for _ in range(line):
+            newline = text.find("\n", start)
+            if newline < 0:
+                return None
+            start = newline + 1
+        end = text.find("\n", start)
+        return start, len(text) if end < 0 else end
+    start, breaks = 0, _LINE_BREAK.finditer(text)
     for _ in range(line):
-        newline = text.find("\n", start)
-        if newline < 0:
+        found = next(breaks, None)
+        if found is None:
             return None
-        start = newline + 1
-    end = text.find("\n", start)
-    if end < 0:
-        end = len(text)
-    if end > start and text[end - 1] == "\r":
-        end -= 1
-    return start, end
+        start = found.end()
+    found = next(breaks, None)
+    return start, len(text) if found is None else found.start()
+
+
+def encoding_name(kind: object) -> str:
+    """"utf-8", "utf-16" or "utf-32" from the negotiated encoding: lsprotocol's PositionEncodingKind
+    is a str enum whose str() is its name ("PositionEncodingKind.Utf8"), not its value."""
+    if kind is None:
+        return UTF16
+    return str(getattr(kind, "value", kind))
 
 
 def _units(char: str, encoding: str) -> int:

@@ -30,6 +30,7 @@ from ..config import Settings, merge
 from ..engine import Cancelled, CancelToken, Engine, EngineUnavailable, load_engine
 from ..rank import Ranked
 from . import transport
+from .documents import LspWorkspace
 from .protocol import (DID_PARTIALLY_ACCEPT, DID_SHOW, HEALTH, STATS, STATUS, InfillProtocol, ItemId, PartialAccept,
                        strict_converter)
 from .typing_cache import TypingCache
@@ -269,7 +270,7 @@ class InfillServer(LanguageServer):
             # JSON's \ud800 escapes put lone surrogates in a document; no tokenizer takes them. U+FFFD
             # is one code point and one UTF-16 unit too: every position stays where it was.
             text = _LONE_SURROGATE.sub("\ufffd", text)
-        encoding = str(self.workspace.position_encoding or context.UTF16)
+        encoding = context.encoding_name(self.workspace.position_encoding)
         cursor = context.cursor_at(text, params.position.line, params.position.character, encoding)
         if cursor is None:
             log.warning("position %s:%s is past the end of %.200s", params.position.line,
@@ -402,6 +403,7 @@ def build_server(settings: Settings | None = None, engine: Engine | None = None)
 
     @server.feature(types.INITIALIZE)
     def initialize(ls: InfillServer, params: types.InitializeParams) -> None:
+        ls.workspace.__class__ = LspWorkspace  # documents keep LSP's line breaks (documents.py); none is open yet
         ls.apply_settings(params.initialization_options)
 
     @server.feature(types.INITIALIZED)
