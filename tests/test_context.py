@@ -177,3 +177,26 @@ def test_default_budget_is_8000_characters_before_and_4000_after():
         win = context.window(text, offset)
         assert 8000 <= len(win.prefix) < 8000 + context.WINDOW_STEP, offset
         assert len(win.suffix) == 4000
+
+
+def test_only_lsp_line_breaks_end_lines():
+    # \n, \r\n and a lone \r end a line; a form feed or U+2028 does not (Python's splitlines would)
+    text = "\ra\x0cb\nc\u2028d\re\r\nf"
+    lines = [("", 0), ("a\x0cb", 1), ("c\u2028d", 5), ("e", 9), ("f", 12)]  # (text, start offset)
+    for number, (line, start) in enumerate(lines):
+        end = start + len(line)
+        assert context.cursor_at(text, number, 99) == context.Cursor(offset=end, line=number, line_start=start,
+                                                                       line_end=end), number
+        assert context.cursor_at(text, number, 1).offset == min(start + 1, end), number
+    assert context.cursor_at(text, len(lines), 0) is None
+    assert context.cursor_at("a\r", 1, 0) == context.Cursor(offset=2, line=1, line_start=2, line_end=2)
+
+
+def test_the_negotiated_encoding_is_named_by_its_value():
+    from lsprotocol.types import PositionEncodingKind
+
+    assert context.encoding_name(None) == UTF16  # not negotiated: LSP's default
+    assert context.encoding_name(PositionEncodingKind.Utf8) == UTF8  # the enum's value, not its name
+    assert context.encoding_name(PositionEncodingKind.Utf16) == UTF16
+    assert context.encoding_name(PositionEncodingKind.Utf32) == UTF32
+    assert context.encoding_name("utf-8") == UTF8
