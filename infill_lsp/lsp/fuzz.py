@@ -378,9 +378,9 @@ class Generator:
             elif method in protocol.CUSTOM_MESSAGE_TYPES:
                 self.params_types[method] = typing.get_type_hints(protocol.CUSTOM_MESSAGE_TYPES[method])["params"]
             else:
-                self.params_types[method] = None  # infill/stats: anything
+                self.params_types[method] = None  # infill/stats, infill/health: anything
         self.requests = {m for m in self.methods if (types.METHOD_TO_TYPES.get(m, (None,))[0] or object).__name__
-                         .endswith("Request")} | {"infill/stats"}
+                         .endswith("Request")} | {"infill/stats", protocol.HEALTH}
         self.counter = 0
 
     def next_id(self, data) -> Any:
