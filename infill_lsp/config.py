@@ -34,6 +34,7 @@ class Settings(msgspec.Struct, frozen=True, rename="camel", forbid_unknown_field
     prefix_chars: int = 8000  # character windows cut before tokenizing (a 10 MB file never is)
     suffix_chars: int = 2000
     fast: bool = False  # the static-shape decoder pass (engine/fast.py): CUDA graphs on a GPU
+    engine_timeout: float = 15.0  # seconds an engine at engineAddress may take to answer before it counts as down
     seed: int | None = None  # fixed noise for reproducible suggestions (debugging, tests); None = fresh noise
 
     def enabled_for(self, language_id: str) -> bool:
@@ -55,6 +56,7 @@ class Settings(msgspec.Struct, frozen=True, rename="camel", forbid_unknown_field
             prefix_tokens=_clamp(self.context_tokens, 16, 32768),
             suffix_head_tokens=_clamp(self.suffix_tokens, 1, 256),
             fast=self.fast,
+            timeout=max(0.1, min(600.0, self.engine_timeout)),
         )
 
 

@@ -7,6 +7,9 @@ the shared `infill-lsp engine` daemon over a Unix socket, later a vLLM server) i
 
 from __future__ import annotations
 
+import logging
+import os
+import re
 from pathlib import Path
 from typing import Protocol
 
@@ -14,6 +17,8 @@ import msgspec
 
 from ..types import EngineInfo, InfillRequest, InfillResult
 from .cancel import NEVER, Cancelled, CancelToken
+
+log = logging.getLogger(__name__)
 
 
 class EngineUnavailable(Exception):
@@ -38,6 +43,7 @@ class EngineConfig(msgspec.Struct, frozen=True):
     prefix_tokens: int = 1024
     suffix_head_tokens: int = 16
     fast: bool = False  # the static-shape decoder pass (engine/fast.py; CUDA graphs on a GPU) instead of eager
+    timeout: float = 15.0  # seconds a remote engine may take to answer a request
 
 
 DEFAULT_MODEL = "google/diffusiongemma-26B-A4B-it"
@@ -66,13 +72,36 @@ def default_model() -> str:
     return DEFAULT_MODEL
 
 
+def _compile_cache_usable() -> None:
+    """torch creates its compile cache directory (TORCHINDUCTOR_CACHE_DIR, by default under the
+    temporary directory) when transformers imports it, even for eager inference that never writes
+    there. On a full or read-only disk that import fails and no model loads. When the directory
+    cannot be made, point torch at one that exists: eager inference writes nothing."""
+    import getpass
+    import tempfile
+
+    wanted = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    try:
+        if wanted is None:
+            try:
+                user = getpass.getuser()
+            except Exception:  # noqa: BLE001 - no user name: torch falls back the same way
+                user = f"uid_{os.getuid()}"
+            wanted = os.path.join(tempfile.gettempdir(), "torchinductor_" + re.sub(r'[\\/:*?"<>|]', "_", user))
+        os.makedirs(wanted, exist_ok=True)
+    except OSError as exc:  # FileNotFoundError from gettempdir too: no usable temporary directory
+        log.warning("cannot create torch's compile cache (%s): using / instead; compiling will not be cached", exc)
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.abspath(os.sep)
+
+
 def load_engine(config: EngineConfig, progress=None) -> Engine:
     """Connect to the daemon when an address is given, else load the model in this process."""
     if config.address:  # http(s)://HOST:PORT (vLLM or `infill-lsp engine --http`), or the daemon's socket
         from .http_backend import HttpEngine
 
         return HttpEngine(config.address, model=config.model, prefix_tokens=config.prefix_tokens,
-                          suffix_head_tokens=config.suffix_head_tokens)
+                          suffix_head_tokens=config.suffix_head_tokens, read_timeout=config.timeout)
+    _compile_cache_usable()
     from .transformers_backend import TransformersEngine
 
     if config.fast:

@@ -88,11 +88,19 @@ class TransformersEngine:
         try:
             self.tokenizer, self.model = self._load_weights(source, progress)
         except OSError as exc:
+            if is_dir:  # the directory is there; what it holds is not a checkpoint
+                raise ModelNotFound(f"{source} is not a complete checkpoint ({exc}); it needs config.json, "
+                                    f"the tokenizer files and model.safetensors") from exc
             raise ModelNotFound(
                 f"model {model!r} is not a directory and is not in the local Hugging Face cache "
                 f"(HF_HOME={os.environ.get('HF_HOME', '~/.cache/huggingface')}); infill-lsp never "
                 f"downloads weights: fetch them once with `hf download {model}` or pass a path"
             ) from exc
+        except Exception as exc:
+            if type(exc).__name__ != "SafetensorError":
+                raise
+            raise ModelNotFound(f"the weights in {source} are damaged or incomplete ({exc}): copy the checkpoint "
+                                f"again (a download or copy that stopped early leaves a truncated file)") from exc
         self.model.to(self.device).eval()
         # A checkpoint trained by `infill-lsp train` says how it was trained to see the code
         # (its prompt window and suffix head); the real DiffusionGemma keeps the settings' layout.
@@ -124,7 +132,11 @@ class TransformersEngine:
     def _load_weights(self, source: str, progress: Progress):
         """(tokenizer, model) from a directory or the local cache; random_weights.py builds them instead."""
         from transformers import AutoTokenizer, DiffusionGemmaForBlockDiffusion
+        from transformers.utils import logging as transformers_logging
 
+        # No tqdm bar on stderr: it is the LSP log (or nobody's terminal), and a bar that cannot
+        # write there (a full disk, a closed pipe) left tqdm's lock held and hung the server.
+        transformers_logging.disable_progress_bar()
         progress("loading tokenizer", 5)
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
         progress("loading weights", 20)
