@@ -3,6 +3,8 @@
 Never in the evaluator's own process: a fresh interpreter in isolated mode, in a temporary
 directory that is removed afterwards, with no stdin, a minimal environment, CPU/memory/file
 size/process limits, bounded output, and a wall-clock timeout that kills its whole process group.
+Inside, sandbox_guard.py's audit hook refuses writes outside that directory, new processes,
+sockets and ctypes.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import tempfile
 import msgspec
 
 OUTPUT_LIMIT = 64 * 1024
+GUARD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sandbox_guard.py")  # audit hook: no writes
+# outside the working directory, no processes, no sockets, no ctypes
 
 
 class SandboxResult(msgspec.Struct, frozen=True):
@@ -50,7 +54,7 @@ def run_python(source: str, timeout: float = 3.0) -> SandboxResult:
         # stderr goes to a file, which RLIMIT_FSIZE bounds (a pipe would buffer whatever it prints)
         with open(os.path.join(workdir, "stderr.txt"), "w+b") as errors:
             proc = subprocess.Popen(
-                [sys.executable, "-I", path], cwd=workdir, env=env, stdin=subprocess.DEVNULL,
+                [sys.executable, "-I", GUARD, path, workdir], cwd=workdir, env=env, stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL, stderr=errors, start_new_session=True,
                 preexec_fn=_limits(timeout) if os.name == "posix" else None,
             )
