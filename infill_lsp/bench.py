@@ -21,6 +21,7 @@ from pathlib import Path
 
 from . import context, pipeline
 from .config import Settings
+from .progress import Progress, progress
 from .types import Budget
 
 STAGES = ("tokenize_ms", "encode_ms", "denoise_ms", "validate_ms", "rank_ms", "total_ms")
@@ -53,6 +54,7 @@ def load_holes(path: Path) -> list[tuple[str, int, str, str]]:
 
 def pipeline_table(engine, holes, counts: list[int], args, settings: Settings) -> list[dict]:
     rows = []
+    bar = Progress(len(counts) * (min(len(holes), 1) + args.repeat * len(holes)), desc="pipeline", unit="requests")
     for count in counts:
         budget = Budget(candidates=count, max_middle_tokens=args.max_tokens, steps=args.steps)
         samples: dict[str, list[float]] = {stage: [] for stage in (*STAGES, "overhead_ms")}
@@ -60,6 +62,7 @@ def pipeline_table(engine, holes, counts: list[int], args, settings: Settings) -
         for text, offset, language, path in holes[:1]:  # warm-up, not counted
             pipeline.complete(engine, text, offset, language_id=language, path=path, settings=settings,
                               budget=budget, seed=0)
+            bar.update(1, candidates=count)
         for run in range(args.repeat):
             for text, offset, language, path in holes:
                 result = pipeline.complete(engine, text, offset, language_id=language, path=path,
@@ -68,10 +71,12 @@ def pipeline_table(engine, holes, counts: list[int], args, settings: Settings) -
                     samples[stage].append(getattr(result.timings, stage))
                 samples["overhead_ms"].append(result.timings.overhead_ms)
                 steps.append(result.timings.steps)
+                bar.update(1, candidates=count)
         row = {"candidates": count, "n": len(samples["total_ms"]), "mean_steps": statistics.mean(steps)}
         for stage, values in samples.items():
             row[stage] = {"p50": percentile(values, 50), "p95": percentile(values, 95)}
         rows.append(row)
+    bar.close()
     return rows
 
 
@@ -146,7 +151,7 @@ async def lsp_overhead(args, settings: Settings, candidates: int = 8) -> dict:
             if not stats["engineReady"]:
                 raise RuntimeError(f"the server could not load the engine: {stats['engineError']}")
             overheads, totals, server_side = [], [], []
-            for run in range(args.repeat * 6 + 1):
+            for run in progress(range(args.repeat * 6 + 1), desc="LSP overhead", unit="requests"):
                 # One keystroke elsewhere, so each request sees a new document version.
                 client.text_document_did_change(types.DidChangeTextDocumentParams(
                     text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=run + 2),

@@ -139,7 +139,8 @@ def evaluate(engine, problems: list[Problem], *, budget: Budget, settings: Setti
         return Record(problem.task_id, passed_top, passed_raw, shown, shown_parsing, latency, top, error)
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        records = list(pool.map(judge, completions))
+        records = list(progress(pool.map(judge, completions), total=len(completions), desc="testing",
+                                unit="problems"))
     return records, score("", records)
 
 

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import msgspec
 
+from ..progress import Progress
+
 log = logging.getLogger(__name__)
 
 PERMISSIVE = ("MIT", "BSD", "APACHE", "PSF", "PYTHON SOFTWARE FOUNDATION", "ISC")
@@ -96,6 +98,7 @@ class _Collector:
         self.max_bytes = max_bytes
         self.corpus = Corpus(texts=[], manifest=[])
         self.total = 0
+        self.progress = None  # a progress.Progress counting the bytes taken
 
     def add(self, entry: ManifestEntry, paths, max_bytes: int | None = None) -> None:
         """Add files until the corpus-wide cap, or this source's own cap, is reached."""
@@ -118,6 +121,8 @@ class _Collector:
             entry.files += 1
             entry.bytes += size
             self.total += size
+            if self.progress is not None:
+                self.progress.update(size, source=entry.package)
         if entry.files:
             self.corpus.manifest.append(entry)
 
@@ -207,10 +212,11 @@ LANGUAGE_BUDGETS = {"python": 0.4, "go": 0.25, "rust": 0.2, "javascript+typescri
 def collect_multilanguage(humaneval_dir: Path | None = None, max_bytes: int = 120_000_000) -> Corpus:
     """Python, Go, Rust and JavaScript/TypeScript from this machine, each up to its share of `max_bytes`."""
     collector = _Collector(humaneval_dir, max_bytes)
-    _add_python(collector, int(max_bytes * LANGUAGE_BUDGETS["python"]))
-    _add_go(collector, int(max_bytes * LANGUAGE_BUDGETS["go"]))
-    _add_rust(collector, int(max_bytes * LANGUAGE_BUDGETS["rust"]))
-    _add_npm(collector, int(max_bytes * LANGUAGE_BUDGETS["javascript+typescript"]))
+    with Progress(max_bytes, desc="collecting sources", unit="B", scale=True) as collector.progress:
+        _add_python(collector, int(max_bytes * LANGUAGE_BUDGETS["python"]))
+        _add_go(collector, int(max_bytes * LANGUAGE_BUDGETS["go"]))
+        _add_rust(collector, int(max_bytes * LANGUAGE_BUDGETS["rust"]))
+        _add_npm(collector, int(max_bytes * LANGUAGE_BUDGETS["javascript+typescript"]))
     return collector.corpus
 
 

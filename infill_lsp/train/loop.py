@@ -13,6 +13,7 @@ import math
 import os
 import random
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import msgspec
 import numpy as np
 import torch
 
+from ..progress import Progress
 from .corpus import Corpus, collect_multilanguage, collect_repository
 from .holes import HoleSampler, holes_loss
 from .objective import ExampleBuilder, collate, infill_loss, sample_split
@@ -86,7 +88,10 @@ def train_tokenizer(texts: list[str], vocab_size: int):
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "<eos>", "<bos>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=sys.stderr.isatty())  # its own bar on a terminal
+    log.info("training a %d-token byte-level BPE on %d files (%s characters)", vocab_size, len(texts),
+             f"{sum(map(len, texts)):,}")
     tok.train_from_iterator(texts, trainer=trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>")
 
@@ -361,6 +366,8 @@ def train(config: TrainConfig, out: Path, *, init: str | None = None, data: Path
     log_file = (out / "train_log.jsonl").open("a")
     running = seen = supervised = 0
     window_started = time.perf_counter()
+    bar = Progress(optim.steps, desc="train", unit="steps", initial=totals["step"],
+                   deadline=time.monotonic() + optim.max_minutes * 60)
     while totals["step"] < optim.steps:
         if builder is not None:
             batch = collate([next(stream) for _ in range(optim.batch_size)], tokenizer.pad_token_id).to(device)
@@ -384,6 +391,7 @@ def train(config: TrainConfig, out: Path, *, init: str | None = None, data: Path
         running += loss.item()
         seen += 1
         supervised += count
+        bar.update(1, loss=f"{running / seen:.4f}")
         now = time.perf_counter()
         totals["minutes"] = minutes_before + (now - started) / 60
         if totals["step"] % optim.log_every == 0:
@@ -403,6 +411,7 @@ def train(config: TrainConfig, out: Path, *, init: str | None = None, data: Path
         if now - started > optim.max_minutes * 60:
             log.info("time budget reached at step %d", totals["step"])
             break
+    bar.close()
     if seen:
         history.append({"step": totals["step"], "loss": running / seen, "lr": schedule.get_last_lr()[0],
                         "minutes": totals["minutes"]})

@@ -19,6 +19,7 @@ from pathlib import Path
 import msgspec
 import numpy as np
 
+from ..progress import Progress
 from .corpus import Corpus
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ def write_shards(corpus: Corpus, tokenizer, out: Path) -> dict:
         else:
             by_language.setdefault(language, []).append(index)
     shards, totals = [], {}
+    bar = Progress(sum(len(indices) for indices in by_language.values()), desc="tokenizing", unit="files")
     for language, indices in sorted(by_language.items()):
         buffer: list[np.ndarray] = []
         count = 0
@@ -81,7 +83,9 @@ def write_shards(corpus: Corpus, tokenizer, out: Path) -> dict:
                 totals[language] = totals.get(language, 0) + len(ids)
                 if count >= SHARD_TOKENS:
                     flush()
+            bar.update(len(chunk), language=language)
         flush()
+    bar.close()
     with gzip.open(out / "heldout.jsonl.gz", "wt") as fh:
         for record in heldout:
             fh.write(json.dumps(record) + "\n")
