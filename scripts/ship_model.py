@@ -53,11 +53,11 @@ def main() -> None:
     history, totals = state["history"], state["totals"]
     write_loss_curve(dest, history)
     extra = ""
+    if args.eval:  # right below the loss curve
+        extra += "\n## Evaluation\n" + args.eval.read_text() + "\n"
     if shards:
         extra += "\n## Training data (tokens by language)\n" + "\n".join(
             f"- {language}: {count:,}" for language, count in sorted(manifest["tokens"].items())) + "\n"
-    if args.eval:
-        extra += "\n## Evaluation\n" + args.eval.read_text() + "\n"
     write_model_card(dest, config, manifest["sources"], history, sum(p.numel() for p in model.parameters()),
                      state.get("init"), totals, manifest.get("excluded_for_humaneval", 0), extra)
     (dest / "training_state.json").write_text(json.dumps({"totals": totals, "history": history}))

@@ -147,6 +147,15 @@ def write_loss_curve(out: Path, history: list[dict]) -> None:
     plt.close(fig)
 
 
+def loss_curve_markdown(out: Path) -> str:
+    """The card's loss curve: the PNG shown (above the evaluation tables), or where the data is."""
+    if (out / "loss_curve.png").exists():
+        return ("\n## Training loss\n![Training loss (infill cross-entropy, log scale) by step](loss_curve.png)\n\n"
+                "Data: `loss.csv`.\n")
+    return ("The loss data is `loss.csv` (no `loss_curve.png`: matplotlib, in the `train` extra, was not "
+            "installed).\n")
+
+
 def write_model_card(out: Path, config: TrainConfig, sources: list[dict], history: list[dict], params: int,
                      init: str | None, state: dict, excluded: int = 0, extra: str = "") -> None:
     rows = "\n".join(f"| {m['package']} | {m['version']} | {m['license']} | {m['files']} | {m['bytes']:,} |"
@@ -163,7 +172,7 @@ Training: {state.get('step', 0):,} steps, {state.get('tokens_seen', 0):,} sequen
 {state.get('supervised_tokens', 0):,} supervised (middle-slot) tokens, {state.get('minutes', 0.0):.0f} minutes
 on {state.get('device', '?')}. Final training loss {final:.4f}; held-out loss {state.get('heldout_loss', float('nan')):.4f}.
 Files dropped because they contain a HumanEval signature: {excluded}.
-The loss curve is `loss_curve.png` (data: `loss.csv`).
+{loss_curve_markdown(out)}
 {extra}
 ## Config
 ```json
