@@ -54,7 +54,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     server = build_server(_settings(args))
     if args.tcp:
         host, _, port = args.tcp.rpartition(":")
-        server.start_tcp(host or "127.0.0.1", int(port))
+        host = host.strip("[]") or "127.0.0.1"
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            logging.getLogger("infill_lsp").warning(
+                "--tcp %s: LSP has no authentication; anyone who can reach this port can read what is sent "
+                "and use the model (see SECURITY.md)", args.tcp)
+        server.start_tcp(host, int(port))
     else:
         server.start_io()
     return 0
