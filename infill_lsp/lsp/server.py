@@ -45,6 +45,16 @@ _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 EXIT_GRACE_S = 2.0  # after exit, how long a running pipeline step may take to notice its cancellation
 
 
+class ItemTelemetry:
+    """What the editor reported of one shown item."""
+
+    __slots__ = ("shown", "accepted", "accepted_units")
+
+    def __init__(self) -> None:
+        self.shown = self.accepted = False
+        self.accepted_units = 0
+
+
 class EngineHolder:
     """The current engine, or why there is none; swapped when model settings change."""
 
@@ -69,7 +79,8 @@ class InfillServer(LanguageServer):
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="infill-pipeline")
         self.inflight: dict[str, CancelToken] = {}
         self.typing = TypingCache()
-        self.shown: OrderedDict[str, str] = OrderedDict()
+        self.shown: OrderedDict[str, str] = OrderedDict()  # item id -> its text, for telemetry
+        self.telemetry: dict[str, ItemTelemetry] = {}  # item id -> what the editor reported of it
         self.stats: Counter[str] = Counter()
         self.request_ids = itertools.count(1)
         self.state = "idle"
@@ -361,21 +372,38 @@ class InfillServer(LanguageServer):
                 command=types.Command(title="accept", command=ACCEPT_COMMAND, arguments=[{"id": item_id}]),
             ))
         while len(self.shown) > _KEEP_SHOWN:
-            self.shown.popitem(last=False)
+            forgotten, _ = self.shown.popitem(last=False)
+            self.telemetry.pop(forgotten, None)
         return types.InlineCompletionList(items=out)
 
     # -- telemetry (local only) --------------------------------------------------------------
     def record(self, event: str, item_id: str, accepted_length: int = 0) -> None:
-        if item_id not in self.shown:
+        """Local telemetry. An item counts as shown once and accepted once, however often an editor
+        reports it (redraws, a repeated command). `acceptedChars` counts what went into the
+        document, in UTF-16 code units (what both editors measure, LSP's default unit): each
+        partial acceptance adds its length; a full acceptance adds what was not accepted yet."""
+        text = self.shown.get(item_id)
+        if text is None:
             log.debug("%s for an unknown item %r", event, item_id[:80])
             return
-        self.stats[event] += 1
-        if event == "partiallyAccepted":
-            self.stats["acceptedChars"] += max(0, accepted_length)
+        seen = self.telemetry.setdefault(item_id, ItemTelemetry())
+        if event == "shown":
+            if not seen.shown:
+                seen.shown = True
+                self.stats["shown"] += 1
+        elif event == "partiallyAccepted":
+            self.stats["partiallyAccepted"] += 1
+            step = max(0, accepted_length)
+            seen.accepted_units += step
+            self.stats["acceptedChars"] += step
+        elif event == "accepted" and not seen.accepted:
+            seen.accepted = True
+            self.stats["accepted"] += 1
+            self.stats["acceptedChars"] += max(0, len(text.encode("utf-16-le")) // 2 - seen.accepted_units)
 
     def stats_report(self) -> dict[str, Any]:
         keys = {"requests": "requests", "shown": "shown", "accepted": "accepted",
-                "partiallyAccepted": "partiallyAccepted", "cancelled": "cancelled",
+                "partiallyAccepted": "partiallyAccepted", "acceptedChars": "acceptedChars", "cancelled": "cancelled",
                 "typingThrough": "typing_through", "engineCancelled": "engine_cancelled"}
         report: dict[str, Any] = {name: self.stats[key] for name, key in keys.items()}
         report["engineReady"] = self.holder.engine is not None

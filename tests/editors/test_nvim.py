@@ -89,6 +89,11 @@ def test_ghost_text_cycle_and_accept(nvim):
     after = wait(lambda: (s := server_stats(nvim))["accepted"] > before["accepted"] and s)
     assert after["accepted"] == before["accepted"] + 1
     assert after["shown"] - before["shown"] in (1, 2)  # each candidate shown is reported once
+    assert after["acceptedChars"] - before["acceptedChars"] == utf16_len(shown)  # what went into the buffer
+
+
+def utf16_len(text: str) -> int:
+    return len(text.encode("utf-16-le")) // 2
 
 
 def test_accept_word_keeps_the_rest_without_a_request_then_dismiss(nvim):
@@ -111,6 +116,7 @@ def test_accept_word_keeps_the_rest_without_a_request_then_dismiss(nvim):
         assert status(nvim)["requests"] == requests  # no flicker: nothing asked again
         stats = wait(lambda: (s := server_stats(nvim))["partiallyAccepted"] > before["partiallyAccepted"] and s)
         assert stats["partiallyAccepted"] == before["partiallyAccepted"] + 1
+        assert stats["acceptedChars"] - before["acceptedChars"] == utf16_len(accepted)
         nvim.input("<C-]>")
         wait(lambda: not drawn(nvim))
         assert status(nvim)["items"] == 0

@@ -134,7 +134,12 @@ test("the extension in a (fake) editor against the real server", { skip }, async
       const before = await until("the shown report", async () => ((s) => s.shown === 1 && s)(await stats()), 10_000);
       // VS Code runs the item's command after inserting it
       await vscode.commands.executeCommand(list.items[0].command.command, ...list.items[0].command.arguments);
-      assert.equal((await stats()).accepted, before.accepted + 1);
+      const after = await stats();
+      assert.equal(after.accepted, before.accepted + 1);
+      // acceptedChars: UTF-16 code units of what went in (the middle; the rest of the line was there)
+      const rest0 = document.lineAt(0).text.slice(9);
+      const inserted: string = list.items[0].insertText.slice(0, list.items[0].insertText.length - rest0.length);
+      assert.equal(after.acceptedChars - before.acceptedChars, inserted.length);
     });
 
     await t.test("Automatic, then typing through it: no new request", async () => {
@@ -161,6 +166,7 @@ test("the extension in a (fake) editor against the real server", { skip }, async
       const before = await stats();
       fake.onDidChangeTextDocument.fire(document.edit(new vscode.Range(at, at), middle.slice(0, 2)));
       await until("the partial accept", async () => (await stats()).partiallyAccepted === before.partiallyAccepted + 1, 10_000);
+      assert.equal((await stats()).acceptedChars, before.acceptedChars + 2); // UTF-16 code units
       fake.onDidChangeTextDocument.fire(document.edit(new vscode.Range(0, 9, 0, 11), ""));
     });
 
