@@ -4,7 +4,7 @@ import pytest
 
 from infill_lsp.syntax import Validation, language_for, parser_for, validate
 from infill_lsp.syntax.validate import (_end_point, _point, _touches, checker_for, count_errors, error_nodes,
-                                        python_compiles, region_end, region_start)
+                                        python_cell_compiles, python_compiles, region_end, region_start)
 
 # the module itself (`infill_lsp.syntax.validate`, the attribute, is the function)
 validate_module = importlib.import_module("infill_lsp.syntax.validate")
@@ -317,15 +317,37 @@ def test_an_unrelated_error_after_the_cursor_does_not_hide_good_candidates():
 
 
 def test_a_region_cpython_rejects_as_a_whole_gets_tree_sitters_verdict():
-    # top-level await (a notebook cell, a REPL snippet): CPython refuses the region whatever is typed
-    assert [v.valid for v in validate("python", "await setup()\nprint(", ")\n", ["x", "x +"])] == [True, False]
+    # `return` outside a function: CPython refuses the region whatever is typed
+    assert [v.valid for v in validate("python", "return 1\nprint(", ")\n", ["x", "x +"])] == [True, False]
 
 
-@pytest.mark.xfail(strict=True, reason="known gap: a repair must satisfy CPython, which refuses the whole region "
-                   "(docs/mutation.md)")
 def test_a_repair_next_to_top_level_await_is_shown():
-    # "x = |" breaks the region; "1" repairs it, but CPython refuses top-level await anywhere in the region
-    assert [v.valid for v in validate("python", "await setup()\nx = ", "\n", ["1", "1 +"])] == [True, False]
+    # a notebook cell or REPL snippet: "x = |" breaks the region, and a repair must satisfy CPython,
+    # compiling as a cell does (top-level await); what a cell can't hold is still refused
+    results = validate("python", "await setup()\nx = ", "\n", ["1", "1 +", "await fetch()", "(yield)"])
+    assert [v.valid for v in results] == [True, False, True, False]
+
+
+def test_a_cells_region_is_held_to_cpython_as_a_cell():
+    results = validate("python", "await setup()\nprint(", ")\n", ["x", "x +", "(yield)", "await y"])
+    assert [v.valid for v in results] == [True, False, False, True]
+    # a region narrowed to around the cursor is still a cell's (the unclosed "foo(" is cut off)
+    results = validate("python", "x = foo(1,\n\nprint(await setup(), ", ")\n", ["x", "x +", "await y"])
+    assert [v.valid for v in results] == [True, False, True]
+
+
+def test_a_modules_region_gets_no_top_level_await_from_a_candidate():
+    assert [v.valid for v in validate("python", "x = 1\nprint(", ")\n", ["x", "await y"])] == [True, False]
+    assert [v.valid for v in validate("python", "async def f():\n    print(", ")\n", ["await y"])] == [True]
+
+
+def test_a_cell_compiles_with_top_level_await_and_nothing_else_a_module_refuses():
+    for source in (b"await x\n", b"async for a in b:\n    pass\n", b"async with a:\n    pass\n", b"[a async for a in b]\n"):
+        assert python_cell_compiles(source) and not python_compiles(source), source
+    for source in (b"def f():\n    await x\n", b"lambda: await x\n", b"class C:\n    await x\n", b"yield 1\n",
+                   b"return 1\n", b"def f(:\n"):
+        assert not python_cell_compiles(source), source
+    assert python_cell_compiles(b"x = 1\n") and python_compiles(b"x = 1\n", top_level_await=True)
 
 
 def test_a_region_compiles_as_a_file_of_its_own():

@@ -1,7 +1,8 @@
 """Is a candidate syntactically possible here? tree-sitter says, cheaply.
 
 When the document around the cursor parses, a candidate is valid when `prefix + candidate +
-suffix` still parses (no ERROR or MISSING node), and, for Python, CPython still compiles it.
+suffix` still parses (no ERROR or MISSING node), and, for Python, CPython still compiles it (as
+a notebook cell or REPL snippet when the region has top-level `await` of its own).
 
 When it is already broken (the user is typing, or half-written code sits elsewhere), counting
 errors is not enough: tree-sitter's recovery folds garbage into an ERROR node that was there
@@ -27,6 +28,7 @@ reparse, and errors are looked for only inside subtrees flagged `has_error`.
 
 from __future__ import annotations
 
+import ast
 import logging
 import re
 import threading
@@ -124,19 +126,30 @@ def _touches(start: int, end: int, lo: int, hi: int) -> bool:
     return start < hi and end > lo if end > start else lo <= start <= hi
 
 
-def python_compiles(source: bytes) -> bool:
+def python_compiles(source: bytes, top_level_await: bool = False) -> bool:
     """CPython's own compiler (nothing runs): stricter than tree-sitter about indentation, and it
     knows what may stand where (`return` outside a function, `break` outside a loop)."""
+    flags = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT if top_level_await else 0
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            compile(source, "<region>", "exec", dont_inherit=True)
+            compile(source, "<region>", "exec", flags=flags, dont_inherit=True)
         return True
     except Exception:  # SyntaxError mostly; ValueError (NUL bytes), RecursionError, MemoryError
         return False
 
 
-STRICT_PARSERS = {"python": python_compiles}
+def python_cell_compiles(source: bytes) -> bool:
+    """As a notebook cell or a REPL snippet: top-level `await`, `async for`, `async with` and async
+    comprehensions are accepted there. Inside a plain `def`, a lambda or a class body they are still
+    refused, and so is everything else `python_compiles` refuses."""
+    return python_compiles(source, top_level_await=True)
+
+
+# A language's stricter parsers, strictest first. A region that parses is held to the strictest
+# one that accepts it (a module gets no top-level `await` from a candidate; a cell keeps its own);
+# a repair of a broken region, whose kind can't be told, to the most lenient.
+STRICT_PARSERS = {"python": (python_compiles, python_cell_compiles)}
 
 
 class RegionChecker:
@@ -154,9 +167,9 @@ class RegionChecker:
         self.tree = tree if tree is not None else parser.parse(self.data)
         self.baseline_errors = set(error_nodes(self.tree.root_node))
         self.errors = count_errors(self.tree.root_node)
-        strict = STRICT_PARSERS.get(language)
-        self.repair_check = strict  # a broken region is "repaired" only when this accepts it too
-        self.strict = strict if strict is not None and strict(self.data) else None
+        strict = STRICT_PARSERS.get(language, ())
+        self.repair_check = strict[-1] if strict else None  # a broken region is "repaired" only if this accepts it
+        self.strict = next((check for check in strict if check(self.data)), None)  # the strictest that accepts it
 
     def _edited(self, inserted: bytes) -> tuple[bytes, tree_sitter.Tree]:
         tree = self.tree.copy()
@@ -222,7 +235,7 @@ def checker_for(parser: tree_sitter.Parser, before: bytes, after: bytes, languag
         return checker
     starts = _top_level_lines(before)[::-1][:NARROW_STARTS] + [0]
     ends = _top_level_lines(after)[:NARROW_ENDS] + [len(after)]
-    strict = STRICT_PARSERS.get(language)
+    strict = STRICT_PARSERS.get(language, (None,))[-1]  # the most lenient: a cell's region may be narrowed to
     for start in starts:
         for end in ends:
             if (start, end) == (0, len(after)):
