@@ -15,6 +15,13 @@ anyway, so the count does not move. There:
      the cursor covers every candidate too, and one whose recovery the candidate moves (it
      consumed the candidate to close something earlier) cannot tell a good candidate from
      garbage: then only a candidate that repairs the region is shown.
+  3. an error that begins right after the candidate (nothing but whitespace or comments between)
+     may be the hole at the cursor's own: in `y = |` above `return y` tree-sitter skips `return`,
+     and `x +` leaves that error where it was. So the text is also cut where that error begins,
+     where nothing after it can absorb the candidate, and there the candidate may not bring an
+     ERROR over itself that the cut text without it lacks. A complete candidate before an
+     unrelated error (`return x` above a broken `if x`) passes; `x +` does not. (Not for Lua and
+     Ruby, whose grammars make the cut's unclosed function one ERROR whatever the candidate.)
 
 Cost: the comparison is made on a region around the cursor, cut at top-level lines (a line
 that starts without indentation) about BEFORE bytes before and AFTER bytes after it; smaller
@@ -23,7 +30,9 @@ and checking 8 candidates stays cheap in a file of any size (Python's indentatio
 defeats most subtree reuse, so a whole-file incremental reparse still costs milliseconds per
 candidate). The region's baseline is parsed once per request (a broken one a few more times,
 to narrow it); each candidate is an insertion edit on a copy of that tree plus an incremental
-reparse, and errors are looked for only inside subtrees flagged `has_error`.
+reparse, and errors are looked for only inside subtrees flagged `has_error`. Rule 3 parses the
+region's text up to the cut twice more, only for a candidate that passed rule 2 with an error
+right after it.
 """
 
 from __future__ import annotations
@@ -152,6 +161,38 @@ def python_cell_compiles(source: bytes) -> bool:
 STRICT_PARSERS = {"python": (python_compiles, python_cell_compiles)}
 
 
+def _only_extras(node: tree_sitter.Node, lo: int, hi: int) -> bool:
+    """Is there no token but extras (comments) of `node` between bytes lo and hi?"""
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        if current.end_byte <= lo or current.start_byte >= hi or current.is_extra:
+            continue
+        if not current.child_count:  # a token in the way
+            return False
+        stack.extend(current.children)
+    return True
+
+
+def _adds_error_over(errors: list[tuple[str, int, int]], before: list[tuple[str, int, int]],
+                     lo: int, hi: int) -> bool:
+    """Is one of `errors` (of a text with bytes [lo, hi) inserted) over the inserted bytes, and not
+    one of `before` (of the text without them)? One that starts before them and ends past them is
+    the old one when `before` has it with the same start, ending that much earlier. A MISSING token
+    right after them is not over them: what a cut leaves open (a "}" in C) is missing after the
+    last token, the candidate's or not, and it may be missing only then (Go's empty block is an
+    ERROR)."""
+    shift, old = hi - lo, set(before)
+    return any(start < hi and end > lo and not (start < lo and end > hi and (kind, start, end - shift) in old)
+               for kind, start, end in errors)
+
+
+# Grammars whose cut text says nothing: they close no `end` a cut leaves open with a MISSING token,
+# and the unclosed function becomes one ERROR that ends at the last token or at the cut, whatever
+# the candidate is. The cut check is skipped for them.
+UNCUT = frozenset({"lua", "ruby"})
+
+
 class RegionChecker:
     """The region around the cursor, parsed once; candidates are checked as insertions into it.
 
@@ -167,6 +208,7 @@ class RegionChecker:
         self.tree = tree if tree is not None else parser.parse(self.data)
         self.baseline_errors = set(error_nodes(self.tree.root_node))
         self.errors = count_errors(self.tree.root_node)
+        self.language = language
         strict = STRICT_PARSERS.get(language, ())
         self.repair_check = strict[-1] if strict else None  # a broken region is "repaired" only if this accepts it
         self.strict = next((check for check in strict if check(self.data)), None)  # the strictest that accepts it
@@ -193,7 +235,8 @@ class RegionChecker:
         # ERROR node that was there), and each must be one the region had, where it was: a
         # candidate that moves the error recovery elsewhere has added an error too.
         lo, hi = self.at, self.at + len(inserted)
-        return len(errors) <= self.errors and all(self._kept(error, lo, hi) for error in errors)
+        return (len(errors) <= self.errors and all(self._kept(error, lo, hi) for error in errors)
+                and not self._unfinished(data, tree, errors, lo, hi))
 
     def _kept(self, error: tuple[str, int, int], lo: int, hi: int) -> bool:
         kind, start, end = error
@@ -201,6 +244,18 @@ class RegionChecker:
             return False
         shift = 0 if start < lo else hi - lo  # not touching: wholly before the insertion or after it
         return (kind, start - shift, end - shift) in self.baseline_errors
+
+    def _unfinished(self, data: bytes, tree: tree_sitter.Tree, errors: list[tuple[str, int, int]],
+                    lo: int, hi: int) -> bool:
+        """Does the candidate at [lo, hi) leave the code up to the error right after it (if there
+        is one) less finished than it was? Judged on the text cut where that error begins, with
+        and without the candidate."""
+        nexts = [start for _, start, _ in errors if start >= hi]
+        if self.language in UNCUT or not nexts or not _only_extras(tree.root_node, hi, min(nexts)):
+            return False
+        cut = min(nexts)
+        before = error_nodes(self.parser.parse(self.data[: cut - (hi - lo)]).root_node)
+        return _adds_error_over(error_nodes(self.parser.parse(data[:cut]).root_node), before, lo, hi)
 
     def check(self, middle: str, truncate: bool) -> Validation:
         def ok(text: str) -> bool:
