@@ -7,7 +7,7 @@ A bad value is dropped with a log line; it never takes the server down.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -36,6 +36,18 @@ class Settings(msgspec.Struct, frozen=True, rename="camel", forbid_unknown_field
     fast: bool = False  # the static-shape decoder pass (engine/fast.py): CUDA graphs on a GPU
     engine_timeout: float = 15.0  # seconds an engine at engineAddress may take to answer before it counts as down
     seed: int | None = None  # fixed noise for reproducible suggestions (debugging, tests); None = fresh noise
+    # Repository context (repo_context.py): "auto" = on when the checkpoint declares a layout for it
+    # (the real DiffusionGemma does; infill-small, trained on single files, does not).
+    repo_context: Literal["auto", "on", "off"] = "auto"
+    repo_context_tokens: int = 512  # budget for it, before the prefix
+    repo_context_files: int = 8  # most files it is drawn from
+
+    def repo_context_enabled(self, engine_layout: str) -> bool:
+        return self.repo_context == "on" or (self.repo_context == "auto" and bool(engine_layout))
+
+    def repo_context_limits(self) -> tuple[int, int]:
+        """(token budget, file limit), clamped."""
+        return _clamp(self.repo_context_tokens, 0, 8192), _clamp(self.repo_context_files, 0, 64)
 
     def enabled_for(self, language_id: str) -> bool:
         return self.languages.get(language_id, self.languages.get("*", True))

@@ -14,7 +14,7 @@ from . import context, rank, syntax
 from .config import Settings
 from .engine import NEVER, CancelToken, Engine
 from .rank import Ranked
-from .types import Budget, Candidate, InfillRequest
+from .types import Budget, Candidate, ContextChunk, InfillRequest
 
 
 class StageTimings(msgspec.Struct):
@@ -27,6 +27,8 @@ class StageTimings(msgspec.Struct):
     total_ms: float = 0.0
     steps: int = 0
     prompt_tokens: int = 0
+    context_tokens: int = 0  # of prompt_tokens, repository context (repo_context.py)
+    context_chunks: int = 0  # context chunks that fitted in the prompt
 
     @property
     def overhead_ms(self) -> float:
@@ -51,7 +53,11 @@ def complete(
     budget: Budget | None = None,
     cancel: CancelToken = NEVER,
     seed: int | None = None,
+    repo: tuple[ContextChunk, ...] = (),
+    repo_path: str = "",
 ) -> Completions:
+    """`repo`: repository context chunks, least relevant first (repo_context.py), laid out before the
+    prefix with `repo_path` (the document's workspace-relative path) as the last header."""
     cancel.raise_if_cancelled()  # superseded while it waited for the worker: no windowing, no model
     timings = StageTimings()
     t0 = time.perf_counter()
@@ -63,6 +69,8 @@ def complete(
         language=language or language_id,
         budget=budget or settings.budget(invoked=False),
         seed=seed,
+        context=repo,
+        path=repo_path,
     )
     t1 = time.perf_counter()
     result = engine.infill(request, cancel)
@@ -86,4 +94,6 @@ def complete(
     timings.total_ms = (t4 - t0) * 1e3
     timings.steps = engine_timings.steps
     timings.prompt_tokens = engine_timings.prompt_tokens
+    timings.context_tokens = engine_timings.context_tokens
+    timings.context_chunks = engine_timings.context_chunks
     return Completions(items=items, raw=result.candidates, timings=timings)

@@ -17,10 +17,21 @@ class Budget(msgspec.Struct, frozen=True):
     steps: int = 16
 
 
+class ContextChunk(msgspec.Struct, frozen=True):
+    """A piece of another file (or a far part of this one) put before the prefix (repo_context.py)."""
+
+    path: str  # workspace-relative, "/"-separated: the chunk's header in the prompt
+    text: str
+    start_line: int = 0  # 0-based, the chunk's first line in its document
+    end_line: int = 0  # the line after its last
+
+
 class InfillRequest(msgspec.Struct, frozen=True):
     """What the engine is asked: fill the gap between `prefix` and `suffix`.
 
-    Both are already windowed by `context`; the engine never sees the whole file.
+    Both are already windowed by `context`; the engine never sees the whole file. `context`:
+    repository context, least relevant first, laid out before the prefix in the engine's layout
+    (repo_context.py), with `path` (the document's own) as the last header; empty = none.
     """
 
     prefix: str
@@ -28,6 +39,8 @@ class InfillRequest(msgspec.Struct, frozen=True):
     language: str = ""
     budget: Budget = Budget()
     seed: int | None = None
+    context: tuple[ContextChunk, ...] = ()
+    path: str = ""
 
 
 class Candidate(msgspec.Struct, frozen=True):
@@ -44,6 +57,8 @@ class EngineTimings(msgspec.Struct):
     denoise_ms: float = 0.0
     steps: int = 0
     prompt_tokens: int = 0
+    context_tokens: int = 0  # of prompt_tokens, how many are repository context
+    context_chunks: int = 0  # how many of the request's context chunks (the last ones) fitted
 
 
 class InfillResult(msgspec.Struct):
@@ -56,3 +71,4 @@ class EngineInfo(msgspec.Struct, frozen=True):
     backend: str
     device: str = "cpu"
     dtype: str = "float32"
+    repo_context: str = ""  # the repository-context layout the checkpoint declares ("" = none: off under "auto")

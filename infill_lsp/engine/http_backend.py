@@ -40,7 +40,10 @@ vLLM (both: `SamplingParams._validate_diffusion`, `vllm/sampling_params.py`); `s
 sent (`/v1/completions` rejects it for models without FIM rendering:
 `vllm/renderers/online_renderer.py`). The prompt is sent as token ids: the prefix tokenized by
 the server's `/tokenize` (`vllm/entrypoints/serve/tokenize`), its window start moved in steps
-of 128 tokens so vLLM's prefix cache keeps hitting, BOS first.
+of 128 tokens so vLLM's prefix cache keeps hitting, BOS first. Repository context
+(`InfillRequest.context`) goes between BOS and the window in the layout of `repo_context.py`, each
+rendered chunk tokenized once while it stays in the ring, so the prompt's head is the same token
+for token while the user types.
 
 At connect time the backend reads `/v1/models` and learns from the server's own argument
 checks (requests that fail validation, so no model work) whether it is a diffusion model at
@@ -67,8 +70,9 @@ from urllib.parse import urlsplit
 import httpx
 import msgspec
 
+from .. import repo_context
 from ..types import Candidate, EngineInfo, EngineTimings, InfillRequest, InfillResult
-from . import Cancelled, CancelToken, EngineUnavailable
+from . import DEFAULT_MODEL, Cancelled, CancelToken, EngineUnavailable
 from .cancel import NEVER
 from .openai_wire import CANVAS_LENGTH, MAX_STEPS, PINNED, READ_ONLY, SEED_CANVAS, CompletionResponse
 
@@ -145,6 +149,7 @@ class HttpEngine:
         api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV, "")
         self.stats: Counter[str] = Counter()
         self._suffix_cache: OrderedDict[str, list[int]] = OrderedDict()
+        self._context_cache: OrderedDict[str, list[int]] = OrderedDict()  # rendered context chunk -> its ids
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name="infill-http")
         self._thread.start()
@@ -163,7 +168,11 @@ class HttpEngine:
             self.close()
             raise
         kind = "infill-lsp" if self.facts.own else "vllm"
-        self.info = EngineInfo(model=self.facts.model, backend=f"http:{kind}", device=self._where(), dtype="remote")
+        # vLLM serves the real DiffusionGemma: the plain-text layout. Our own engine does not say which
+        # checkpoint's layout it serves (infill-small has none), so "auto" leaves it off but for the real model.
+        layout = repo_context.PATH_COMMENT if not self.facts.own or self.facts.model == DEFAULT_MODEL else ""
+        self.info = EngineInfo(model=self.facts.model, backend=f"http:{kind}", device=self._where(), dtype="remote",
+                               repo_context=layout)
 
     def _where(self) -> str:
         return self.socket_path or urlsplit(self.base_url).netloc
@@ -309,17 +318,42 @@ class HttpEngine:
             self._suffix_cache.popitem(last=False)
         return ids
 
+    async def _context_ids(self, request: InfillRequest) -> tuple[list[int], int]:
+        """Repository context before the prefix (repo_context.py), at most `prefix_tokens` tokens and
+        half the served length (half of `prefix_tokens` for our own engine, which windows the whole
+        prompt at its own prefix_tokens again), least relevant chunks dropped first; and how many
+        chunks fitted."""
+        if not request.context:
+            return [], 0
+        texts = [repo_context.render_chunk(chunk) for chunk in request.context]
+        texts.append(repo_context.render_header(request.path or "this file"))
+        missing = list(dict.fromkeys(t for t in texts if t not in self._context_cache))
+        for text, ids in zip(missing, await asyncio.gather(*(self._tokenize(self.facts.model, t, False)
+                                                              for t in missing))):
+            self._context_cache[text] = ids
+        for text in texts:
+            self._context_cache.move_to_end(text)
+        while len(self._context_cache) > 128:
+            self._context_cache.popitem(last=False)
+        ids = [self._context_cache[t] for t in texts]
+        limit = min(self.prefix_tokens, self.facts.max_model_len // 2)
+        if self.facts.own:
+            limit = self.prefix_tokens // 2
+        return repo_context.fit(ids[:-1], ids[-1], limit)
+
     async def _infill(self, request: InfillRequest) -> InfillResult:
         timings = EngineTimings()
         t0 = time.perf_counter()
-        prefix_ids, suffix_ids = await asyncio.gather(
+        prefix_ids, suffix_ids, (context_ids, kept) = await asyncio.gather(
             self._tokenize(self.facts.model, request.prefix, False) if request.prefix else _nothing(),
             self._suffix_ids(request.suffix[: self.suffix_head_tokens * 16]),
+            self._context_ids(request),
         )
         rng = random.Random(request.seed) if request.seed is not None else random.Random()
         bodies = build_requests(self.facts, request, prefix_ids, suffix_ids, rng, self.prefix_tokens,
-                                self.suffix_head_tokens)
+                                self.suffix_head_tokens, context_ids=context_ids)
         timings.prompt_tokens = len(bodies[0]["prompt"])
+        timings.context_tokens, timings.context_chunks = len(context_ids), kept
         t1 = time.perf_counter()
         timings.tokenize_ms = (t1 - t0) * 1e3
         try:
@@ -354,8 +388,10 @@ class HttpEngine:
 
 
 def build_requests(facts: ServerFacts, request: InfillRequest, prefix_ids: list[int], suffix_ids: list[int],
-                   rng: random.Random, prefix_tokens: int = 1024, suffix_head_tokens: int = 16) -> list[dict]:
-    """The /v1/completions bodies for one infill (pure: tested against vLLM's own request model)."""
+                   rng: random.Random, prefix_tokens: int = 1024, suffix_head_tokens: int = 16,
+                   context_ids: list[int] | tuple[int, ...] = ()) -> list[dict]:
+    """The /v1/completions bodies for one infill (pure: tested against vLLM's own request model).
+    `context_ids`: repository context, laid out already, between BOS and the prefix window."""
     budget = request.budget
     head = max(1, min(suffix_head_tokens, facts.canvas_limit // 2))
     # At least 2: vLLM's own one-canvas reads use max_tokens=2
@@ -374,12 +410,15 @@ def build_requests(facts: ServerFacts, request: InfillRequest, prefix_ids: list[
         tail = suffix_ids
 
     room = max(1, facts.max_model_len - width - len(facts.bos) - 1)
-    limit = min(prefix_tokens, room)
+    context_ids = list(context_ids) if len(context_ids) <= room // 2 else []  # whole chunks, or none
+    limit = min(prefix_tokens, max(1, room - len(context_ids)))
+    if facts.own and context_ids:  # our engine decodes the prompt and windows it at its prefix_tokens again:
+        limit = min(limit, max(1, prefix_tokens - len(context_ids) - 16))  # stay under it, context kept whole
     ids = prefix_ids
     if len(ids) > limit:
         start = -(-(len(ids) - limit) // WINDOW_STEP) * WINDOW_STEP
         ids = ids[start:] if start < len(ids) else ids[-limit:]
-    prompt = facts.bos + ids or [stops[0] if stops else 0]
+    prompt = facts.bos + context_ids + ids or [stops[0] if stops else 0]
 
     # The resident engine runs the whole ladder as one batch itself; vLLM runs n rows of one width each.
     groups = [(max(lengths), len(lengths))] if facts.own else sorted(Counter(lengths).items(), reverse=True)

@@ -12,13 +12,14 @@ import os
 import random
 import threading
 import time
-from collections import Counter
-from collections.abc import Callable
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 
-from ..types import Candidate, EngineInfo, EngineTimings, InfillRequest, InfillResult
+from .. import repo_context
+from ..types import Candidate, ContextChunk, EngineInfo, EngineTimings, InfillRequest, InfillResult
 from .cancel import NEVER, CancelToken
 from .canvas import TokenHealer, build_canvas, middle_lengths
 from .denoise import DenoiseSettings, denoise
@@ -81,6 +82,8 @@ class TransformersEngine:
         self._lock = threading.Lock()
         self._checkpoint: tuple[tuple[int, ...], object] | None = None  # (prompt head, its KV cache)
         self.stats: Counter[str] = Counter()
+        self._chunk_ids: OrderedDict[str, list[int]] = OrderedDict()  # rendered context chunk -> its ids
+        self._last_context = (0, 0)  # (tokens, chunks) of repository context in the last prompt
 
         # Never download: a path, or a hub id already in the local cache.
         is_dir = Path(model).expanduser().is_dir()
@@ -109,8 +112,15 @@ class TransformersEngine:
             self.prefix_tokens = min(self.prefix_tokens, int(layout.get("prefix_tokens", self.prefix_tokens)))
             self.suffix_head_tokens = int(layout.get("suffix_head", self.suffix_head_tokens))
         name = layout.get("name") or model
+        # Repository context (repo_context.py): the real DiffusionGemma gets the plain-text path-comment
+        # convention; a trained checkpoint only what its layout declares (infill-small: none).
+        self.repo_context_layout = str(layout.get("repo_context") or "") if layout else repo_context.PATH_COMMENT
+        if self.repo_context_layout not in ("", *repo_context.LAYOUTS):
+            log.warning("%s declares repository context layout %r, which this version does not know; "
+                        "repoContext \"auto\" leaves it off", name, self.repo_context_layout)
+            self.repo_context_layout = ""
         self.info = EngineInfo(model=name, backend="transformers", device=self.device,
-                               dtype=str(self.dtype).removeprefix("torch."))
+                               dtype=str(self.dtype).removeprefix("torch."), repo_context=self.repo_context_layout)
 
         progress("indexing vocabulary", 80)
         vocab = self.model.config.text_config.vocab_size
@@ -147,11 +157,35 @@ class TransformersEngine:
     def _encode_text(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
 
-    def _prompt(self, prefix: str) -> tuple[list[int], str]:
+    def _context_ids(self, context: Sequence[ContextChunk], path: str) -> tuple[list[int], int]:
+        """Repository context laid out before the prefix (repo_context.py), at most `prefix_tokens`
+        tokens (the least relevant chunks go first), and how many chunks fitted. Each rendered chunk
+        is tokenized once while it stays in the ring."""
+        if not context:
+            return [], 0
+        layout = self.repo_context_layout or repo_context.PATH_COMMENT
+
+        def ids(text: str) -> list[int]:
+            found = self._chunk_ids.get(text)
+            if found is None:
+                found = self._chunk_ids[text] = self._encode_text(text)
+                while len(self._chunk_ids) > 128:
+                    self._chunk_ids.popitem(last=False)
+            else:
+                self._chunk_ids.move_to_end(text)
+            return found
+
+        chunks = [ids(repo_context.render_chunk(chunk, layout)) for chunk in context]
+        return repo_context.fit(chunks, ids(repo_context.render_header(path or "this file", layout)),
+                                self.prefix_tokens)
+
+    def _prompt(self, prefix: str, context: Sequence[ContextChunk] = (), path: str = "") -> tuple[list[int], str]:
         """Prompt ids for the prefix window and the healed text (the backed-off last token).
 
         Over-long prefixes are cut at a multiple of WINDOW_STEP tokens, so the window's start
-        stays put while the user types and the encoded-prefix cache keeps hitting.
+        stays put while the user types and the encoded-prefix cache keeps hitting. Repository
+        context (`context`, `path`) goes between BOS and the window, tokenized apart from it, so
+        its tokens do not depend on the prefix.
         """
         ids = self._encode_text(prefix)
         if len(ids) > self.prefix_tokens:
@@ -163,6 +197,9 @@ class TransformersEngine:
             if last and prefix.endswith(last):
                 healed = last
                 ids = ids[:-1]
+        context_ids, kept = self._context_ids(context, path)
+        self._last_context = (len(context_ids), kept)
+        ids = context_ids + ids
         if self.bos_id is not None:
             ids = [self.bos_id, *ids]
         if not ids:  # an empty file: the encoder needs at least one token
@@ -175,12 +212,14 @@ class TransformersEngine:
     # -- the request ------------------------------------------------------------------------
     def infill(self, request: InfillRequest, cancel: CancelToken = NEVER) -> InfillResult:
         with self._lock:
-            return self._infill(request, cancel)
+            result = self._infill(request, cancel)
+            result.timings.context_tokens, result.timings.context_chunks = self._last_context
+            return result
 
     def _prepare(self, request: InfillRequest):
         """Tokenize and lay out one request: prompt, healed text, slot lengths, canvas rows, healing mask, steps."""
         budget = request.budget
-        prompt_ids, healed = self._prompt(request.prefix)
+        prompt_ids, healed = self._prompt(request.prefix, request.context, request.path)
         suffix_ids = self._encode_text(request.suffix[: self.suffix_head_tokens * 16])[: self.suffix_head_tokens]
         lengths = middle_lengths(budget.candidates, budget.max_middle_tokens)
         batch = build_canvas(lengths, suffix_ids, self.suffix_head_tokens, self.end_id, self.pad_id)

@@ -24,8 +24,9 @@ import msgspec
 from lsprotocol import types
 from pygls.exceptions import FeatureNotificationError
 from pygls.lsp.server import LanguageServer
+from pygls.uris import to_fs_path
 
-from .. import __version__, context, doctor, pipeline
+from .. import __version__, context, doctor, pipeline, repo_context
 from ..config import Settings, merge
 from ..engine import Cancelled, CancelToken, Engine, EngineUnavailable, load_engine
 from ..rank import Ranked
@@ -85,6 +86,9 @@ class InfillServer(LanguageServer):
         self.request_ids = itertools.count(1)
         self.state = "idle"
         self.last_timings: dict[str, Any] | None = None  # stage timings of the last completion
+        self.repo = repo_context.RepoContext()  # repository context: gathered on events, ranked on idle
+        self.last_context: list[dict[str, Any]] | None = None  # the chunks the last prompt held
+        self._repo_timer: asyncio.TimerHandle | None = None
 
     def report_server_error(self, error: Exception, source) -> None:
         """Bad messages are logged (stderr and window/logMessage), never shown as a popup. Bad input
@@ -263,6 +267,87 @@ class InfillServer(LanguageServer):
             log.warning("ignored settings nested too deeply")
             return
         self.settings = merge(self.settings, changes)
+        if self.settings.repo_context == "off":  # forget what was gathered, not only stop sending it
+            self.repo, self.last_context = repo_context.RepoContext(), None
+
+    # -- repository context (repo_context.py) ------------------------------------------------
+    def _repo_gathering(self) -> bool:
+        """Whether to gather: unless it is off (under "auto" the engine may not be loaded yet to say)."""
+        if self.settings.repo_context == "off":
+            return False
+        engine = self.holder.engine
+        if self.settings.repo_context == "auto" and engine is not None and not getattr(engine.info, "repo_context", ""):
+            return False  # a checkpoint without the layout (infill-small): nothing to gather it for
+        tokens, files = self.settings.repo_context_limits()
+        folders = [to_fs_path(f.uri) for f in self.workspace.folders.values()]
+        if not folders and self.workspace.root_path:
+            folders = [self.workspace.root_path]
+        self.repo.configure(budget_tokens=tokens, max_files=files, folders=[f for f in folders if f])
+        return True
+
+    def _doc_text(self, uri: str) -> str | None:
+        document = self.workspace.text_documents.get(unquote(uri))
+        if document is None:
+            return None
+        text = document.source
+        if not text.isascii() and _LONE_SURROGATE.search(text):
+            text = _LONE_SURROGATE.sub("\ufffd", text)
+        return text
+
+    def repo_document(self, uri: str) -> None:
+        """didOpen, didSave: the document's chunks join the pool."""
+        if self._repo_gathering() and (text := self._doc_text(uri)) is not None:
+            self.repo.document(uri, text)
+            self._arm_repo_refresh()
+
+    def repo_changed(self, params: types.DidChangeTextDocumentParams) -> None:
+        """didChange: remember where the edits were; a whole-document change re-chunks it."""
+        if not self._repo_gathering():
+            return
+        uri = params.text_document.uri
+        lines = [c.range.start.line for c in params.content_changes
+                 if isinstance(c, types.TextDocumentContentChangePartial)]
+        if len(lines) < len(params.content_changes):
+            self.repo_document(uri)
+        self.repo.edited(uri, lines)
+        self._arm_repo_refresh()
+
+    def _arm_repo_refresh(self) -> None:
+        """Rank the ring again once events pause for IDLE_S, never per keystroke."""
+        if self._repo_timer is not None:
+            self._repo_timer.cancel()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._repo_timer = loop.call_later(repo_context.IDLE_S, self._repo_idle)
+
+    def _repo_idle(self) -> None:
+        self._repo_timer = None
+        settings = self.settings
+        try:
+            self.repo.idle_refresh(self._doc_text, lambda text, line: repo_context.window_lines(
+                text, line, settings.prefix_chars, settings.suffix_chars))
+        except Exception:
+            log.exception("ranking repository context failed")
+
+    def _repo_for(self, engine: Engine, uri: str, text: str, cursor: context.Cursor
+                  ) -> tuple[tuple[Any, ...], str]:
+        """(context chunks, the document's header path) for a completion; nothing when off."""
+        settings = self.settings
+        if not settings.repo_context_enabled(getattr(engine.info, "repo_context", "")) or not self._repo_gathering():
+            return (), ""
+        try:
+            window = repo_context.window_lines(text, cursor.line, settings.prefix_chars, settings.suffix_chars,
+                                               cursor.line_start)
+            chunks = self.repo.for_request(uri, text, cursor.line, window, self._doc_text, cursor.line_start)
+        except Exception:
+            log.exception("repository context failed; completing without it")
+            return (), ""
+        if not chunks:
+            return (), ""
+        path = self.repo.admission.relative_path(uri) or os.path.basename(repo_context.uri_to_path(uri) or "") or ""
+        return chunks, path
 
     # -- completion --------------------------------------------------------------------------
     async def inline_completion(self, params: types.InlineCompletionParams) -> types.InlineCompletionList:
@@ -309,13 +394,15 @@ class InfillServer(LanguageServer):
                 self.set_status("error", self.holder.error)
             return empty
 
+        repo, repo_path = self._repo_for(engine, uri, text, cursor)
         token = CancelToken()
         self.inflight[uri] = token
         self.set_status("busy")
         loop = asyncio.get_running_loop()
         try:
             result = await loop.run_in_executor(
-                self.worker, self._complete_in_worker, engine, text, cursor.offset, language_id, uri, invoked, token
+                self.worker, self._complete_in_worker, engine, text, cursor.offset, language_id, uri, invoked, token,
+                repo, repo_path,
             )
         except asyncio.CancelledError:  # $/cancelRequest: stop the engine too, not only the reply
             token.cancel()
@@ -340,14 +427,18 @@ class InfillServer(LanguageServer):
             self.typing.remember(uri, text, cursor.offset, result.items)
         response = self._to_lsp(result.items, source, cursor, encoding)  # the rest of the line as it was
         self.last_timings = {**msgspec.to_builtins(result.timings), "handler_ms": (time.perf_counter() - started) * 1e3}
+        kept = result.timings.context_chunks
+        self.last_context = [{"path": c.path, "startLine": c.start_line, "endLine": c.end_line}
+                             for c in (repo[len(repo) - kept:] if kept else ())]
         log.info("completed %s in %.1f ms (%d shown)", uri, self.last_timings["handler_ms"], len(result.items))
         return response
 
-    def _complete_in_worker(self, engine, text, offset, language_id, uri, invoked, token):
+    def _complete_in_worker(self, engine, text, offset, language_id, uri, invoked, token, repo=(), repo_path=""):
         try:
             return pipeline.complete(
                 engine, text, offset, language_id=language_id, path=unquote(uri),
                 settings=self.settings, budget=self.settings.budget(invoked), cancel=token, seed=self.settings.seed,
+                repo=repo, repo_path=repo_path,
             )
         except Cancelled:
             self.stats["engine_cancelled"] += 1  # the model stopped early, not just the reply
@@ -412,6 +503,9 @@ class InfillServer(LanguageServer):
         report["model"] = self.holder.engine.info.model if self.holder.engine is not None else None
         report["openDocuments"] = len(self.workspace.text_documents)
         report["cachedSuggestions"] = len(self.typing)
+        report["lastContext"] = self.last_context  # [{path, startLine, endLine}] the last prompt held, or None
+        report["repoContext"] = {"setting": self.settings.repo_context, "ring": len(self.repo.ring),
+                                 "files": len(self.repo.pool), "edits": len(self.repo.edits), **self.repo.stats}
         return report
 
 
@@ -446,9 +540,22 @@ def build_server(settings: Settings | None = None, engine: Engine | None = None)
         ls.apply_settings(params.settings)
         ls.ensure_engine()
 
+    @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
+    def did_open(ls: InfillServer, params: types.DidOpenTextDocumentParams) -> None:
+        ls.repo_document(params.text_document.uri)
+
+    @server.feature(types.TEXT_DOCUMENT_DID_SAVE)
+    def did_save(ls: InfillServer, params: types.DidSaveTextDocumentParams) -> None:
+        ls.repo_document(params.text_document.uri)
+
+    @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
+    def did_change(ls: InfillServer, params: types.DidChangeTextDocumentParams) -> None:
+        ls.repo_changed(params)
+
     @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
     def did_close(ls: InfillServer, params: types.DidCloseTextDocumentParams) -> None:
         ls.typing.forget(params.text_document.uri)
+        ls.repo.closed(params.text_document.uri)
         if (token := ls.inflight.pop(params.text_document.uri, None)) is not None:
             token.cancel()
 
