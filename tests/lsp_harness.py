@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from pygls.lsp.client import LanguageClient
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_MODEL = ROOT / "fixtures" / "tiny-diffusiongemma"
+STUB_SERVER = Path(__file__).resolve().parent / "stub_server.py"
 
 
 class Editor:
@@ -42,8 +44,13 @@ class Editor:
         def on_progress(params):
             self.progress.append(params)
 
-    async def start(self, *args: str, init_options: dict | None = None, encodings=None, progress=True):
+    async def start(self, *args: str, init_options: dict | None = None, encodings=None, progress=True,
+                    stub: list[str] | None = None):
+        """Start `infill-lsp serve` and initialize it. `stub`: the model replaced by an engine that
+        answers every request with these candidates, best first (tests/stub_server.py)."""
         command = [sys.executable, "-m", "infill_lsp", "--log-level", "INFO", "serve", *args]
+        if stub is not None:
+            command[1:3] = [str(STUB_SERVER), json.dumps({"candidates": stub})]
         if not any(a in ("--model", "--engine") for a in args):
             command += ["--model", str(TINY_MODEL)]
         await self.client.start_io(*command)

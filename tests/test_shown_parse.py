@@ -10,94 +10,26 @@ as added), and for Python, CPython's `compile()` must accept it whenever it acce
 document without it. The random model's output is mostly noise, full of control characters
 and U+FFFD, which is the point: a validator that lets garbage through is caught here.
 
-A second test drives `pipeline.complete` with a fake engine whose candidates contain every kind
-of unreadable character, and checks none reaches a returned item.
+The judge is tests/judge.py. Two more tests give the pipeline candidates carrying every kind of
+unreadable character (U+FFFD, controls, lone surrogates): `pipeline.complete` with a fake engine,
+and the real server over stdio with a stub engine (tests/stub_server.py); none reaches the editor.
 """
 
 from __future__ import annotations
 
 import json
-import re
-import warnings
-from collections import Counter
 from pathlib import Path
 
 import pytest
-import tree_sitter
-import tree_sitter_javascript
-import tree_sitter_python
 from lsprotocol import types
 
 from infill_lsp import pipeline
 from infill_lsp.config import Settings
 from infill_lsp.types import Budget, Candidate, EngineInfo, InfillResult
+from judge import GRAMMARS, UNREADABLE, added_errors, compiles, error_nodes, problems
 from lsp_harness import Editor, apply
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
-# Unreadable in a suggestion: controls but tab/newline (CR included), surrogates, U+FFFD.
-UNREADABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff\ufffd]")
-
-GRAMMARS = {
-    "python": tree_sitter.Language(tree_sitter_python.language()),
-    "javascript": tree_sitter.Language(tree_sitter_javascript.language()),
-}
-
-
-def error_nodes(language: str, source: bytes) -> list[tuple[str, int, int]]:
-    """(kind, start, end) of the ERROR and MISSING nodes of a full parse, every node visited."""
-    tree = tree_sitter.Parser(GRAMMARS[language]).parse(source)
-    found, cursor, visited = [], tree.walk(), False
-    while True:  # pre-order walk with a TreeCursor
-        if not visited:
-            node = cursor.node
-            if node.is_error or node.is_missing:
-                found.append(("ERROR" if node.is_error else node.type, node.start_byte, node.end_byte))
-            if cursor.goto_first_child():
-                continue
-        if cursor.goto_next_sibling():
-            visited = False
-            continue
-        if not cursor.goto_parent():
-            return found
-        visited = True
-
-
-def added_errors(language: str, document: str, offset: int, middle: str) -> list[tuple[str, int, int]]:
-    """ERROR/MISSING nodes of the document with `middle` inserted at `offset` that the document
-    without it does not have, at the same place. A node that starts or ends inside the inserted
-    text is new; one that grew over it (same start, same end past it) is the old one."""
-    before = document[:offset].encode()
-    inserted = middle.encode()
-    lo, hi = len(before), len(before) + len(inserted)
-    old = Counter(error_nodes(language, document.encode()))
-
-    def back_start(position: int) -> int | None:
-        return position if position < lo else position - len(inserted) if position >= hi else None
-
-    def back_end(position: int) -> int | None:
-        return position if position <= lo else position - len(inserted) if position >= hi else None
-
-    added = []
-    for kind, start, end in error_nodes(language, before + inserted + document[offset:].encode()):
-        if start == end == lo:  # empty, right before the insertion: it was there before it too
-            mapped = (kind, lo, lo)
-        else:
-            mapped = (kind, back_start(start), back_end(end))
-        if None in mapped or old[mapped] == 0:
-            added.append((kind, start, end))
-        else:
-            old[mapped] -= 1
-    return added
-
-
-def compiles(source: str) -> bool:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            compile(source, "<judged>", "exec", dont_inherit=True)
-        return True
-    except (SyntaxError, ValueError):
-        return False
 
 
 def test_the_judge_sees_garbage_that_an_error_count_does_not():
@@ -238,3 +170,34 @@ def test_pipeline_never_returns_unreadable_characters(language_id, text, offset,
     assert {"x + 1", "x * 2", "x - 3", "x // 4", "x % 5", "x ** 6", "abs(x)"} <= set(texts)
     if language_id == "python" and not show_invalid:
         assert "x + len('caf" not in texts  # what is left of the split is invalid: not shown
+
+
+SHOWN_CLEAN = {"x + 1", "x * 2", "x - 3", "x // 4", "x % 5", "x ** 6", "abs(x)"}  # each raw's readable head
+
+
+async def test_unreadable_candidates_are_never_shown_over_stdio():
+    """The server over stdio, its model a stub that answers RAW: what the editor gets is judged."""
+    documents = [  # (language, uri, text, line, column): the cursor ends its line
+        ("plaintext", "file:///tmp/unreadable.txt", "value: \n", 0, 7),  # no grammar: nothing validated
+        ("python", "file:///tmp/unreadable.py", "def f(x):\n    return \n", 1, 11),
+    ]
+    editor = Editor()
+    try:
+        await editor.start(stub=RAW, init_options={"invokedCandidates": len(RAW), "showInvalid": False})
+        stats = await editor.wait_ready()
+        assert stats["engineReady"], stats
+        for language, uri, text, line, column in documents:
+            editor.open(uri, text, language)
+            offset = sum(len(row) + 1 for row in text.split("\n")[:line]) + column
+            items = (await editor.complete(uri, line, column)).items
+            shown = [item.insert_text for item in items]
+            assert len(shown) >= len(SHOWN_CLEAN), (language, shown)  # the precondition: items to judge
+            for item in items:
+                assert item.range.start == item.range.end == types.Position(line, column)
+                assert apply(text, line, item) == text[:offset] + item.insert_text + text[offset:]
+                assert not any(bad in item.insert_text for bad in BAD_CHARACTERS), (language, item.insert_text)
+                assert not problems(language, text, offset, item.insert_text), (language, item.insert_text)
+            # cut before the first unreadable character, not dropped: each raw candidate's readable head
+            assert SHOWN_CLEAN <= set(shown), (language, shown)
+    finally:
+        await editor.close()
