@@ -15,7 +15,8 @@ URI = "file:///tmp/bad.py"
 @pytest.fixture
 async def editor():
     ed = Editor()
-    await ed.start(init_options={"invokedCandidates": 2, "candidates": 2, "maxTokens": 4, "invokedSteps": 2, "steps": 2})
+    await ed.start(init_options={"invokedCandidates": 2, "candidates": 2, "maxTokens": 4, "invokedSteps": 2, "steps": 2,
+                                 "seed": 0})
     await ed.wait_ready()
     yield ed
     assert ed.client._server.returncode is None, "server died"
@@ -33,17 +34,25 @@ async def test_unknown_document(editor):
 
 
 async def test_positions_past_line_and_file_end(editor):
-    editor.open(URI, "x = 1\n")
-    assert not (await editor.complete(URI, 99, 0)).items
-    items = (await editor.complete(URI, 0, 999)).items  # clamps to the end of the line
-    assert all(i.range.start == types.Position(0, 5) for i in items)
+    # plain text (no grammar, nothing held back by validation) and a fixed seed: there are items
+    # whose ranges to check, and an empty answer means the position, not the validator
+    uri = "file:///tmp/bad.txt"
+    editor.open(uri, "x = 1\n", "plaintext")
+    items = (await editor.complete(uri, 0, 999)).items  # clamps to the end of the line
+    assert items, "the precondition: items whose ranges to check"
+    assert all(i.range.start == i.range.end == types.Position(0, 5) for i in items)
+    assert (await editor.complete(uri, 1, 0)).items  # the empty last line is a line
+    assert not (await editor.complete(uri, 99, 0)).items
     await still_serving(editor)
 
 
 async def test_split_surrogate_pair_position(editor):
     editor.open("file:///tmp/emoji.txt", "a😀b", "plaintext")
     items = (await editor.complete("file:///tmp/emoji.txt", 0, 2)).items  # inside the pair
-    assert all(i.range.start == types.Position(0, 1) for i in items)
+    assert items, "the precondition: items whose ranges to check"
+    # moved back to the pair's start, the rest of the line (the pair and "b", 3 UTF-16 units) replaced
+    assert all(i.range.start == types.Position(0, 1) and i.range.end == types.Position(0, 4) for i in items)
+    assert all(i.insert_text.endswith("😀b") for i in items)
     await still_serving(editor)
 
 
