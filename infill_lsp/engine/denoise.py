@@ -132,7 +132,7 @@ def denoise(
     hook = model.model.decoder.self_conditioning.register_forward_pre_hook(inject)
     try:
         for remaining in range(settings.steps, 0, -1):
-            cancel.raise_if_cancelled()
+            cancel.raise_if_cancelled(steps_run=steps_run, steps_left=remaining)
             hidden = model.model(decoder_input_ids=canvas, past_key_values=cache).last_hidden_state
             steps_run += 1
             raw = vocabulary_head(model, hidden[free]) + bias

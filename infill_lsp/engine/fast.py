@@ -349,7 +349,7 @@ class StaticDecoder:
         marks = []  # (before the pass, after it) per step: where a step's time goes
 
         for remaining in range(settings.steps, 0, -1):
-            cancel.raise_if_cancelled()
+            cancel.raise_if_cancelled(steps_run=steps_run, steps_left=remaining)
             a_free, a_known, a_clamped = free[in_pass], known[in_pass], clamped[in_pass]
             marks.append(self._mark())
             hidden = self.step(canvas[in_pass], first_soft[in_pass] if steps_run == 0 else soft[in_pass], width)

@@ -5,6 +5,11 @@ common OpenAI-style FIM request for editors' completion clients.
 Routes: `GET /health`, `GET /v1/models`, `POST /tokenize`, `POST /detokenize`,
 `POST /v1/completions`, `GET /metrics` (plain-text counters).
 
+`/metrics` says what cancels saved: `engine_cancelled` (runs the model thread stopped),
+`cancelled_steps_skipped` and `cancelled_steps_run` (denoising steps of their budgets never run,
+and run before the stop), `cancel_stop_ms_last` / `_max` (whole milliseconds, rounded up, from the
+cancel, noticed when the client went away, to the model thread letting go of the request).
+
 Engine work queues first in, first out across all connections for the one model thread; a
 request whose client goes away while it queues is dropped without running (`engine_dropped`).
 
@@ -38,8 +43,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
 import secrets
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
@@ -128,14 +135,25 @@ class EngineService:
         self.counters["engine_started"] += 1
         try:
             result = fn(*args)
-        except Cancelled:
+        except Cancelled as exc:
             self.counters["engine_cancelled"] += 1
+            self._stopped(token, exc)
             raise
         except Exception:
             self.counters["engine_errors"] += 1
             raise
         self.counters["engine_completed"] += 1
         return result
+
+    def _stopped(self, token: CancelToken, exc: Cancelled) -> None:
+        """What a cancel saved: the denoising steps it skipped, and how soon the model thread let go."""
+        if exc.steps_left is not None:
+            self.counters["cancelled_steps_run"] += exc.steps_run or 0
+            self.counters["cancelled_steps_skipped"] += exc.steps_left
+        if token.cancelled_at is not None:
+            stop_ms = math.ceil((time.monotonic() - token.cancelled_at) * 1e3)  # whole ms: every counter is an integer
+            self.counters["cancel_stop_ms_last"] = stop_ms
+            self.counters["cancel_stop_ms_max"] = max(self.counters["cancel_stop_ms_max"], stop_ms)
 
     async def run(self, raw: Request, fn, *args, token: CancelToken):
         """fn(*args) on the model thread; the client going away cancels it. None when cancelled.
