@@ -106,14 +106,15 @@ def time_starts(args, settings: Settings, prefix_tokens: int, count: int):
         marks: list[tuple[float, str, int]] = []
         t0 = time.perf_counter()
 
-        def progress(message: str, percent: int, marks=marks, t0=t0) -> None:
+        def progress(message: str, percent: int | None, marks=marks, t0=t0) -> None:
             marks.append((time.perf_counter() - t0, message, percent))
 
         engine = make_engine(args, settings, prefix_tokens, progress)
         total = time.perf_counter() - t0
         stages: dict[str, float] = {}
         for (at, message, _), nxt in zip(marks, [*marks[1:], (total, "", 100)]):
-            key = message.split(" ")[0] if message.startswith("capturing") else message
+            # one stage per kind: "capturing decoder pass 3/8" and "reading weights: 1.2 of 3.4 GB" each count once
+            key = message.split(" ")[0] if message.startswith("capturing") else message.split(":")[0]
             stages[key] = stages.get(key, 0.0) + nxt[0] - at
         starts.append({"start": k + 1, "seconds": total, "stages": stages})
     return engine, starts

@@ -80,7 +80,8 @@ def cmd_engine(args: argparse.Namespace) -> int:
     if args.http:
         parse_http(args.http)  # a typo fails before the model loads
     api_key = args.api_key or os.environ.get("INFILL_ENGINE_API_KEY", "") or None
-    engine = load_engine(config, progress=lambda message, percent: logging.info("%3d%% %s", percent, message))
+    engine = load_engine(config, progress=lambda message, percent: logging.info(
+        "%s%s", "" if percent is None else f"{percent:3d}% ", message))
     try:
         serve(engine, path, http=args.http or None, api_key=api_key)
     except KeyboardInterrupt:

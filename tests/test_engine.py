@@ -110,3 +110,65 @@ def test_loads_a_hub_id_from_the_local_cache_only(tiny_model_path, tmp_path, mon
     engine = load_engine(EngineConfig(model="acme/tiny-infill", device="cpu"))
     assert engine.info.model == "acme/tiny-infill"
     assert engine.infill(InfillRequest(prefix="a", suffix="", budget=Budget(candidates=1, max_middle_tokens=2, steps=1))).candidates
+
+
+def _tensor_bytes(directory) -> int:
+    """The weights' bytes, read the plain way: every tensor of every safetensors file, materialised."""
+    from safetensors import safe_open
+
+    total = 0
+    for path in sorted(directory.glob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as f:
+            total += sum(f.get_tensor(name).nbytes for name in f.keys())
+    return total
+
+
+def test_load_percent_is_the_share_of_the_weights_bytes_read(tiny_model_path):
+    """The load's percent is measured, not a milestone: while the weights are read it is the
+    share of their bytes read so far (counted per tensor as transformers reads it); the other
+    stages say what they do with no percent; "ready" is 100."""
+    from transformers import DiffusionGemmaForBlockDiffusion
+
+    from infill_lsp.engine.transformers_backend import WeightsMeter
+
+    expected = _tensor_bytes(tiny_model_path)
+    reports = []
+    meter = WeightsMeter(lambda message, percent: reports.append((message, percent, meter.read)))
+    with meter.measure():
+        DiffusionGemmaForBlockDiffusion.from_pretrained(str(tiny_model_path), local_files_only=True)
+    assert meter.total == expected and meter.read == expected
+    assert len(reports) >= 10, reports  # 67 tensors: a percent that moves, not five fixed steps
+    assert [percent for _, percent, _ in reports] == [read * 100 // expected for _, _, read in reports]
+    assert reports[-1][1] == 100 and reports[-1][0] == "reading weights: 792.0 of 792.0 kB"
+
+    seen = []
+    TransformersEngine(str(tiny_model_path), device="cpu", progress=lambda message, percent: seen.append((message, percent)))
+    measured = [(message, percent) for message, percent in seen if percent is not None]
+    assert measured[-1] == ("ready", 100) and sum(1 for m in measured if m[0] == "ready") == 1
+    assert all(message.startswith("reading weights: ") for message, _ in measured[:-1]) and len(measured) >= 11
+    percents = [percent for _, percent in measured]
+    assert percents == sorted(percents) and len(set(percents[:-1])) == len(percents) - 1  # rising, each once
+    assert [message for message, percent in seen if percent is None] == [
+        "loading tokenizer", "loading weights", "indexing vocabulary", "warming up"]
+
+
+def test_load_percent_counts_every_shard_of_a_sharded_checkpoint(tiny_model_path, tmp_path):
+    """Shards are all opened before any is read: the percent is of the whole, 100 only at the end."""
+    import shutil
+
+    from transformers import DiffusionGemmaForBlockDiffusion
+
+    model = DiffusionGemmaForBlockDiffusion.from_pretrained(str(tiny_model_path), local_files_only=True)
+    model.save_pretrained(tmp_path, max_shard_size="300KB")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tiny_model_path / name, tmp_path / name)
+    shards = sorted(tmp_path.glob("*.safetensors"))
+    assert len(shards) >= 3, shards
+    expected = _tensor_bytes(tmp_path)
+    seen = []
+    TransformersEngine(str(tmp_path), device="cpu", progress=lambda message, percent: seen.append((message, percent)))
+    weights = [(message, percent) for message, percent in seen if message.startswith("reading weights: ")]
+    percents = [percent for _, percent in weights]
+    assert len(weights) >= 10 and percents == sorted(percents) and percents.count(100) == 1 and percents[-1] == 100
+    total = f"{expected / 1e3:,.1f} kB"
+    assert all(message.endswith(f" of {total}") for message, _ in weights), (weights, total)

@@ -50,8 +50,15 @@ async def test_full_round_trip_open_change_complete_accept(editor):
     stats = await editor.wait_ready()
     assert stats["engineReady"], stats
     assert any(s["state"] == "loading" for s in editor.statuses)
-    percents = [s["percent"] for s in editor.statuses if "percent" in s]
-    assert percents and percents == sorted(percents) and percents[-1] == 100
+    # the load's percent is measured: while the weights are read, the share of their bytes read
+    # (the message says how many), then "ready" at 100; the other stages carry no percent
+    measured = [s for s in editor.statuses if "percent" in s]
+    assert measured and measured[-1] == {"state": "loading", "message": "ready", "percent": 100}, editor.statuses
+    assert len(measured) >= 6 and all(s["message"].startswith("reading weights: ") for s in measured[:-1])
+    percents = [s["percent"] for s in measured]
+    assert percents == sorted(percents) and len(set(percents[:-1])) == len(percents) - 1, percents  # each once
+    assert {s.get("message") for s in editor.statuses if s["state"] == "loading" and "percent" not in s} >= {
+        "loading tokenizer", "loading weights", "indexing vocabulary", "warming up"}, editor.statuses
     assert editor.progress, "model loading is reported with workDoneProgress"
     text = "first line\nsecond (\n"
     editor.open(PLAIN_URI, text, "plaintext")

@@ -271,16 +271,14 @@ class StaticDecoder:
                         shape, self.capture_error)
 
     @torch.inference_mode()
-    def capture(self, shapes: list[tuple[int, int, int]], progress: Progress | None = None,
-                span: tuple[int, int] = (85, 99)) -> None:
+    def capture(self, shapes: list[tuple[int, int, int]], progress: Progress | None = None) -> None:
         """Capture the passes for these (rows, width, prefix) buckets (CUDA only; no-op elsewhere)."""
-        lo, hi = span
         for k, shape in enumerate(shapes):
             if not self.graphs_enabled:
                 return
             if shape not in self._graphs:
-                if progress:
-                    progress(f"capturing decoder pass {k + 1}/{len(shapes)}", lo + (hi - lo) * k // max(len(shapes), 1))
+                if progress:  # the count is in the message; the percent is the weights' bytes only
+                    progress(f"capturing decoder pass {k + 1}/{len(shapes)}", None)
                 self._capture_or_give_up(shape)
 
     def step(self, canvas: torch.Tensor, soft: torch.Tensor, width: int) -> torch.Tensor:
@@ -455,7 +453,8 @@ class FastEngine(TransformersEngine):
     pass, then capture it; compiles on first use of each bucket), "none" (the static pass, eagerly),
     "emulate" (tests: the graph buffer handling with an eager replay, on any device);
     `drop_finished`: finished rows leave the batch (False keeps them, as the reference loop does).
-    The reference load reports progress 0-85%, graph capture 85-99%, then "ready".
+    Progress: the reference load's (a percent while the weights are read, measured in bytes), then
+    graph capture (its count in the message, no percent), then "ready" at 100.
     """
 
     def __init__(self, model: str, *, row_buckets: tuple[int, ...] = ROW_BUCKETS,
@@ -468,9 +467,9 @@ class FastEngine(TransformersEngine):
         self._drop_finished = drop_finished
         self._static: StaticDecoder | None = None
 
-        def base_progress(message: str, percent: int) -> None:  # the reference load takes 0-85%
+        def base_progress(message: str, percent: int | None) -> None:  # "ready" once the graphs are captured
             if message != "ready":
-                report(message, percent * 85 // 100)
+                report(message, percent)
 
         super().__init__(model, progress=base_progress, **kwargs)  # its warm-up request already runs the fast path
         self.info = msgspec.structs.replace(self.info, backend="transformers-fast")

@@ -252,9 +252,9 @@ class RandomWeightsLoader:
     def _load_weights(self, source: str, progress):
         config = load_config(source.removeprefix(PREFIX), self.random_layers)
         vocab = config.text_config.vocab_size
-        progress(f"building a {vocab:,}-entry tokenizer", 5)
+        progress(f"building a {vocab:,}-entry tokenizer", None)
         tokenizer = synthetic_tokenizer(vocab)
-        progress("materialising random weights", 20)
+        progress("materialising random weights", None)  # nothing read from a file: no measured percent
         model = build_random_model(config, device=self.device, dtype=self.dtype, seed=self.random_seed)
         return tokenizer, model
 

@@ -36,7 +36,145 @@ def _snapshot(cache):
     clone.layers = [copy.copy(layer) for layer in cache.layers]
     return clone
 
-Progress = Callable[[str, int], None]
+Progress = Callable[[str, "int | None"], None]
+"""(message, percent): percent is measured (the share of the weights' bytes read so far) or None."""
+
+
+def _weights_bytes(path: str) -> int:
+    """Bytes of tensor data in a safetensors file, from its header (8-byte length, then JSON)."""
+    import json
+    import struct
+
+    with open(path, "rb") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(length))
+    return sum(end - begin for name, entry in header.items() if name != "__metadata__"
+               for begin, end in [entry["data_offsets"]])
+
+
+def _human_bytes(count: int, total: int) -> str:
+    unit, scale = ("GB", 1e9) if total >= 1e9 else ("MB", 1e6) if total >= 1e6 else ("kB", 1e3)
+    return f"{count / scale:,.1f} of {total / scale:,.1f} {unit}"
+
+
+class WeightsMeter:
+    """Counts the bytes of weights transformers reads out of safetensors files, out of their total.
+
+    While `measure` is active on the loading thread, the files transformers opens are wrapped:
+    each tensor it reads (a slice materialised, or a whole tensor) adds its bytes, and `report`
+    gets ("reading weights: X of Y MB", percent) each time the whole-percent share grows. The total
+    is the tensor data of every file opened (transformers opens all shards before it reads any);
+    reads happen on transformers' loader threads, hence the lock. A load that bypasses
+    `safe_open` (a .bin checkpoint, a mount read without mmap) is simply not measured.
+    """
+
+    _active = threading.local()
+    _installed = False
+    _install_lock = threading.Lock()
+
+    def __init__(self, report: Progress):
+        self.report = report
+        self.total = 0
+        self.read = 0
+        self.percent = -1
+        self._lock = threading.Lock()
+
+    def opened(self, path) -> None:
+        try:
+            size = _weights_bytes(str(path))
+        except Exception:  # noqa: BLE001 - only a measurement: transformers reports a bad file itself
+            return
+        with self._lock:
+            self.total += size
+
+    def add(self, count: int) -> None:
+        with self._lock:
+            self.read += count
+            percent = min(100, self.read * 100 // self.total) if self.total else None
+            if percent is not None and percent > self.percent:
+                self.percent = percent
+                self.report(f"reading weights: {_human_bytes(self.read, self.total)}", percent)
+
+    @classmethod
+    def _install(cls) -> None:
+        """Route transformers' safe_open through a counting one, once (it passes the file through
+        untouched when no load on the calling thread is being measured)."""
+        with cls._install_lock:
+            if not cls._installed:
+                cls._installed = True
+                from transformers import modeling_utils
+
+                real = getattr(modeling_utils, "safe_open", None)
+                if real is not None:  # a transformers that opens files otherwise: loads are not measured
+                    modeling_utils.safe_open = cls._counting(real)
+
+    @classmethod
+    def _counting(cls, real):
+        def counting_safe_open(filename, *args, **kwargs):
+            handle = real(filename, *args, **kwargs)
+            meter = getattr(cls._active, "meter", None)
+            if meter is None:
+                return handle
+            meter.opened(filename)
+            return _CountingFile(handle, meter)
+
+        return counting_safe_open
+
+    def measure(self):
+        """Context manager: measure what the calling thread's model load reads."""
+        import contextlib
+
+        @contextlib.contextmanager
+        def active():
+            self._install()
+            previous = getattr(self._active, "meter", None)
+            self._active.meter = self
+            try:
+                yield self
+            finally:
+                self._active.meter = previous
+
+        return active()
+
+
+class _CountingFile:
+    """A safetensors file handle whose reads count into a WeightsMeter."""
+
+    def __init__(self, handle, meter: WeightsMeter):
+        self._handle, self._meter = handle, meter
+
+    def get_slice(self, name):
+        return _CountingSlice(self._handle.get_slice(name), self._meter)
+
+    def get_tensor(self, name):
+        tensor = self._handle.get_tensor(name)
+        self._meter.add(tensor.nbytes)
+        return tensor
+
+    def __enter__(self):
+        self._handle.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._handle.__exit__(*exc)
+
+    def __getattr__(self, name):
+        return getattr(self._handle, name)
+
+
+class _CountingSlice:
+    """A lazy safetensors slice: indexing it reads from the file, and counts what it read."""
+
+    def __init__(self, real, meter: WeightsMeter):
+        self._real, self._meter = real, meter
+
+    def __getitem__(self, index):
+        tensor = self._real[index]
+        self._meter.add(tensor.nbytes)
+        return tensor
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
 
 
 class ModelNotFound(Exception):
@@ -122,7 +260,7 @@ class TransformersEngine:
         self.info = EngineInfo(model=name, backend="transformers", device=self.device,
                                dtype=str(self.dtype).removeprefix("torch."), repo_context=self.repo_context_layout)
 
-        progress("indexing vocabulary", 80)
+        progress("indexing vocabulary", None)
         vocab = self.model.config.text_config.vocab_size
         backend = self.tokenizer.backend_tokenizer
         texts = backend.decode_batch([[i] for i in range(vocab)], skip_special_tokens=False)
@@ -135,7 +273,7 @@ class TransformersEngine:
         for special in self.tokenizer.all_special_ids:
             if special < vocab and special not in self.stop_ids:
                 self.banned[special] = True
-        progress("warming up", 90)
+        progress("warming up", None)
         self.infill(InfillRequest(prefix="def f(x):\n    return", suffix="\n"), NEVER)
         progress("ready", 100)
 
@@ -147,11 +285,12 @@ class TransformersEngine:
         # No tqdm bar on stderr: it is the LSP log (or nobody's terminal), and a bar that cannot
         # write there (a full disk, a closed pipe) left tqdm's lock held and hung the server.
         transformers_logging.disable_progress_bar()
-        progress("loading tokenizer", 5)
+        progress("loading tokenizer", None)
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
-        progress("loading weights", 20)
-        return tokenizer, DiffusionGemmaForBlockDiffusion.from_pretrained(source, dtype=self.dtype,
-                                                                           local_files_only=True)
+        progress("loading weights", None)
+        with WeightsMeter(progress).measure():  # the percent from here on: bytes of weights read
+            model = DiffusionGemmaForBlockDiffusion.from_pretrained(source, dtype=self.dtype, local_files_only=True)
+        return tokenizer, model
 
     # -- tokenize ---------------------------------------------------------------------------
     def _encode_text(self, text: str) -> list[int]:

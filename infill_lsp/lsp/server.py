@@ -204,7 +204,7 @@ class InfillServer(LanguageServer):
         reporter = await self._begin_progress(progress_token, f"infill-lsp: loading {what}")
         loop = asyncio.get_running_loop()
 
-        def progress(message: str, percent: int) -> None:
+        def progress(message: str, percent: int | None) -> None:  # percent: the weights' bytes read, or None
             loop.call_soon_threadsafe(self.set_status, "loading", message, percent)  # for status bars
             if reporter:
                 loop.call_soon_threadsafe(reporter, message, percent)
@@ -244,7 +244,7 @@ class InfillServer(LanguageServer):
             log.debug("client refused a progress token", exc_info=True)
             return None
 
-        def report(message: str, percent: int) -> None:
+        def report(message: str, percent: int | None) -> None:
             self._safe(self.work_done_progress.report, token,
                        types.WorkDoneProgressReport(message=message, percentage=percent))
 
