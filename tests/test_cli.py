@@ -39,3 +39,14 @@ def test_bench_prints_both_tables(tmp_path):
     data = json.loads(report.read_text())
     assert [row["candidates"] for row in data["pipeline"]] == [1, 2]
     assert data["lsp_overhead"]["n"] == 6 and data["lsp_overhead"]["server_overhead_p95"] >= 0
+    # each figure says what it covers: the server's row is its handler, without JSON-RPC's parsing and
+    # encoding (those are in the editor's round trip), and no row claims "request in -> reply out"
+    lines = out.stdout.splitlines()
+    assert "request in -> reply out" not in out.stdout
+    server = next(line for line in lines if line.startswith("| server handler |"))
+    assert data["lsp_overhead"]["handler_p50"] >= data["lsp_overhead"]["server_overhead_p50"]
+    assert any(line.startswith("  server handler: ") and "no JSON-RPC parsing or encoding" in line for line in lines), server
+    assert any(line.startswith("  editor round trip: ") and "JSON-RPC parsing and encoding on both ends" in line
+               for line in lines)
+    for column in ("tokenize", "encode", "denoise", "clean+validate", "rank", "non-model", "total"):
+        assert any(line.startswith(f"  {column}: ") for line in lines), column
