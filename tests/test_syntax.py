@@ -473,3 +473,33 @@ def test_only_extras_lie_between_two_offsets():
     assert not _only_extras(root, 4, 14)  # the "1" ends at 5
     assert not _only_extras(root, 5, 15)  # the "y" starts at 14
     assert not _only_extras(root, 0, 1) and not _only_extras(root, 18, 20)
+
+
+def _long_tuple(rows: int = 256) -> str:
+    lines = [f"    '\\x{i:02x}'   #  0x{i:02X} -> NAME {i}" for i in range(rows)]
+    return "decoding_table = (\n" + "\n".join(lines) + "\n)\n\nencoding_table = 1\n"
+
+
+@pytest.mark.parametrize("tail", [True, False], ids=["closer-in-region", "closer-past-region"])
+def test_a_region_cut_inside_a_long_bracket_is_checked_as_the_bracket(tail):
+    # cp424.py's 256-line `decoding_table = (...)`: no top-level line near the cursor, so the region
+    # starts inside the tuple; a candidate closing it early left `+ zero NAME 251` there and was shown.
+    source = _long_tuple() if tail else _long_tuple().replace("\n)\n", "\n" + "    'x'\n" * 100 + ")\n")
+    at = source.index("#  0xFB -> ") + 3
+    prefix, suffix = source[:at], source[at + len("0xFB -> "):]
+    good, garbage, inside = validate("python", prefix, suffix,
+                                     [" comment text", " theter dbuf())\n        + zero", "\n    'y'  #"])
+    assert good.valid and good.text == " comment text"
+    assert garbage.text != " theter dbuf())\n        + zero"  # cut to the comment's line at most
+    assert inside.valid and inside.text == "\n    'y'  #"
+    for shown in (good, garbage, inside):
+        if shown.valid:
+            assert python_compiles((prefix + shown.text + suffix).encode())
+
+
+def test_a_call_cut_inside_its_arguments_keeps_keywords():
+    lines = "".join(f"    key{i}=value{i},  # argument {i}\n" for i in range(200))
+    source = "result = call(\n" + lines + ")\n"
+    at = source.index("# argument 150") + 2
+    good, garbage = validate("python", source[:at], source[at:], ["note", "x)\n    + y"])
+    assert good.valid and not (garbage.valid and garbage.text == "x)\n    + y")

@@ -22,6 +22,10 @@ anyway, so the count does not move. There:
      ERROR over itself that the cut text without it lacks. A complete candidate before an
      unrelated error (`return x` above a broken `if x`) passes; `x +` does not. (Not for Lua and
      Ruby, whose grammars make the cut's unclosed function one ERROR whatever the candidate.)
+  4. (Python) a region that starts inside a bracket (no top-level line near the cursor in a long
+     tuple or call) is no module: it does not compile, and its closer is unmatched. Re-opened
+     (and closed) where the cut left it open, it may parse and compile; then that region is
+     checked by the strict rule, and a candidate that closes the bracket early is refused.
 
 Cost: the comparison is made on a region around the cursor, cut at top-level lines (a line
 that starts without indentation) about BEFORE bytes before and AFTER bytes after it; smaller
@@ -280,12 +284,65 @@ def _top_level_lines(data: bytes) -> list[int]:
     return [match.start() + 1 for match in _TOP_LEVEL_LINE.finditer(data)]
 
 
+_OPENERS = {b")": b"_(", b"]": b"[", b"}": b"{"}  # what stands before an unmatched closer (a call takes keywords)
+_CLOSERS = {b"(": b")", b"[": b"]", b"{": b"}"}
+
+
+def _unbalanced(data: bytes, tree: tree_sitter.Tree) -> tuple[bytes, bytes]:
+    """The brackets the region's cut leaves open at either end: the closers of brackets opened
+    before its start (as the openers that make them whole, outermost first) and the openers still
+    open at its end (as their closers). Brackets in strings and comments are not tokens."""
+    open_, unmatched = [], []
+    cursor = tree.walk()
+    while True:
+        node = cursor.node
+        if node.child_count == 0 or node.type in ("string", "comment"):
+            token = data[node.start_byte:node.end_byte]
+            if node.type in ("(", "[", "{") and token in _CLOSERS:
+                open_.append(token)
+            elif node.type in (")", "]", "}") and token in _OPENERS:
+                if open_:
+                    open_.pop()  # what closes it is the grammar's business, not this count
+                else:
+                    unmatched.append(token)
+            descend = False
+        else:
+            descend = True
+        if descend and cursor.goto_first_child():
+            continue
+        while not cursor.goto_next_sibling():
+            if not cursor.goto_parent():
+                return (b"".join(_OPENERS[c] for c in reversed(unmatched)),
+                        b"".join(_CLOSERS[o] for o in reversed(open_)))
+
+
+def _bracketed(parser: tree_sitter.Parser, checker: RegionChecker, before: bytes, after: bytes,
+               language: str) -> RegionChecker | None:
+    """A Python region cut inside brackets (a long tuple, a call's arguments) is no module: its lines
+    are not statements and its closer is unmatched, so it is broken or at least does not compile,
+    and then a candidate that closes the bracket early and leaves a bare `+ zero` behind is judged
+    by the lenient rules. Re-opened (and closed) where the cut left them, it may parse and compile:
+    then that region, strictly checked, is the checker."""
+    if language != "python" or before.lstrip(b"\n")[:1] not in (b" ", b"\t"):  # cut at a top-level line: no bracket
+        return None
+    head, tail = _unbalanced(checker.data, checker.tree)
+    if not head and not tail:
+        return None
+    wrapped = RegionChecker(parser, head + before, after + tail, language)
+    return wrapped if not wrapped.errors and wrapped.strict is not None else None
+
+
 def checker_for(parser: tree_sitter.Parser, before: bytes, after: bytes, language: str = "") -> RegionChecker:
     """The checker for the region `before` + cursor + `after`; when that region is already broken,
     the narrowest one cut at top-level lines nearer the cursor that parses, if there is one (and
     compiles, for Python: tree-sitter takes "y = \\nz = 3" for one statement, so a cut inside
     an open bracket could look clean)."""
     checker = RegionChecker(parser, before, after, language)
+    if not checker.errors and (checker.strict is not None or checker.repair_check is None):
+        return checker
+    bracketed = _bracketed(parser, checker, before, after, language)
+    if bracketed is not None:
+        return bracketed
     if not checker.errors:
         return checker
     starts = _top_level_lines(before)[::-1][:NARROW_STARTS] + [0]
