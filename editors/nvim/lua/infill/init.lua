@@ -1,12 +1,10 @@
 -- infill.nvim: ghost-text completions from infill-lsp (a block-diffusion infilling server).
 --
--- Neovim 0.12+ has vim.lsp.inline_completion and this plugin uses it (unless own_client = true);
--- on 0.10/0.11 the plugin is its own client: request on TextChangedI/CursorMovedI (debounced,
--- the previous request cancelled), draw the first line as inline virtual text and the rest as
--- virtual lines, cycle through every candidate of one response, accept all / a word / a line,
--- and keep the suggestion while the user types through it.
-
-local compat = require("infill.compat")
+-- Neovim 0.11 or newer (tested on 0.11.4); on an older one setup() says so and does nothing.
+-- The plugin is its own client: request on TextChangedI/CursorMovedI (debounced, the previous
+-- request cancelled), draw the first line as inline virtual text and the rest as virtual lines,
+-- cycle through every candidate of one response, accept all / a word / a line, and keep the
+-- suggestion while the user types through it.
 
 local M = {}
 
@@ -18,7 +16,6 @@ local DEFAULTS = {
   cmd = { "infill-lsp", "serve" },
   filetypes = nil, -- nil: every normal buffer with a filetype; else a list of filetypes
   debounce_ms = 75,
-  own_client = false, -- true: use this plugin's client even where vim.lsp.inline_completion exists (0.12+)
   -- Sent as initializationOptions, and as workspace/didChangeConfiguration when setup() runs again:
   -- candidates, maxTokens, steps, languages, model, engineAddress, showInvalid, ...
   settings = {},
@@ -55,13 +52,29 @@ local state = {
   reported = {}, -- item ids already sent as infill/didShowCompletion
   quiet = nil, -- { buf, tick }: our own full accept; its TextChangedI asks for nothing
   last = nil, -- { buf, tick, row, col } when an insert-mode event was last handled
-  -- The last inlineCompletion request (this plugin's or vim.lsp.inline_completion's), to ask once
-  -- more when the server turns ready: { buf, tick, row, col, items = count once answered }
+  -- The last inlineCompletion request, to ask once more when the server turns ready:
+  -- { buf, tick, row, col, items = count once answered }
   asked = nil,
   server_version = nil, -- initialize's serverInfo.version
   warned = false,
   version_warned = false,
+  old_nvim_warned = false,
 }
+
+--- Length of `s` in UTF-16 code units (what LSP and VS Code count), bytes if `s` is not UTF-8.
+local function utf16_len(s)
+  local ok, n = pcall(vim.str_utfindex, s, "utf-16")
+  return ok and n or #s
+end
+
+--- Byte column in `line` of an LSP character offset in `encoding`.
+local function byte_col(line, character, encoding)
+  if encoding == "utf-8" then
+    return math.min(character, #line)
+  end
+  local ok, col = pcall(vim.str_byteindex, line, encoding, character, false)
+  return ok and col or math.min(character, #line)
+end
 
 local function client_for(buf)
   return vim.lsp.get_clients({ bufnr = buf, name = "infill" })[1]
@@ -141,7 +154,7 @@ function M.render()
     state.reported[item.id] = true
     local client = client_for(anchor.buf)
     if client then
-      compat.notify(client, "infill/didShowCompletion", { id = item.id })
+      client:notify("infill/didShowCompletion", { id = item.id })
     end
   end
 end
@@ -150,7 +163,9 @@ local function cancel_request()
   local request = state.request
   state.request = nil
   if request then
-    pcall(compat.cancel_request, request.client, request.id)
+    pcall(function()
+      request.client:cancel_request(request.id)
+    end)
   end
 end
 
@@ -175,8 +190,8 @@ local function normalize(raw, row, line, col, encoding)
     if raw.range.start.line ~= row - 1 or raw.range["end"].line ~= row - 1 then
       return nil
     end
-    start_col = compat.byte_col(line, raw.range.start.character, encoding)
-    end_col = compat.byte_col(line, raw.range["end"].character, encoding)
+    start_col = byte_col(line, raw.range.start.character, encoding)
+    end_col = byte_col(line, raw.range["end"].character, encoding)
   end
   if start_col > col or end_col < col then
     return nil
@@ -218,7 +233,7 @@ function M.request(trigger_kind)
   params.context = { triggerKind = trigger_kind or 2 }
   state.requests = state.requests + 1
   local ok, id
-  ok, id = compat.request(client, "textDocument/inlineCompletion", params, function(err, result)
+  ok, id = client:request("textDocument/inlineCompletion", params, function(err, result)
     if state.request and state.request.id == id then
       state.request = nil
     end
@@ -287,11 +302,11 @@ local function accept_part(text)
     state.quiet = { buf = buf, tick = tick(buf) }
     M.dismiss()
     if client and item.command then
-      compat.exec_cmd(client, item.command, buf)
+      client:exec_cmd(item.command, { bufnr = buf })
     end
   else
     if client and item.id then
-      compat.notify(client, "infill/didPartiallyAcceptCompletion", { id = item.id, acceptedLength = compat.utf16_len(text) })
+      client:notify("infill/didPartiallyAcceptCompletion", { id = item.id, acceptedLength = utf16_len(text) })
     end
     state.items, state.index = keep_items(text)
     state.anchor = { buf = buf, row = last_row, col = last_col, line = api.nvim_get_current_line() }
@@ -373,7 +388,7 @@ local function schedule_request()
   if not state.enabled then
     return
   end
-  timer = timer or compat.uv.new_timer()
+  timer = timer or vim.uv.new_timer()
   timer:stop()
   timer:start(M.config.debounce_ms, 0, vim.schedule_wrap(function()
     if vim.fn.mode():sub(1, 1) == "i" then
@@ -469,10 +484,6 @@ local function status_message()
   return string.format("infill: %s, server %s%s, %d suggestion(s)", s.enabled and "on" or "off", s.status, detail, s.items)
 end
 
-local function builtin()
-  return vim.lsp.inline_completion ~= nil and not M.config.own_client
-end
-
 --- `s` without the characters a suggestion must never draw or insert: control characters other
 --- than tab and line feed (C0, DEL, C1). The server leaves them out too; this is defence in depth.
 function M._printable(s)
@@ -492,8 +503,8 @@ local function printable_answer(result, at, encoding)
       local before, after = "", ""
       local range = raw.range
       if range and range.start.line == at.row and range["end"].line == at.row then
-        local first = compat.byte_col(at.line, range.start.character, encoding)
-        local last = compat.byte_col(at.line, range["end"].character, encoding)
+        local first = byte_col(at.line, range.start.character, encoding)
+        local last = byte_col(at.line, range["end"].character, encoding)
         if first <= at.col and at.col <= last then
           before, after = at.line:sub(first + 1, at.col), at.line:sub(at.col + 1, last)
         end
@@ -523,7 +534,7 @@ local function printable_answer(result, at, encoding)
 end
 
 --- The server's RPC client (what `cmd` starts or connects to), with every inlineCompletion answer
---- made printable before any client, this plugin's or vim.lsp.inline_completion, sees it.
+--- made printable before anything in the editor sees it (this plugin, or vim.lsp.buf_request).
 local function printable_rpc(rpc)
   local request = rpc.request
   local encoding = "utf-16"
@@ -539,7 +550,7 @@ local function printable_rpc(rpc)
       local buf = vim.uri_to_bufnr(params.textDocument.uri)
       local row = params.position.line
       local line = api.nvim_buf_is_loaded(buf) and api.nvim_buf_get_lines(buf, row, row + 1, false)[1] or ""
-      local at = { row = row, line = line, col = compat.byte_col(line, params.position.character, encoding) }
+      local at = { row = row, line = line, col = byte_col(line, params.position.character, encoding) }
       local asked = { buf = buf, tick = api.nvim_buf_is_loaded(buf) and tick(buf) or -1, row = row + 1, col = at.col }
       state.asked = asked
       local on_answer = callback
@@ -588,12 +599,7 @@ local function ask_again()
   if row ~= asked.row or col ~= asked.col then
     return
   end
-  if builtin() then
-    -- vim.lsp.inline_completion asks on CursorMovedI (it has no function for that)
-    api.nvim_exec_autocmds("CursorMovedI", { buffer = buf, modeline = false })
-  else
-    M.request(2)
-  end
+  M.request(2)
 end
 
 --- initialize's serverInfo: a server of another version than this plugin is pointed out once.
@@ -662,9 +668,6 @@ function M.toggle()
   if not state.enabled then
     M.dismiss()
   end
-  if builtin() then
-    vim.lsp.inline_completion.enable(state.enabled)
-  end
   vim.notify("infill: " .. (state.enabled and "on" or "off"))
 end
 
@@ -679,71 +682,7 @@ local function map(lhs, fn, desc)
   end
 end
 
--- Neovim 0.12+: vim.lsp.inline_completion draws, cycles and accepts; accept word/line go
--- through its on_accept hook (the rest of the suggestion comes back from the server's
--- typing-through cache on the next automatic request).
-local function setup_builtin(group)
-  local ic = vim.lsp.inline_completion
-  api.nvim_create_autocmd("LspAttach", {
-    group = group,
-    callback = function(args)
-      local client = vim.lsp.get_client_by_id(args.data.client_id)
-      if client and client.name == "infill" and state.enabled then
-        ic.enable(true, { bufnr = args.buf })
-      end
-    end,
-  })
-  local function partial(pick)
-    return function()
-      return ic.get({
-        on_accept = function(item)
-          local text = type(item.insert_text) == "table" and item.insert_text.value or item.insert_text
-          local row, col = cursor()
-          local line = api.nvim_get_current_line()
-          local start = item.range and item.range.start
-          if start and start.row == row - 1 and start.col <= col then
-            text = text:sub(col - start.col + 1) -- what the item has beyond the cursor
-          end
-          local rest = line:sub(col + 1)
-          if rest ~= "" and text:sub(-#rest) == rest then
-            text = text:sub(1, #text - #rest)
-          end
-          local part = pick(text)
-          local lines = vim.split(part, "\n", { plain = true })
-          api.nvim_buf_set_text(0, row - 1, col, row - 1, col, lines)
-          api.nvim_win_set_cursor(0, { row + #lines - 1, (#lines == 1 and col or 0) + #lines[#lines] })
-          local client = vim.lsp.get_client_by_id(item.client_id)
-          local arg = item.command and item.command.arguments and item.command.arguments[1]
-          if client and #part >= #text and item.command then
-            client:exec_cmd(item.command, { bufnr = 0 })
-          elseif client and type(arg) == "table" and arg.id then
-            client:notify("infill/didPartiallyAcceptCompletion", { id = arg.id, acceptedLength = compat.utf16_len(part) })
-          end
-        end,
-      })
-    end
-  end
-  local keys = M.config.keys
-  local function set(lhs, fn, desc)
-    if lhs and lhs ~= "" then
-      vim.keymap.set("i", lhs, function()
-        if not fn() then
-          return lhs
-        end
-      end, { expr = true, replace_keycodes = true, desc = "infill: " .. desc })
-    end
-  end
-  set(keys.accept, function() return ic.get() end, "accept")
-  set(keys.accept_word, partial(M._next_word), "accept word")
-  set(keys.accept_line, partial(function(t) return t:match("^[^\n]*\n?") end), "accept line")
-  for lhs, count in pairs({ [keys.next or ""] = 1, [keys.prev or ""] = -1 }) do
-    if lhs ~= "" then
-      vim.keymap.set("i", lhs, function() ic.select({ count = count }) end, { desc = "infill: cycle" })
-    end
-  end
-end
-
-local function setup_own(group)
+local function setup_client(group)
   api.nvim_create_autocmd({ "TextChangedI", "TextChangedP" }, { group = group, callback = on_text_changed })
   api.nvim_create_autocmd("CursorMovedI", { group = group, callback = on_cursor_moved })
   api.nvim_create_autocmd("InsertEnter", {
@@ -778,7 +717,22 @@ local function setup_own(group)
   end, "dismiss")
 end
 
+--- Whether this Neovim is one the plugin runs on (0.11 or newer), and its version ("0.11.4").
+function M._nvim_version()
+  local v = vim.version()
+  return v.major > 0 or v.minor >= 11, string.format("%d.%d.%d", v.major, v.minor, v.patch)
+end
+
 function M.setup(opts)
+  local supported, version = M._nvim_version()
+  if not supported then
+    -- The plugin uses 0.11's LSP client methods (client:request, client:exec_cmd, ...): say so, once.
+    if not state.old_nvim_warned then
+      state.old_nvim_warned = true
+      vim.notify("infill: Neovim 0.11 or newer is needed (this is " .. version .. ")", vim.log.levels.WARN)
+    end
+    return
+  end
   local again = M._set_up
   M._set_up = true
   M.config = vim.tbl_deep_extend("force", vim.deepcopy(DEFAULTS), opts or {})
@@ -810,16 +764,12 @@ function M.setup(opts)
     if not client then
       return vim.notify("infill: no server running", vim.log.levels.WARN)
     end
-    compat.request(client, "infill/stats", {}, function(err, result)
+    client:request("infill/stats", {}, function(err, result)
       vim.notify(err and ("infill: " .. tostring(err.message)) or ("infill: " .. vim.inspect(result)))
     end, 0)
   end, { desc = "infill: the server's counters and last timings" })
 
-  if builtin() then
-    setup_builtin(group)
-  else
-    setup_own(group)
-  end
+  setup_client(group)
 
   -- Buffers opened before setup() (lazy loading); a second setup() updates running servers.
   for _, buf in ipairs(api.nvim_list_bufs()) do
@@ -829,7 +779,7 @@ function M.setup(opts)
   end
   if again then
     for _, client in ipairs(vim.lsp.get_clients({ name = "infill" })) do
-      compat.notify(client, "workspace/didChangeConfiguration", { settings = { infill = M.config.settings } })
+      client:notify("workspace/didChangeConfiguration", { settings = { infill = M.config.settings } })
     end
   end
 end
