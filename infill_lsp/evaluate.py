@@ -123,7 +123,7 @@ def evaluate(engine, problems: list[Problem], *, budget: Budget, settings: Setti
             completions.append((problem, None, None, 0, 0, (time.perf_counter() - t0) * 1e3, repr(exc)))
             continue
         top = result.items[0].text if result.items else None
-        raw = rank.clean(result.raw[0].text, problem.suffix) if result.raw else None
+        raw = rank.clean(result.raw[0].text, problem.suffix, rank.line_before_cursor(problem.prompt)) if result.raw else None
         shown_parsing = sum(parses(problem, item.text) for item in result.items)
         completions.append((problem, top, raw, len(result.items), shown_parsing, result.timings.total_ms, None))
 

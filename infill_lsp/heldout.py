@@ -131,7 +131,7 @@ def run_holes(engine, holes: list[Hole], *, budget: Budget, settings: Settings =
         result = pipeline.complete(engine, hole.text, hole.offset, language_id=hole.language, settings=settings,
                                    budget=budget, seed=seed)
         top = result.items[0].text if result.items else None
-        raw = rank.clean(result.raw[0].text, hole.text[hole.offset:]) if result.raw else None
+        raw = rank.clean(result.raw[0].text, hole.text[hole.offset:], rank.line_before_cursor(hole.text[:hole.offset])) if result.raw else None
         answer = hole.answer.rstrip()
         results.append(HoleResult(
             language=hole.language, kind=hole.kind, top=top,

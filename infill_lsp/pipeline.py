@@ -78,7 +78,7 @@ def complete(
     cancel.raise_if_cancelled()
 
     doc_prefix, doc_suffix = text[:offset], text[offset:]
-    cleaned = [msgspec.structs.replace(c, text=rank.clean(c.text, doc_suffix)) for c in result.candidates]
+    cleaned = [msgspec.structs.replace(c, text=rank.clean(c.text, doc_suffix, rank.line_before_cursor(doc_prefix))) for c in result.candidates]
     validations = syntax.validate(language, doc_prefix, doc_suffix, [c.text for c in cleaned])
     t3 = time.perf_counter()
     items = rank.rank(cleaned, validations, show_invalid=settings.show_invalid)

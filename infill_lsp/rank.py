@@ -47,8 +47,9 @@ def readable(text: str) -> str:
     return text if match is None else text[: match.start()]
 
 
-def clean(text: str, suffix: str) -> str:
-    """What a user should see of a middle, given the text after the cursor."""
+def clean(text: str, suffix: str, line_before: str = "") -> str:
+    """What a user should see of a middle, given the text after the cursor and the text before it
+    on its line."""
     text = readable(text)
     ends_line = suffix[:1] in ("", "\n", "\r") or not suffix.strip()
     lines = text.split("\n")
@@ -56,6 +57,13 @@ def clean(text: str, suffix: str) -> str:
     text = "\n".join(lines)
     if ends_line:
         text = text.rstrip()
+
+    # On a line indented up to the cursor and blank, a middle that leaves the line blank (its
+    # indentation as trailing whitespace) and goes on below: at the cursor's indentation or
+    # deeper, the code belongs on this line; shallower, it is not a suggestion for here.
+    if line_before and not line_before.strip() and text.startswith("\n"):
+        text = text.lstrip("\n")
+        text = text[len(line_before):] if text.startswith(line_before) else ""
 
     # The rest of the current line is already there: don't suggest it twice ("foo(x)" before ")").
     rest_of_line, _, below = suffix.partition("\n")
@@ -74,6 +82,11 @@ def clean(text: str, suffix: str) -> str:
             kept.pop()
         text = "\n".join(kept).rstrip()
     return text
+
+
+def line_before_cursor(prefix: str) -> str:
+    """The text before the cursor on its line (LSP line breaks: LF, CRLF, CR)."""
+    return prefix.rsplit("\n", 1)[-1].rsplit("\r", 1)[-1]
 
 
 def rank(candidates: list[Candidate], validations: list[Validation], show_invalid: bool = False,

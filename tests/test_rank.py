@@ -1,4 +1,4 @@
-from infill_lsp.rank import UNREADABLE, Ranked, clean, rank, readable
+from infill_lsp.rank import UNREADABLE, Ranked, clean, line_before_cursor, rank, readable
 from infill_lsp.syntax import Validation
 from infill_lsp.types import Candidate
 
@@ -126,3 +126,26 @@ def test_the_line_below_is_compared_only_when_the_cursor_ends_its_line():
 def test_rank_keeps_whether_a_suggestion_was_checked():
     ranked = rank([_c("x", -0.1), _c("y", -0.2)], [_v("x", checked=False), _v("y")])
     assert [(r.text, r.checked) for r in ranked] == [("x", False), ("y", True)]
+
+
+def test_clean_puts_code_that_leaves_a_blank_indented_line_on_that_line():
+    # The cursor after "    " on an otherwise blank line: the model's blank first line and the
+    # indentation it repeats are dropped, deeper indentation is kept.
+    assert clean("   \n    return 1", "", "    ") == "return 1"
+    assert clean("\n        x = 1\n    y = 2", "", "    ") == "    x = 1\n    y = 2"
+    assert clean("\n\n    pass", "\nnext", "    ") == "pass"
+    # Shallower than the cursor (code at column 0 below an empty block): not for here.
+    assert clean("   \nhas.dir", "", "    ") == ""
+
+
+def test_clean_keeps_a_leading_newline_where_the_line_has_text_or_no_indentation():
+    assert clean("\n    return 1", "", "def f():") == "\n    return 1"
+    assert clean("\ndef g():", "", "") == "\ndef g():"
+    assert clean("x = 1", "", "    ") == "x = 1"
+
+
+def test_line_before_cursor_splits_at_every_lsp_line_break():
+    assert line_before_cursor("a\n    ") == "    "
+    assert line_before_cursor("a\r\n  b") == "  b"
+    assert line_before_cursor("a\r\t") == "\t"
+    assert line_before_cursor("abc") == "abc"
