@@ -333,6 +333,8 @@ def test_a_missing_server_says_how_to_install_it(tmp_path):
         path = tmp_path / "a.py"
         path.write_text("x = 1\n")
         session.command(f"edit {path}")
+        wait(lambda: session.exec_lua("return #_G.messages") > 0)
+        time.sleep(0.2)
         messages = session.exec_lua("return _G.messages")
         assert len(messages) == 1
         assert "/nonexistent/infill-lsp" in messages[0] and "pip install infill-lsp" in messages[0]

@@ -629,7 +629,12 @@ local function attach(buf)
   if type(cmd) == "table" and vim.fn.executable(cmd[1]) ~= 1 then
     if not state.warned then
       state.warned = true
-      vim.notify(string.format("infill: the server `%s` was not found; %s", cmd[1], INSTALL_HINT), vim.log.levels.ERROR)
+      -- Not from inside the FileType autocommand: an error message there (opening a file with
+      -- `nvim file.py`) is thrown as an exception and shown as a Lua error with a stack traceback.
+      local message = string.format("infill: the server `%s` was not found; %s", cmd[1], INSTALL_HINT)
+      vim.schedule(function()
+        vim.notify(message, vim.log.levels.ERROR)
+      end)
     end
     return
   end
