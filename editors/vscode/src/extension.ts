@@ -30,7 +30,7 @@ import {
   INSTALL_COMMAND,
   itemId,
   missingServerMessage,
-  partialAcceptance,
+  partialAcceptanceOf,
   printableInsert,
   ServerState,
   serverSettings,
@@ -85,8 +85,8 @@ let serverPercent: number | undefined;
 let stopping = false;
 /** When the server stopped on its own lately (see afterExit). */
 let exits: number[] = [];
-/** The first candidate of the last answer, as VS Code shows it; for partial-accept telemetry. */
-let shown: Shown | undefined;
+/** The candidates of the last answer, as VS Code shows them; for partial-accept telemetry. */
+let shown: Shown[] = [];
 /** The last answer, to follow the user typing through it without asking the server. */
 let answer: { key: Answer; items: vscode.InlineCompletionItem[] } | undefined;
 const reported = new Set<string>();
@@ -224,17 +224,22 @@ function lines(input: Readable, onLine: (line: string) => void): Promise<void> {
   });
 }
 
-function reportShown(item: vscode.InlineCompletionItem, document: vscode.TextDocument, position: vscode.Position, typed: string): void {
-  const id = itemId(item.command);
-  if (!id || typeof item.insertText !== "string") {
-    shown = undefined;
-    return;
-  }
+/** The answer's candidates as VS Code shows them (each without the rest of the line and what was
+ * typed through), for partial-accept telemetry; the first one counts as shown. */
+function reportShown(items: vscode.InlineCompletionItem[], document: vscode.TextDocument, position: vscode.Position, typed: string): void {
   const rest = document.lineAt(position.line).text.slice(position.character);
-  let middle = item.insertText.endsWith(rest) ? item.insertText.slice(0, item.insertText.length - rest.length) : item.insertText;
-  middle = middle.slice(typed.length);
-  shown = { uri: document.uri.toString(), line: position.line, character: position.character, text: middle, id };
+  shown = [];
+  for (const item of items) {
+    const id = itemId(item.command);
+    if (!id || typeof item.insertText !== "string") continue;
+    const middle = item.insertText.endsWith(rest) ? item.insertText.slice(0, item.insertText.length - rest.length) : item.insertText;
+    shown.push({ uri: document.uri.toString(), line: position.line, character: position.character, text: middle.slice(typed.length), id });
+  }
   // VS Code's stable API does not say which item is on screen; the first one is shown first.
+  if (shown.length > 0 && itemId(items[0].command) === shown[0].id) reportShownOnce(shown[0].id);
+}
+
+function reportShownOnce(id: string): void {
   if (client && !reported.has(id)) {
     reported.add(id);
     void client.sendNotification("infill/didShowCompletion", didShowParams(id));
@@ -286,7 +291,7 @@ async function provideInlineCompletionItems(
         const old = answer!.items[i];
         return new vscode.InlineCompletionItem(old.insertText, range, old.command);
       });
-      reportShown(items[0], document, position, text.slice(answer.key.offset, offset));
+      reportShown(items, document, position, text.slice(answer.key.offset, offset));
       here.items = items.length;
       return new vscode.InlineCompletionList(items);
     }
@@ -300,10 +305,10 @@ async function provideInlineCompletionItems(
     const start = document.offsetAt(items[0].range?.start ?? position);
     const insertTexts = items.map((item) => (typeof item.insertText === "string" ? item.insertText : item.insertText.value));
     answer = { key: answerAt(uri, text, start, insertTexts), items };
-    reportShown(items[0], document, position, "");
+    reportShown(items, document, position, "");
   } else {
     answer = undefined;
-    shown = undefined;
+    shown = [];
   }
   return result;
 }
@@ -416,7 +421,7 @@ async function stop(): Promise<void> {
   const current = client;
   client = undefined;
   answer = undefined;
-  shown = undefined;
+  shown = [];
   asked = undefined;
   if (!current) return;
   stopping = true;
@@ -442,13 +447,16 @@ function onDidChangeTextDocument(event: vscode.TextDocumentChangeEvent): void {
       text: change.text,
       rangeLength: change.rangeLength,
     };
-    const accepted = partialAcceptance(shown, edit);
+    const accepted = partialAcceptanceOf(shown, edit);
     const server = running();
-    if (accepted !== undefined && shown && server) {
-      void server.sendNotification("infill/didPartiallyAcceptCompletion", didPartiallyAcceptParams(shown.id, accepted));
-      shown = advance(shown, change.text);
-    } else if (shown && edit.uri === shown.uri) {
-      shown = undefined; // typing, or an edit elsewhere: the next answer says what is shown
+    if (accepted !== undefined && server) {
+      // The user took part of it, so it was on screen, whichever candidate they had cycled to.
+      const taken = shown[accepted.index];
+      reportShownOnce(taken.id);
+      void server.sendNotification("infill/didPartiallyAcceptCompletion", didPartiallyAcceptParams(taken.id, accepted.length));
+      shown = [advance(taken, change.text)];
+    } else if (shown.length > 0 && edit.uri === shown[0].uri) {
+      shown = []; // typing, or an edit elsewhere: the next answer says what is shown
     }
   }
 }

@@ -140,7 +140,7 @@ export function didPartiallyAcceptParams(id: string, acceptedLength: number): { 
   return { id, acceptedLength: Math.max(0, Math.floor(acceptedLength)) };
 }
 
-/** The suggestion on screen, as far as the stable API lets the extension know (the first item). */
+/** A candidate VS Code may show: where, and the text it would insert there. */
 export type Shown = { uri: string; line: number; character: number; text: string; id: string };
 
 export type Insertion = { uri: string; line: number; character: number; text: string; rangeLength: number };
@@ -156,6 +156,16 @@ export function partialAcceptance(shown: Shown | undefined, edit: Insertion): nu
   if (edit.line !== shown.line || edit.character !== shown.character) return undefined;
   if (edit.text.length < 2 || edit.text.length >= shown.text.length) return undefined;
   return shown.text.startsWith(edit.text) ? edit.text.length : undefined;
+}
+
+/** Which of the answer's candidates a partial acceptance took from (the one on screen is the one
+ * the insertion begins; the first such when several begin alike), and how much. */
+export function partialAcceptanceOf(candidates: Shown[], edit: Insertion): { index: number; length: number } | undefined {
+  for (const [index, candidate] of candidates.entries()) {
+    const length = partialAcceptance(candidate, edit);
+    if (length !== undefined) return { index, length };
+  }
+  return undefined;
 }
 
 /** Where the rest of the suggestion stands after `accepted` characters of it went in. */

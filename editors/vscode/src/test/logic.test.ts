@@ -9,6 +9,7 @@ import {
   itemId,
   missingServerMessage,
   partialAcceptance,
+  partialAcceptanceOf,
   printable,
   printableInsert,
   serverSettings,
@@ -143,6 +144,18 @@ test("partial acceptance is a multi-character insertion that begins the shown su
   assert.deepEqual([rest.line, rest.character, rest.text], [4, 0, "    return total"]);
   const word = advance(shown, "total ");
   assert.deepEqual([word.line, word.character, word.text], [3, 14, "+= value\n    return total"]);
+});
+
+test("a partial acceptance is credited to the candidate it begins, whichever one was on screen", () => {
+  const at = { uri: "file:///a.py", line: 3, character: 8, rangeLength: 0 };
+  const first = { ...at, text: "total += value", id: "1.0" };
+  const second = { ...at, text: "count = 0\n", id: "1.1" };
+  assert.deepEqual(partialAcceptanceOf([first, second], { ...at, text: "count " }), { index: 1, length: 6 });
+  assert.deepEqual(partialAcceptanceOf([first, second], { ...at, text: "total " }), { index: 0, length: 6 });
+  const alike = { ...at, text: "total = 1", id: "1.2" };
+  assert.deepEqual(partialAcceptanceOf([first, alike], { ...at, text: "total " }), { index: 0, length: 6 });
+  assert.equal(partialAcceptanceOf([first, second], { ...at, text: "other " }), undefined);
+  assert.equal(partialAcceptanceOf([], { ...at, text: "total " }), undefined);
 });
 
 test("the server executable is looked up like a shell would", () => {
