@@ -173,8 +173,8 @@ def wait_for(predicate, timeout: float, what: str):
 
 
 @contextmanager
-def vscode(tmp_path: Path, vsix: Path, settings: dict):
-    """A fresh VS Code profile with the extension installed and main.py open, the server ready."""
+def vscode(tmp_path: Path, vsix: Path, settings: dict, ready: bool = True):
+    """A fresh VS Code profile with the extension installed and main.py open (and the server ready)."""
     from playwright.sync_api import sync_playwright
 
     code_server = CodeServer(tmp_path, {**BASE_SETTINGS, **settings})
@@ -192,7 +192,8 @@ def vscode(tmp_path: Path, vsix: Path, settings: dict):
                 bench.open("main.py")
                 # Typing before the extension is up would reach no server: wait for it, as a user
                 # waits for the status bar to say it is ready.
-                bench.wait_status("idle")
+                if ready:
+                    bench.wait_status("idle")
                 yield bench
             finally:
                 browser.close()
@@ -264,3 +265,16 @@ def test_cycle_accept_word_dismiss_and_status(tmp_path, vsix):
         wait_for(lambda: not bench.ghost_text(), 10, "the ghost text gone after Escape")
         assert bench.save() == saved.replace("    return len(", "    x = return len(")
         bench.wait_status("idle")
+
+
+def test_a_server_that_cannot_start_turns_the_status_bar_to_an_error_with_the_reason(tmp_path, vsix):
+    """A server that exits at once (here: one that says why on stderr) is never a permanent
+    "loading": the status bar turns to an error whose tooltip carries the server's last error line."""
+    broken = tmp_path / "broken-infill-lsp"
+    broken.write_text("#!/bin/sh\necho 'infill-lsp: error: no model could be loaded (test)' >&2\nexit 2\n")
+    broken.chmod(0o755)
+    with vscode(tmp_path / "vscode", vsix, {"infill.serverPath": str(broken)}, ready=False) as bench:
+        bench.wait_status("error", timeout=60)
+        label = bench.page.get_attribute(STATUS_ITEM, "aria-label") or ""
+        reason = label.replace("\\", "")  # the tooltip is Markdown: its punctuation comes escaped
+        assert "infill-lsp: error: no model could be loaded (test)" in reason and "error: infill-lsp" not in reason, label

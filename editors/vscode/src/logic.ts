@@ -62,7 +62,9 @@ export function statusView(state: ServerState, enabled: boolean, detail?: string
     off: "$(circle-slash) infill",
   }[shown];
   const base = { idle: "ready", busy: "thinking", loading: "loading the model", error: "error", off: "disabled" }[shown];
-  const tooltip = detail ? `infill-lsp: ${base}: ${detail}` : `infill-lsp: ${base}`;
+  // The server's own error lines start "infill-lsp: error: "; the tooltip says that once.
+  const reason = detail?.replace(/^infill-lsp:\s*(error:\s*)?/, "");
+  const tooltip = reason ? `infill-lsp: ${base}: ${reason}` : `infill-lsp: ${base}`;
   if (shown === "error") return { text, tooltip: `${tooltip} (click to show the log)`, command: "infill.showLog" };
   return { text, tooltip, command: "infill.toggle" };
 }

@@ -53,6 +53,8 @@ test("settings map to the server's camelCase keys", () => {
 test("status bar text, tooltip and click per state", () => {
   assert.deepEqual(statusView("idle", true), { text: "$(sparkle) infill", tooltip: "infill-lsp: ready", command: "infill.toggle" });
   assert.match(statusView("busy", true).text, /spin/);
+  assert.equal(statusView("error", true, "infill-lsp: error: no model").tooltip, "infill-lsp: error: no model (click to show the log)");
+  assert.equal(statusView("error", true, "exit code 2").tooltip, "infill-lsp: error: exit code 2 (click to show the log)");
   assert.equal(statusView("loading", true, undefined, 40).text, "$(loading~spin) infill: loading 40%");
   assert.deepEqual(statusView("busy", false), { text: "$(circle-slash) infill", tooltip: "infill-lsp: disabled", command: "infill.toggle" });
   const error = statusView("error", true, "engine unreachable");
