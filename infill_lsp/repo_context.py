@@ -6,7 +6,10 @@ What is gathered, and when (all on LSP events, never while a completion waits):
   chunk keeps its identity between saves), kept in a pool (at most `MAX_POOL_FILES` files,
   `MAX_DOC_CHUNKS` chunks each; the file touched longest ago is evicted first);
 - `didChange`: the line each edit starts on is remembered (`MAX_EDITS`, merged when close); at
-  refresh time the region around it, as the document reads then, is a candidate chunk too.
+  refresh time the region around it, as the document reads then, is a candidate chunk too;
+- the workspace's definitions (definitions.py, indexed on a thread of its own when the workspace
+  folders are known, one file again on open, save and close): at refresh time the definitions, in
+  other files, of the names used around the cursor are candidates too (`DEFINITION_BONUS` ahead).
 
 Selection (`refresh`) ranks the candidates by the Jaccard similarity of their identifier sets with
 the code around the cursor (as llama.vim compares chunks), edited regions a little ahead; drops the
@@ -21,8 +24,9 @@ stays byte for byte the same and the engine's encoded-prefix cache keeps hitting
 Privacy: only `file:` documents inside a workspace folder (symlinks resolved), never a file
 `.gitignore` ignores (the repository's `.gitignore` files from its root down and
 `.git/info/exclude`, matched with `pathspec`'s git semantics), never `.git/` and never a few names
-that usually hold secrets (`SECRET_NAMES`). Only documents the editor has open are read; nothing is
-sent anywhere but to the configured engine.
+that usually hold secrets (`SECRET_NAMES`). Besides the documents the editor has open, only the
+definition index reads files (the same rules, on its own thread); nothing is sent anywhere but to the
+configured engine.
 
 Layout (`render_chunk`, `render_header`): the checkpoint decides. `PATH_COMMENT`, the plain-text
 convention used for the real DiffusionGemma (no `infill_layout` in its config), puts each chunk after
@@ -69,6 +73,18 @@ EDIT_BONUS = 0.05  # an edited region ranks this much ahead of an equally simila
 DUPLICATE = 0.8  # line-set Jaccard at or above which two chunks are the same (llama.vim: 0.9 for 64 lines)
 REPEATS_WINDOW = 0.9  # share of a chunk's lines already in the window at or above which it adds nothing
 ADMIT_TTL_S = 10.0  # how long an admit decision (workspace, .gitignore) is cached
+DEFINITION_BONUS = 0.1  # a definition (definitions.py) of a name used around the cursor ranks this much ahead
+NEAR_BONUS = 0.05  # ... and this much more when the name is within NEAR_LINES lines of the cursor
+NEAR_LINES = 4
+MAX_DEF_CANDIDATES = 48  # definitions considered per refresh
+MAX_NAME_FILES = 3  # a name defined in more files than this is too ambiguous to look up
+DEFINES_SCAN = 256 * 1024  # characters of the document searched for the names it defines (a few ms)
+COMMON_NAMES = frozenset(
+    "get set run main init setup update name value data items keys values test close open read write start stop "
+    "append add remove copy format join split print log args kwargs result error index node parse load save call "
+    "apply render handle size count next first last path text key item list dict map filter send reset clear "
+    "create build execute process callback handler options config settings state".split()
+)
 
 PATH_COMMENT = "path-comment"
 LAYOUTS = (PATH_COMMENT,)
@@ -94,6 +110,9 @@ _COMMENTS = {
     "vim": ('"', ""),
 }
 _DEFAULT_COMMENT = ("//", "")  # C, C++, Java, JS/TS, Go, Rust, Kotlin, Swift, C#, PHP, ...
+# "def name", "class name", ...: names the document defines itself (saved or not), not looked up elsewhere
+_DEFINES = re.compile(r"\b(?:def|class|function|func|fn|struct|enum|trait|interface|type|const|let|var|static)"
+                      r"\s+\*?\s*([^\W\d]\w*)")
 
 
 # -- layout -------------------------------------------------------------------------------------
@@ -154,6 +173,7 @@ class Chunk(msgspec.Struct, frozen=True):
     edited: bool = False  # a region edited recently (else: from an opened or saved document)
     names: frozenset[str] = frozenset()  # identifiers(text)
     lines: frozenset[str] = frozenset()  # its non-blank lines, stripped: near-duplicate checks
+    defines: str = ""  # a definition of this name used around the cursor (from the definition index)
 
     @property
     def key(self) -> tuple[str, int, int]:
@@ -246,19 +266,20 @@ class IgnoreRules:
         self._specs[path] = (mtime, spec)
         return spec
 
-    def ignored(self, relative: str) -> bool:
+    def ignored(self, relative: str, is_dir: bool = False) -> bool:
+        """Whether the file (or, with `is_dir`, the directory) at `relative` (to the root) is ignored."""
         parts = PurePosixPath(relative).parts
         if not parts or ".git" in parts:
             return True
         for depth in range(1, len(parts) + 1):  # each directory on the way down, then the file
-            is_dir = depth < len(parts)
+            is_dir_here = depth < len(parts) or is_dir
             verdict = None
             for above in range(depth):  # the rule files that apply, from the root down
                 directory = os.path.join(self.root, *parts[:above])
                 specs = [self._spec(directory)]
                 if above == 0:
                     specs.insert(0, self._spec(os.path.join(self.root, ".git", "info"), "exclude"))
-                name = "/".join(parts[above:depth]) + ("/" if is_dir else "")
+                name = "/".join(parts[above:depth]) + ("/" if is_dir_here else "")
                 for spec in specs:
                     if spec is not None and (found := spec.check_file(name).include) is not None:
                         verdict = found
@@ -333,6 +354,14 @@ class Admission:
         self._decisions[uri] = (now, decision)
         return decision
 
+    def rules_for(self, folder: str) -> IgnoreRules:
+        """The ignore rules of the repository holding `folder` (a resolved workspace folder)."""
+        root = _git_root(folder)
+        rules = self._rules.get(root)
+        if rules is None:
+            rules = self._rules[root] = IgnoreRules(root)
+        return rules
+
     def _decide(self, uri: str) -> str | None:
         path = uri_to_path(uri)
         if path is None or not self.folders:
@@ -344,10 +373,8 @@ class Admission:
             return None
         if _secret(os.path.basename(real)):
             return None
-        root = _git_root(folder)
-        rules = self._rules.get(root)
-        if rules is None:
-            rules = self._rules[root] = IgnoreRules(root)
+        rules = self.rules_for(folder)
+        root = rules.root
         if rules.ignored(PurePosixPath(*os.path.relpath(real, root).split(os.sep)).as_posix()):
             return None
         return PurePosixPath(*os.path.relpath(real, folder).split(os.sep)).as_posix()
@@ -364,10 +391,13 @@ class RepoContext:
     """The pool of candidate chunks, the recent edits and the ring the prompt is built from.
 
     Called on the server's event loop only (events, idle refresh, the request's `for_request`);
-    every call is bounded: no file is read from disk but `.gitignore` files."""
+    every call is bounded: no file is read from disk but `.gitignore` files (the definition index,
+    when given, reads on its own thread; here it is only looked up in memory)."""
 
-    def __init__(self, *, budget_tokens: int = 512, max_files: int = 8) -> None:
+    def __init__(self, *, budget_tokens: int = 512, max_files: int = 8, definitions=None) -> None:
         self.admission = Admission()
+        self.definitions = definitions  # a definitions.DefinitionIndex, or None: no workspace definitions
+        self._index_version = -1  # the index's version the ring was ranked with
         self.budget_tokens = budget_tokens
         self.max_files = max_files
         self.pool: dict[str, list[Chunk]] = {}  # uri -> its chunks (insertion order: least recent first)
@@ -379,10 +409,13 @@ class RepoContext:
         self.stats: dict[str, int] = {"refreshes": 0, "ringChanges": 0, "evicted": 0}  # camelCase: infill/stats
         self._stamp = 0
 
-    def configure(self, *, budget_tokens: int, max_files: int, folders: Iterable[str]) -> None:
+    def configure(self, *, budget_tokens: int, max_files: int, folders: Iterable[str], index: bool = True) -> None:
+        """`index`: the workspace's definitions may be indexed (on the index's own thread)."""
         if (budget_tokens, max_files) != (self.budget_tokens, self.max_files):
             self.budget_tokens, self.max_files, self.dirty = budget_tokens, max_files, True
         self.admission.set_folders(folders)
+        if index and self.definitions is not None and self.admission.folders:
+            self.definitions.watch(self.admission.folders)
 
     def _next(self) -> int:
         self._stamp += 1
@@ -397,7 +430,11 @@ class RepoContext:
         """`didOpen` / `didSave`: (re)chunk the document into the pool."""
         if os.path.basename(uri).endswith(".gitignore"):
             self.admission.forget()
+            if self.definitions is not None:
+                self.definitions.rewalk()
         path = self.admission.relative_path(uri)
+        if self.definitions is not None:  # queued: parsed on the index's thread (None: dropped if it was there)
+            self.definitions.update(uri, text if path is not None else None)
         if path is None:
             self.pool.pop(uri, None)
             return
@@ -431,7 +468,10 @@ class RepoContext:
             self.dirty = True
 
     def closed(self, uri: str) -> None:
-        """`didClose`: what came from the document goes, from the ring too."""
+        """`didClose`: what came from the document goes, from the ring too; its definitions are
+        read again from the disk (the editor's text may not have been saved)."""
+        if self.definitions is not None:
+            self.definitions.update(uri)
         if self.pool.pop(uri, None) is not None or any(e.uri == uri for e in self.edits):
             self.edits = [e for e in self.edits if e.uri != uri]
             self.dirty = True
@@ -454,6 +494,37 @@ class RepoContext:
                 out.append(chunk)
         return out
 
+    def _definition_candidates(self, uri: str, text: str, focus: frozenset[str], near: frozenset[str]
+                               ) -> list[Chunk]:
+        """Definitions, in other workspace files, of the names used around the cursor (those in
+        `near` first): names the document defines itself, common names and names defined in many
+        files are not looked up. The index answers from memory; each file is admitted again here."""
+        index = self.definitions
+        if index is None or not focus:
+            return []
+        self._index_version = index.version
+        path = uri_to_path(uri)
+        here = os.path.realpath(path) if path else ""
+        own = set(index.defined_in(here)) if here else set()
+        own.update(_DEFINES.findall(text, 0, DEFINES_SCAN))  # unsaved ones too (the index has the saved ones)
+        wanted = [name for name in focus if name not in own and name not in COMMON_NAMES]
+        found = index.lookup(wanted)
+        out: list[Chunk] = []
+        for name in sorted(found, key=lambda n: (n not in near, n)):
+            definitions = [d for d in found[name] if d.real != here]
+            if not definitions or len({d.real for d in found[name]}) > MAX_NAME_FILES:
+                continue
+            for definition in definitions:
+                relative = self.admission.relative_path(definition.uri)
+                if relative is None:
+                    continue
+                out.append(Chunk(uri=definition.uri, path=relative, start=definition.start, end=definition.end,
+                                 text=definition.text, stamp=0, defines=name, names=identifiers(definition.text),
+                                 lines=_line_set(definition.text)))
+                if len(out) >= MAX_DEF_CANDIDATES:
+                    return out
+        return out
+
     def refresh(self, uri: str, text: str, line: int, window: tuple[int, int],
                 text_of: Callable[[str], str | None], line_start: int | None = None) -> bool:
         """Rank the candidates for the code around `line` of `uri` (starting at offset `line_start`,
@@ -467,15 +538,19 @@ class RepoContext:
         around = lines_between(text, first, last, None if line_start is None else (line, line_start))
         focus = identifiers("".join(around[max(0, line - FOCUS_BEFORE) - first:line + FOCUS_AFTER + 1 - first]))
         window_lines = _line_set("".join(around[max(0, lo) - first:hi - first]))
+        near = identifiers("".join(around[max(0, line - NEAR_LINES) - first:line + NEAR_LINES + 1 - first]))
         scored = []
-        for chunk in self._candidates(text_of):
+        for chunk in self._candidates(text_of) + self._definition_candidates(uri, text, focus, near):
             if chunk.overlaps(uri, lo, hi):
                 continue
             if chunk.lines and len(chunk.lines & window_lines) >= REPEATS_WINDOW * len(chunk.lines):
                 continue
             similarity = jaccard(chunk.names, focus)
             if similarity > 0:  # shares no name with the code around the cursor: not worth its tokens
-                scored.append((similarity + (EDIT_BONUS if chunk.edited else 0.0), chunk.stamp, chunk))
+                bonus = EDIT_BONUS if chunk.edited else 0.0
+                if chunk.defines:
+                    bonus += DEFINITION_BONUS + (NEAR_BONUS if chunk.defines in near else 0.0)
+                scored.append((similarity + bonus, chunk.stamp, chunk))
         scored.sort(key=lambda item: (-item[0], -item[1]))
 
         budget = self.budget_chars
@@ -522,7 +597,8 @@ class RepoContext:
                      ) -> bool:
         """The refresh the server runs once typing pauses: for the last request's place, if anything
         was gathered since."""
-        if not self.dirty or self.focus is None:
+        index_changed = self.definitions is not None and self.definitions.version != self._index_version
+        if not (self.dirty or index_changed) or self.focus is None:
             return False
         uri, line = self.focus
         text = text_of(uri)

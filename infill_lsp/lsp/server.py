@@ -26,7 +26,7 @@ from pygls.exceptions import FeatureNotificationError
 from pygls.lsp.server import LanguageServer
 from pygls.uris import to_fs_path
 
-from .. import __version__, context, doctor, pipeline, repo_context
+from .. import __version__, context, definitions, doctor, pipeline, repo_context
 from ..config import Settings, merge
 from ..engine import Cancelled, CancelToken, Engine, EngineUnavailable, load_engine
 from ..rank import Ranked
@@ -86,7 +86,8 @@ class InfillServer(LanguageServer):
         self.request_ids = itertools.count(1)
         self.state = "idle"
         self.last_timings: dict[str, Any] | None = None  # stage timings of the last completion
-        self.repo = repo_context.RepoContext()  # repository context: gathered on events, ranked on idle
+        # repository context: gathered on events (definitions indexed on a thread of their own), ranked on idle
+        self.repo = repo_context.RepoContext(definitions=definitions.DefinitionIndex())
         self.last_context: list[dict[str, Any]] | None = None  # the chunks the last prompt held
         self._repo_timer: asyncio.TimerHandle | None = None
 
@@ -268,7 +269,10 @@ class InfillServer(LanguageServer):
             return
         self.settings = merge(self.settings, changes)
         if self.settings.repo_context == "off":  # forget what was gathered, not only stop sending it
-            self.repo, self.last_context = repo_context.RepoContext(), None
+            if self.repo.definitions is not None:
+                self.repo.definitions.close()
+            self.repo = repo_context.RepoContext(definitions=definitions.DefinitionIndex())
+            self.last_context = None
 
     # -- repository context (repo_context.py) ------------------------------------------------
     def _repo_gathering(self) -> bool:
@@ -282,7 +286,9 @@ class InfillServer(LanguageServer):
         folders = [to_fs_path(f.uri) for f in self.workspace.folders.values()]
         if not folders and self.workspace.root_path:
             folders = [self.workspace.root_path]
-        self.repo.configure(budget_tokens=tokens, max_files=files, folders=[f for f in folders if f])
+        # definitions are indexed once it is known they will be used ("on", or a checkpoint with the layout)
+        self.repo.configure(budget_tokens=tokens, max_files=files, folders=[f for f in folders if f],
+                            index=self.settings.repo_context == "on" or engine is not None)
         return True
 
     def _doc_text(self, uri: str) -> str | None:
@@ -506,6 +512,8 @@ class InfillServer(LanguageServer):
         report["lastContext"] = self.last_context  # [{path, startLine, endLine}] the last prompt held, or None
         report["repoContext"] = {"setting": self.settings.repo_context, "ring": len(self.repo.ring),
                                  "files": len(self.repo.pool), "edits": len(self.repo.edits), **self.repo.stats}
+        if self.repo.definitions is not None:
+            report["repoContext"]["definitions"] = self.repo.definitions.summary()
         return report
 
 
@@ -518,6 +526,11 @@ def _scrub_surrogates(value: Any) -> Any:
     if isinstance(value, list):
         return [_scrub_surrogates(v) for v in value]
     return value
+
+
+# Files deleted or renamed in the editor: the definition index forgets them (definitions.py).
+_FILE_OPERATIONS = types.FileOperationRegistrationOptions(filters=[
+    types.FileOperationFilter(pattern=types.FileOperationPattern(glob="**/*"), scheme="file")])
 
 
 def build_server(settings: Settings | None = None, engine: Engine | None = None) -> InfillServer:
@@ -558,6 +571,19 @@ def build_server(settings: Settings | None = None, engine: Engine | None = None)
         ls.repo.closed(params.text_document.uri)
         if (token := ls.inflight.pop(params.text_document.uri, None)) is not None:
             token.cancel()
+
+    @server.feature(types.WORKSPACE_DID_DELETE_FILES, _FILE_OPERATIONS)
+    def did_delete_files(ls: InfillServer, params: types.DeleteFilesParams) -> None:
+        for gone in params.files:  # read again from the disk: dropped from the definition index
+            if ls.repo.definitions is not None:
+                ls.repo.definitions.update(gone.uri)
+
+    @server.feature(types.WORKSPACE_DID_RENAME_FILES, _FILE_OPERATIONS)
+    def did_rename_files(ls: InfillServer, params: types.RenameFilesParams) -> None:
+        for moved in params.files:
+            if ls.repo.definitions is not None:
+                ls.repo.definitions.update(moved.old_uri)
+                ls.repo.definitions.update(moved.new_uri)
 
     @server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
     async def inline_completion(ls: InfillServer, params: types.InlineCompletionParams):
