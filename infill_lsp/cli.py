@@ -147,23 +147,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    import msgspec
-
     from .train.loop import load_config, train
 
-    config = load_config(Path(args.config) if args.config else None)
-    optim = config.optim
-    if args.steps:
-        optim = msgspec.structs.replace(optim, steps=args.steps)
-    if args.minutes:
-        optim = msgspec.structs.replace(optim, max_minutes=args.minutes)
-    config = msgspec.structs.replace(config, optim=optim)
+    config = load_config(Path(args.config)) if args.config else None  # None: the run's own (see `train`)
+    overrides = {key: value for key, value in (("steps", args.steps), ("max_minutes", args.minutes)) if value}
     out = Path(args.resume or args.out or "")
     if not str(out):
         raise SystemExit("give --out DIR (a new run) or --resume DIR (continue one)")
     history = train(config, out, init=args.init or None, data=Path(args.data) if args.data else None,
                     shards=Path(args.shards) if args.shards else None, resume=bool(args.resume),
-                    device=args.device, humaneval_dir=Path(args.humaneval) if args.humaneval else None)
+                    device=args.device, humaneval_dir=Path(args.humaneval) if args.humaneval else None,
+                    optim_overrides=overrides)
     print(f"wrote {out}: final loss {history[-1]['loss']:.4f} at step {history[-1]['step']}")
     before, after = history[-1].get("heldout_loss_start"), history[-1].get("heldout_loss")
     if before is not None and after is not None:

@@ -60,7 +60,7 @@ def main() -> None:
             f"- {language}: {count:,}" for language, count in sorted(manifest["tokens"].items())) + "\n"
     write_model_card(dest, config, manifest["sources"], history, sum(p.numel() for p in model.parameters()),
                      state.get("init"), totals, manifest.get("excluded_for_humaneval", 0), extra)
-    (dest / "training_state.json").write_text(json.dumps({"totals": totals, "history": history}))
+    (dest / "training_state.json").write_text(json.dumps({"config": state["config"], "totals": totals, "history": history}))
     print(f"shipped {args.run} as {dest} ({size:,} bytes of fp16 weights, step {totals['step']})")
 
 

@@ -1,6 +1,10 @@
 """The training loop on the tiny checkpoint: a few optimisation steps must lower the infill loss."""
 
+import json
 import random
+import shutil
+
+import msgspec
 
 import torch
 from transformers import AutoTokenizer, DiffusionGemmaForBlockDiffusion
@@ -69,6 +73,30 @@ def test_a_few_steps_lower_the_loss_and_resume_continues(tmp_path):
     torch.save(state, tmp_path / "ft" / "state.pt")
     resumed = train(longer, tmp_path / "ft", corpus=corpus, device="cpu", resume=True)
     assert resumed[-1]["step"] == 60 and resumed[:len(history)] == history[:len(resumed[:len(history)])]
+
+
+def test_resume_without_local_state_continues_the_shipped_record_and_its_config(tmp_path):
+    """`train --resume DIR` on a machine where DIR is gone continues from the shipped weights with the
+    config they were trained with (not the built-in defaults), with command-line overrides on top."""
+    texts = [SAMPLES[i % len(SAMPLES)].read_text() for i in range(60)]
+    corpus = Corpus(texts=texts, manifest=[ManifestEntry("fixtures", "0", "Apache-2.0")],
+                    paths=[f"/repo/file{i}.py" for i in range(60)], languages=["python"] * 60)
+    shipped = tmp_path / "shipped"
+    shutil.copytree(TINY_MODEL, shipped)
+    trained_with = TrainConfig(seed=3, data=DataConfig(sequence_tokens=80, holes_per_sequence=4),
+                               optim=OptimConfig(steps=500, batch_size=2, lr=2e-3, warmup=2, log_every=2))
+    record = [{"step": 4, "loss": 6.0, "lr": 1e-3, "minutes": 1.0, "supervised_tokens_per_s": 10.0,
+               "supervised_tokens": 100}]
+    (shipped / "training_state.json").write_text(json.dumps({
+        "config": msgspec.to_builtins(trained_with),
+        "totals": {"step": 4, "tokens_seen": 320, "supervised_tokens": 100, "minutes": 1.0, "device": "cpu"},
+        "history": record}))
+    history = train(None, tmp_path / "run", init=str(shipped), corpus=corpus, device="cpu", resume=True,
+                    optim_overrides={"steps": 8})
+    assert history[0] == record[0] and history[-1]["step"] == 8
+    state = torch.load(tmp_path / "run" / "state.pt", weights_only=False)
+    assert state["config"]["data"] == msgspec.to_builtins(trained_with.data)
+    assert state["config"]["optim"] == {**msgspec.to_builtins(trained_with.optim), "steps": 8}
 
 
 def test_repository_corpus_and_humaneval_exclusion(tmp_path):

@@ -246,10 +246,16 @@ def _tokenize_documents(texts: list[str], tokenizer) -> list[np.ndarray]:
     return out
 
 
-def train(config: TrainConfig, out: Path, *, init: str | None = None, data: Path | None = None,
+def train(config: TrainConfig | None, out: Path, *, init: str | None = None, data: Path | None = None,
           shards: Path | None = None, resume: bool = False, device: str = "auto",
-          humaneval_dir: Path | None = None, corpus: Corpus | None = None) -> list[dict]:
+          humaneval_dir: Path | None = None, corpus: Corpus | None = None,
+          optim_overrides: dict | None = None) -> list[dict]:
     """Train (or fine-tune with `init`, or continue with `resume`) and write a loadable checkpoint to `out`.
+
+    `config=None` means the run's own: a resumed run keeps the config it started with, and a run that
+    continues from the shipped weights (its local state gone) takes the config they were trained
+    with, so the learning-rate schedule and data shape do not change under it. `optim_overrides`
+    (steps, max_minutes from the command line) apply on top either way.
 
     `out/state.pt` (weights, optimizer, schedule, data RNG, history) is rewritten atomically every
     `checkpoint_minutes`, and `out/model/` holds the latest exported checkpoint, so a run that is
@@ -269,8 +275,17 @@ def train(config: TrainConfig, out: Path, *, init: str | None = None, data: Path
         if init is None and (SHIPPED_MODEL / "config.json").exists():
             init = str(SHIPPED_MODEL)  # the local run is gone: continue from the weights that shipped
         log.info("no %s to resume from: starting %s", state_path, f"from {init}" if init else "from scratch")
+    carried_path = Path(init) / "training_state.json" if init else None
+    carried = json.loads(carried_path.read_text()) if carried_path and carried_path.exists() else None
     if state is not None:
         config = msgspec.convert(state["config"], TrainConfig)
+    elif config is None and resume and carried and carried.get("config"):
+        config = msgspec.convert(carried["config"], TrainConfig)
+        log.info("training with the config the shipped weights were trained with")
+    config = config or TrainConfig()
+    if optim_overrides:
+        config = msgspec.structs.replace(config, optim=msgspec.structs.replace(config.optim, **optim_overrides))
+    if state is not None:
         if shards is None and state.get("shards") and data is None and corpus is None:
             shards = Path(state["shards"])  # continue on the data the run started with
     rng = random.Random(config.seed)
@@ -337,11 +352,12 @@ def train(config: TrainConfig, out: Path, *, init: str | None = None, data: Path
     generator = torch.Generator(device=device).manual_seed(config.seed)
     history: list[dict] = []
     totals = {"step": 0, "tokens_seen": 0, "supervised_tokens": 0, "minutes": 0.0, "device": device}
-    if state is None and init and (Path(init) / "training_state.json").exists():
-        carried = json.loads((Path(init) / "training_state.json").read_text())  # what the shipped weights saw
+    if state is None and carried is not None:  # what the initial weights saw
         history, totals = carried["history"], {**totals, **carried["totals"], "device": device}
         totals.pop("heldout_loss_start", None)
         log.info("continuing the shipped model's training record at step %d", totals["step"])
+        rng.seed(config.seed + totals["step"])  # new data, not the sequences those weights started on
+        generator.manual_seed(config.seed + totals["step"])
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
