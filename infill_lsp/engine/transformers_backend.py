@@ -12,6 +12,7 @@ import os
 import random
 import threading
 import time
+import warnings
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -25,6 +26,10 @@ from .canvas import TokenHealer, build_canvas, middle_lengths
 from .denoise import DenoiseSettings, denoise
 
 log = logging.getLogger(__name__)
+
+# transformers 5.24 warns on every call that passes `past_key_values` (renamed `cache`); we keep the old
+# name, which every release we accept takes. The warning is for us, not for the user's terminal.
+warnings.filterwarnings("ignore", message="`past_key_values` is deprecated", category=FutureWarning)
 
 WINDOW_STEP = 128  # the prefix window's start moves in steps of this many tokens
 CHECKPOINT_STEP = 64  # the encoded-prefix checkpoint sits on a multiple of this many tokens
