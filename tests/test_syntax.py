@@ -177,6 +177,21 @@ def test_python_indentation_errors_tree_sitter_tolerates_are_caught():
     assert validate("python", "def f(:\n    ", "\n", ["1"])[0].valid
 
 
+
+@pytest.mark.parametrize("prefix, suffix, good, bad", [
+    # a hole at a body CPython wants: tree-sitter takes the region as it is, CPython does not
+    ("def f(xs):\n    for x in xs:\n        if x > 1:\n", "\n    return False\n",
+     "            return True", "\n\n ip"),
+    # a missing loop header: `next, dbuf,` glued to the next line is a tuple target of `+=` for
+    # tree-sitter; CPython refuses it on that line
+    ("def below_zero(ops):\n    balance = 0\n\n", "        balance += op\n        if balance < 0:\n"
+     "            return True\n    return False\n", "    for op in ops:\n", "    next, dbuf,"),
+])
+def test_where_cpython_already_refuses_the_region_a_candidate_may_not_be_where_it_stops(prefix, suffix, good, bad):
+    """Both seen shown in HumanEval-Infilling (single-line) by infill-small, and not compiling."""
+    assert [v.valid for v in validate("python", prefix, suffix, [good, bad], truncate=False)] == [True, False]
+
+
 # -- the machinery, stated: positions, regions, error nodes ---------------------------------------
 
 POINT_SOURCE = "\nx = 'é'  # café\n\ndef f(a):\n    return {'😀': a}\n".encode()

@@ -26,6 +26,9 @@ anyway, so the count does not move. There:
      tuple or call) is no module: it does not compile, and its closer is unmatched. Re-opened
      (and closed) where the cut left it open, it may parse and compile; then that region is
      checked by the strict rule, and a candidate that closes the bracket early is refused.
+  5. (Python) a region CPython refuses with or without the candidate (tree-sitter may take it:
+     it lets a body at the wrong indentation or `a, b += c` pass) is still asked where CPython
+     stops first: on a line the candidate wrote, the candidate is refused.
 
 Cost: the comparison is made on a region around the cursor, cut at top-level lines (a line
 that starts without indentation) about BEFORE bytes before and AFTER bytes after it; smaller
@@ -159,6 +162,26 @@ def python_cell_compiles(source: bytes) -> bool:
     return python_compiles(source, top_level_await=True)
 
 
+def python_error_line(source: bytes) -> int | None:
+    """The 1-based line of the first syntax error CPython's compiler finds (as a cell: top-level
+    `await` allowed), or None when it compiles or the error has no line."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            compile(source, "<region>", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT, dont_inherit=True)
+        return None
+    except SyntaxError as error:
+        return error.lineno
+    except Exception:  # ValueError (NUL bytes), RecursionError, MemoryError: no position to judge by
+        return None
+
+
+# Where a broken region's errors can be located by a stricter parser: a candidate is refused when the
+# first error that parser finds lies on a line the candidate wrote (tree-sitter can leave indentation
+# and assignment-target mistakes unflagged: `next, dbuf, balance += op`, a body at column 1).
+ERROR_LINES = {"python": python_error_line}
+
+
 # A language's stricter parsers, strictest first. A region that parses is held to the strictest
 # one that accepts it (a module gets no top-level `await` from a candidate; a cell keeps its own);
 # a repair of a broken region, whose kind can't be told, to the most lenient.
@@ -231,16 +254,28 @@ class RegionChecker:
     def accepts(self, inserted: bytes) -> bool:
         data, tree = self._edited(inserted)
         errors = error_nodes(tree.root_node)
-        if not self.errors:  # the region parsed: it must still parse
-            return not errors and (self.strict is None or self.strict(data))
+        lo, hi = self.at, self.at + len(inserted)
+        if not self.errors:  # the region parsed: it must still parse (and compile, where it compiled)
+            if self.strict is not None:
+                return not errors and self.strict(data)
+            # tree-sitter took it, CPython did not (an indentation tree-sitter lets pass): the
+            # candidate must at least not be where CPython stops
+            return not errors and not self._error_on_its_lines(data, lo, hi)
         if not errors:  # it makes the region parse: a repair (when CPython agrees, for Python)
             return self.repair_check is None or self.repair_check(data)
         # Still broken: no error may touch the inserted text (tree-sitter folds garbage into the
         # ERROR node that was there), and each must be one the region had, where it was: a
         # candidate that moves the error recovery elsewhere has added an error too.
-        lo, hi = self.at, self.at + len(inserted)
         return (len(errors) <= self.errors and all(self._kept(error, lo, hi) for error in errors)
-                and not self._unfinished(data, tree, errors, lo, hi))
+                and not self._unfinished(data, tree, errors, lo, hi) and not self._error_on_its_lines(data, lo, hi))
+
+    def _error_on_its_lines(self, data: bytes, lo: int, hi: int) -> bool:
+        """Does the language's own parser (Python: CPython) stop first on a line the candidate at
+        [lo, hi) wrote? Its first error elsewhere (before the cursor, or below the candidate) says
+        nothing about the candidate, and then tree-sitter's verdict stands."""
+        locate = ERROR_LINES.get(self.language)
+        line = locate(data) if locate else None
+        return line is not None and data.count(b"\n", 0, lo) < line <= data.count(b"\n", 0, hi) + 1
 
     def _kept(self, error: tuple[str, int, int], lo: int, hi: int) -> bool:
         kind, start, end = error
