@@ -10,10 +10,12 @@ included). A definition's text is kept so that ranking (repo_context.RepoContext
 file.
 
 When: a full walk when the workspace folders become known or change, and again when a `.gitignore`
-is saved (files whose mtime and size did not change are not parsed again); one file when it is
-opened, saved (its text as the editor sent it), closed, deleted or renamed (read from disk again,
-dropped when gone). Tasks run one at a time on the index's thread, in order; `lookup` holds a lock
-only to copy out what it returns.
+is saved or changes on disk (files whose mtime and size did not change are not parsed again); one
+file when it is opened, saved (its text as the editor sent it), closed, deleted or renamed (read
+from disk again, dropped when gone); the files the client's watcher reports created, changed or
+deleted outside the editor (`workspace/didChangeWatchedFiles`, `watched_globs`), a batch as one task
+(a batch larger than `MAX_EVENT_FILES`: a walk). Tasks run one at a time on the index's thread, in
+order; `lookup` holds a lock only to copy out what it returns.
 
 Privacy: the same rules as the rest of the repository context (repo_context.Admission): files inside
 a workspace folder only (symlinks are not followed; a file's real path decides), never what a
@@ -231,6 +233,16 @@ def definitions_of(language: str, text: str, real: str, uri: str, path: str) -> 
     return tuple(out)
 
 
+def watched_globs() -> tuple[str, ...]:
+    """Glob patterns for a client's file watcher (workspace/didChangeWatchedFiles): the files of the
+    languages indexed here, and `.gitignore` files. Plain globs, no relative patterns: what VS Code
+    and Neovim 0.11 both take (each matches them in every workspace folder)."""
+    from .syntax.languages import EXTENSIONS
+
+    suffixes = sorted({suffix[1:] for suffix in EXTENSIONS if language_of("x" + suffix) is not None})
+    return (f"**/*.{{{','.join(suffixes)}}}", "**/.gitignore") if suffixes else ("**/.gitignore",)
+
+
 def language_of(path: str) -> str | None:
     from .syntax.languages import EXTENSIONS, grammar
 
@@ -279,6 +291,23 @@ class DefinitionIndex:
         if self._folders is not None and not self._closed:
             self._submit(("file", uri, text))
 
+    def update_many(self, uris: Iterable[str]) -> None:
+        """Files created, changed or deleted outside the editor (a file watcher's batch), each read
+        from the disk again: one task however many (a `git checkout` may report thousands), taking
+        turns with the pipeline thread like a walk; a batch larger than MAX_EVENT_FILES is a walk."""
+        if self._folders is None or self._closed:
+            return
+        uris = tuple(dict.fromkeys(uris))  # once each, in order
+        if len(uris) > MAX_EVENT_FILES:
+            self.rewalk()
+        elif uris:
+            self._submit(("files", uris, self._generation))
+
+    @property
+    def active(self) -> bool:
+        """Whether the index is kept (it was given the workspace folders, and not closed)."""
+        return self._folders is not None and not self._closed
+
     def close(self) -> None:
         self._closed = True
         self._generation += 1
@@ -324,6 +353,8 @@ class DefinitionIndex:
                     self._walk(task[1], task[2])
                 elif task[0] == "file":
                     self._file(task[1], task[2])
+                elif task[0] == "files":
+                    self._files_from_disk(task[1], task[2])
                 elif task[0] == "call":
                     task[1]()
             except Exception:  # noqa: BLE001 - a bug here must not end the thread (or the server)
@@ -375,6 +406,14 @@ class DefinitionIndex:
             self.building = False
         log.info("indexed definitions in %d files (%d parsed, %d entries) in %.0f ms", len(seen), parsed, entries,
                  (time.perf_counter() - started) * 1e3)
+
+    def _files_from_disk(self, uris: tuple[str, ...], generation: int) -> None:
+        for done, uri in enumerate(uris, 1):
+            if generation != self._generation or self._closed:
+                return  # a walk is queued (a .gitignore changed, the folders did): it reads them all
+            self._file(uri, None)
+            if done % YIELD_EVERY == 0:
+                time.sleep(0.005)
 
     def _file(self, uri: str, text: str | None) -> None:
         self.stats["updates"] += 1

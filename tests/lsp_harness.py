@@ -23,6 +23,16 @@ class Editor:
         self.statuses: list[dict] = []
         self.logs: list[str] = []
         self.progress: list = []
+        self.registrations: list[dict] = []  # client/registerCapability and unregisterCapability, in order
+
+        @self.client.feature(types.CLIENT_REGISTER_CAPABILITY)
+        def on_register(params: types.RegistrationParams):
+            self.registrations += [{"register": r.method, "id": r.id, "options": _plain(r.register_options)}
+                                   for r in params.registrations]
+
+        @self.client.feature(types.CLIENT_UNREGISTER_CAPABILITY)
+        def on_unregister(params: types.UnregistrationParams):
+            self.registrations += [{"unregister": u.method, "id": u.id} for u in params.unregisterations]
 
         @self.client.feature("infill/status")
         def on_status(params):
@@ -45,9 +55,11 @@ class Editor:
             self.progress.append(params)
 
     async def start(self, *args: str, init_options: dict | None = None, encodings=None, progress=True,
-                    stub: list[str] | None = None):
+                    stub: list[str] | None = None, watch_files: bool | None = None):
         """Start `infill-lsp serve` and initialize it. `stub`: the model replaced by an engine that
-        answers every request with these candidates, best first (tests/stub_server.py)."""
+        answers every request with these candidates, best first (tests/stub_server.py).
+        `watch_files`: the client says whether it registers workspace/didChangeWatchedFiles
+        dynamically (None: it says nothing about it)."""
         command = [sys.executable, "-m", "infill_lsp", "--log-level", "INFO", "serve", *args]
         if stub is not None:
             command[1:3] = [str(STUB_SERVER), json.dumps({"candidates": stub})]
@@ -58,6 +70,9 @@ class Editor:
         caps = types.ClientCapabilities(
             general=general,
             window=types.WindowClientCapabilities(work_done_progress=progress),
+            workspace=None if watch_files is None else types.WorkspaceClientCapabilities(
+                did_change_watched_files=types.DidChangeWatchedFilesClientCapabilities(
+                    dynamic_registration=watch_files)),
         )
         result = await self.client.initialize_async(
             types.InitializeParams(capabilities=caps, initialization_options=init_options or {}, process_id=None)

@@ -343,3 +343,174 @@ async def test_a_function_in_a_file_never_opened_reaches_the_prompt(workspace):
         assert (await editor.stats())["lastContext"] == []
     finally:
         await editor.close()
+
+
+# -- files changed outside the editor (workspace/didChangeWatchedFiles) ----------------------------
+def test_a_watchers_batch_is_one_task_read_from_the_disk(workspace, monkeypatch):
+    index = built(workspace)
+    batch = workspace / "batch"
+    batch.mkdir()
+    for i in range(20):
+        (batch / f"mod{i}.py").write_text(f"def batch_function_{i}():\n    return {i}\n")
+    (workspace / "secret_batch.py").write_text("def secret_batch_function():\n    return 1\n")  # ignored
+    uris = [uri(batch / f"mod{i}.py") for i in range(20)] + [uri(workspace / "secret_batch.py")]
+    release = threading.Event()
+    index._submit(("call", lambda: release.wait(10)))  # the index's thread busy: the batch only waits its turn
+    updates = index.stats["updates"]
+    started = time.perf_counter()
+    index.update_many(uris + uris)  # a watcher may report a file twice (created, then changed)
+    assert time.perf_counter() - started < 0.05 and index.summary()["files"] == 2
+    release.set()
+    assert index.wait()
+    assert index.stats["updates"] == updates + 21 and index.summary()["files"] == 22
+    assert set(index.lookup(["batch_function_0", "batch_function_19", "secret_batch_function"])) == {
+        "batch_function_0", "batch_function_19"}
+    shutil.rmtree(batch)
+    monkeypatch.setattr(definitions, "MAX_EVENT_FILES", 10)  # a larger batch (a git checkout): a walk
+    walks = index.stats["walks"]
+    index.update_many(uris)
+    assert index.wait() and index.stats["walks"] == walks + 1 and index.summary()["files"] == 2
+    index.close()
+
+
+def test_watched_globs_cover_the_indexed_languages():
+    code, gitignore = definitions.watched_globs()
+    assert gitignore == "**/.gitignore" and code.startswith("**/*.{") and code.endswith("}")
+    suffixes = code[len("**/*.{"):-1].split(",")
+    assert {"py", "js", "jsx", "ts", "tsx"} <= set(suffixes)
+    assert all(definitions.language_of("x." + suffix) for suffix in suffixes)
+
+
+async def _definitions_once(editor, done, timeout: float = 20.0) -> dict:
+    """infill/stats' repoContext.definitions once `done(it)` holds (the last one seen on timeout)."""
+    import asyncio
+
+    deadline = time.monotonic() + timeout
+    while True:
+        summary = (await editor.stats())["repoContext"].get("definitions", {})
+        if done(summary) or time.monotonic() > deadline:
+            return summary
+        await asyncio.sleep(0.05)
+
+
+async def _until(predicate, timeout: float = 10.0) -> bool:
+    import asyncio
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
+
+
+async def _started(editor, workspace: Path, walked: bool = True, **start) -> dict:
+    """The server started on `workspace`, main.py open, its first walk done (`walked`)."""
+    from lsprotocol import types
+
+    _git(workspace, "init", "-q")
+    (workspace / "main.py").write_text(MAIN)
+    await editor.start(stub=["x"], **start)
+    editor.client.workspace_did_change_workspace_folders(types.DidChangeWorkspaceFoldersParams(
+        event=types.WorkspaceFoldersChangeEvent(added=[types.WorkspaceFolder(uri(workspace), "ws")], removed=[])))
+    editor.open(uri(workspace / "main.py"), MAIN)
+    return await _definitions_once(editor, lambda s: not walked or (s.get("walks") and not s["building"]))
+
+
+def _events(editor, *changes: tuple[Path, int]) -> None:
+    from lsprotocol import types
+
+    editor.client.workspace_did_change_watched_files(types.DidChangeWatchedFilesParams(
+        changes=[types.FileEvent(uri=uri(path), type=types.FileChangeType(kind)) for path, kind in changes]))
+
+
+CREATED, CHANGED, DELETED = 1, 2, 3
+
+
+async def test_files_changed_outside_the_editor_reach_the_index_through_the_clients_watcher(workspace):
+    from lsp_harness import Editor
+
+    editor = Editor()
+    try:
+        first = await _started(editor, workspace, watch_files=True, init_options={"repoContext": "on"})
+        assert first["files"] == 3  # pkg/util.py, web/app.js, main.py
+        assert await _until(lambda: editor.registrations)
+        (registration,) = editor.registrations
+        assert registration["register"] == "workspace/didChangeWatchedFiles"
+        assert [w["globPattern"] for w in registration["options"]["watchers"]] == list(definitions.watched_globs())
+
+        extra = workspace / "pkg" / "extra.py"  # written by another program: the editor never opened it
+        extra.write_text("def extra_helper(x):\n    return x\n\n\nclass ExtraModel:\n    pass\n")
+        _events(editor, (extra, CREATED))
+        found = await _definitions_once(editor, lambda s: s["files"] == 4)
+        assert found["files"] == 4 and found["definitions"] == first["definitions"] + 2
+
+        (workspace / "secret_new.py").write_text("def load_new_secret():\n    return 1\n")  # .gitignore'd
+        (workspace / "generated" / "more.py").write_text("def generated_more():\n    return 1\n")  # ignored dir
+        (workspace / ".git" / "hook.py").write_text("def git_hook():\n    return 1\n")
+        _events(editor, (workspace / "secret_new.py", CREATED), (workspace / "generated" / "more.py", CREATED),
+                (workspace / ".git" / "hook.py", CHANGED))
+        ignored = await _definitions_once(editor, lambda s: s["updates"] >= found["updates"] + 3)
+        assert ignored["updates"] == found["updates"] + 3  # read, and left out
+        assert (ignored["files"], ignored["definitions"]) == (4, found["definitions"])
+
+        extra.unlink()
+        _events(editor, (extra, DELETED))
+        gone = await _definitions_once(editor, lambda s: s["files"] == 3)
+        assert (gone["files"], gone["definitions"]) == (3, first["definitions"])
+
+        many = workspace / "web" / "gen"  # a git checkout: 500 files in one batch, the event loop not held
+        many.mkdir()
+        for i in range(500):
+            (many / f"part{i}.js").write_text(f"export function part{i}() {{\n  return {i};\n}}\n")
+        _events(editor, *((many / f"part{i}.js", CREATED) for i in range(500)))
+        started = time.perf_counter()
+        await editor.stats()
+        assert time.perf_counter() - started < 5.0  # answered while the index works through them
+        batch = await _definitions_once(editor, lambda s: s["files"] == 503 and not s["building"], timeout=60)
+        assert batch["files"] == 503 and batch["definitions"] == first["definitions"] + 500
+
+        (workspace / ".gitignore").write_text("secret_*.py\ngenerated/\nweb/\n")  # by git, say: walked again
+        _events(editor, (workspace / ".gitignore", CHANGED))
+        walked = await _definitions_once(editor, lambda s: s["walks"] > batch["walks"] and not s["building"])
+        assert walked["files"] == 2  # pkg/util.py, main.py: nothing under web/ any more
+    finally:
+        await editor.close()
+
+
+async def test_no_watcher_without_the_capability_or_without_the_index(workspace):
+    from lsprotocol import types
+    from lsp_harness import Editor
+
+    editor = Editor()  # a client that cannot register it (Neovim on Linux by default)
+    try:
+        first = await _started(editor, workspace, watch_files=False, init_options={"repoContext": "on"})
+        assert first["files"] == 3
+        extra = workspace / "pkg" / "extra.py"
+        extra.write_text("def extra_helper(x):\n    return x\n")
+        editor.client.text_document_did_save(types.DidSaveTextDocumentParams(
+            types.TextDocumentIdentifier(uri(workspace / "main.py"))))  # a round trip after the walk
+        await editor.stats()
+        assert editor.registrations == []
+    finally:
+        await editor.close()
+
+    editor = Editor()  # a client that can, while repository context is off, then on, then off again
+    try:
+        off = await _started(editor, workspace, walked=False, watch_files=True, init_options={"repoContext": "off"})
+        assert off["walks"] == 0 and editor.registrations == []
+        editor.client.workspace_did_change_configuration(types.DidChangeConfigurationParams(
+            settings={"repoContext": "on"}))
+        editor.client.text_document_did_save(types.DidSaveTextDocumentParams(
+            types.TextDocumentIdentifier(uri(workspace / "main.py"))))
+        assert await _until(lambda: editor.registrations)
+        assert [r.get("register") for r in editor.registrations] == ["workspace/didChangeWatchedFiles"]
+        on = await _definitions_once(editor, lambda s: s.get("walks") and not s["building"])
+        assert on["files"] == 4  # extra.py, written while nothing watched, found by the walk
+        editor.client.workspace_did_change_configuration(types.DidChangeConfigurationParams(
+            settings={"repoContext": "off"}))
+        assert await _until(lambda: len(editor.registrations) == 2)
+        assert editor.registrations[1] == {"unregister": "workspace/didChangeWatchedFiles",
+                                           "id": editor.registrations[0]["id"]}
+    finally:
+        await editor.close()

@@ -90,6 +90,9 @@ class InfillServer(LanguageServer):
         self.repo = repo_context.RepoContext(definitions=definitions.DefinitionIndex())
         self.last_context: list[dict[str, Any]] | None = None  # the chunks the last prompt held
         self._repo_timer: asyncio.TimerHandle | None = None
+        self.initialized = False  # `initialized` came: the server may send requests (registrations)
+        self.can_watch_files = False  # the client registers workspace/didChangeWatchedFiles dynamically
+        self.watching_files = False  # the file watcher is registered with the client
 
     def report_server_error(self, error: Exception, source) -> None:
         """Bad messages are logged (stderr and window/logMessage), never shown as a popup. Bad input
@@ -273,10 +276,16 @@ class InfillServer(LanguageServer):
                 self.repo.definitions.close()
             self.repo = repo_context.RepoContext(definitions=definitions.DefinitionIndex())
             self.last_context = None
+            self.sync_file_watcher(False)
 
     # -- repository context (repo_context.py) ------------------------------------------------
     def _repo_gathering(self) -> bool:
         """Whether to gather: unless it is off (under "auto" the engine may not be loaded yet to say)."""
+        gathering = self._configure_repo()
+        self.sync_file_watcher(gathering)
+        return gathering
+
+    def _configure_repo(self) -> bool:
         if self.settings.repo_context == "off":
             return False
         engine = self.holder.engine
@@ -290,6 +299,46 @@ class InfillServer(LanguageServer):
         self.repo.configure(budget_tokens=tokens, max_files=files, folders=[f for f in folders if f],
                             index=self.settings.repo_context == "on" or engine is not None)
         return True
+
+    def sync_file_watcher(self, gathering: bool) -> None:
+        """Files created, changed or deleted outside the editor (a git checkout, a formatter) reach
+        the definition index as they happen: while the index is kept, a client that registers
+        `workspace/didChangeWatchedFiles` dynamically is asked to watch the files it covers, and
+        asked to stop when it is not. Without that capability they are seen at the next walk."""
+        index = self.repo.definitions
+        wanted = (self.can_watch_files and self.initialized and gathering and index is not None
+                  and index.active)
+        if wanted == self.watching_files:
+            return
+        self.watching_files = wanted
+        try:
+            if wanted:
+                watchers = [types.FileSystemWatcher(glob_pattern=glob) for glob in definitions.watched_globs()]
+                future = self.client_register_capability(types.RegistrationParams(registrations=[types.Registration(
+                    id=WATCH_REGISTRATION, method=types.WORKSPACE_DID_CHANGE_WATCHED_FILES,
+                    register_options=types.DidChangeWatchedFilesRegistrationOptions(watchers=watchers))]))
+            else:
+                future = self.client_unregister_capability(types.UnregistrationParams(unregisterations=[
+                    types.Unregistration(id=WATCH_REGISTRATION, method=types.WORKSPACE_DID_CHANGE_WATCHED_FILES)]))
+        except Exception:  # the transport is gone
+            log.debug("could not (un)register the file watcher", exc_info=True)
+            return
+        future.add_done_callback(_log_refused)
+
+    def watched_files(self, params: types.DidChangeWatchedFilesParams) -> None:
+        """workspace/didChangeWatchedFiles: queued for the index's thread, whatever the batch's size
+        (read from the disk there: created or changed files are parsed, deleted ones dropped, under
+        the same admission rules as a walk); a `.gitignore` among them: walked again."""
+        index = self.repo.definitions
+        if not params.changes or index is None or not self._repo_gathering() or not index.active:
+            return
+        uris = [change.uri for change in params.changes]
+        if any(os.path.basename(unquote(uri)) == ".gitignore" for uri in uris):
+            self.repo.admission.forget()
+            index.rewalk()  # reads every file again that changed, and drops what is ignored now
+        else:
+            index.update_many(uris)
+        self._arm_repo_refresh()
 
     def _doc_text(self, uri: str) -> str | None:
         document = self.workspace.text_documents.get(unquote(uri))
@@ -533,12 +582,22 @@ _FILE_OPERATIONS = types.FileOperationRegistrationOptions(filters=[
     types.FileOperationFilter(pattern=types.FileOperationPattern(glob="**/*"), scheme="file")])
 
 
+WATCH_REGISTRATION = "infill-lsp-watched-files"
+
+
+def _log_refused(future) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.warning("the client refused to (un)register the file watcher: %s", future.exception())
+
+
 def build_server(settings: Settings | None = None, engine: Engine | None = None) -> InfillServer:
     server = InfillServer(settings, engine)
 
     @server.feature(types.INITIALIZE)
     def initialize(ls: InfillServer, params: types.InitializeParams) -> None:
         ls.workspace.__class__ = LspWorkspace  # documents keep LSP's line breaks (documents.py); none is open yet
+        watched = params.capabilities.workspace.did_change_watched_files if params.capabilities.workspace else None
+        ls.can_watch_files = bool(watched and watched.dynamic_registration)
         ls.apply_settings(params.initialization_options)
 
     @server.feature(types.INITIALIZED)
@@ -546,6 +605,7 @@ def build_server(settings: Settings | None = None, engine: Engine | None = None)
         package_log = logging.getLogger("infill_lsp")
         if not any(isinstance(h, LspLogHandler) for h in package_log.handlers):
             package_log.addHandler(LspLogHandler(ls, asyncio.get_running_loop()))
+        ls.initialized = True
         ls.ensure_engine()
 
     @server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
@@ -584,6 +644,10 @@ def build_server(settings: Settings | None = None, engine: Engine | None = None)
             if ls.repo.definitions is not None:
                 ls.repo.definitions.update(moved.old_uri)
                 ls.repo.definitions.update(moved.new_uri)
+
+    @server.feature(types.WORKSPACE_DID_CHANGE_WATCHED_FILES)
+    def did_change_watched_files(ls: InfillServer, params: types.DidChangeWatchedFilesParams) -> None:
+        ls.watched_files(params)
 
     @server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
     async def inline_completion(ls: InfillServer, params: types.InlineCompletionParams):
