@@ -72,3 +72,4 @@ class EngineInfo(msgspec.Struct, frozen=True):
     device: str = "cpu"
     dtype: str = "float32"
     repo_context: str = ""  # the repository-context layout the checkpoint declares ("" = none: off under "auto")
+    suffix_window: int = 0  # tokens after the cursor the prompt holds (the checkpoint's layout; 0 = none)

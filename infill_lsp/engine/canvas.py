@@ -15,6 +15,11 @@ Token healing: the cursor can sit inside a token (`ret|`). The last prompt token
 off and the first free position is constrained to vocabulary entries that start with its
 text, so `ret` can become `return` instead of being followed by a token that assumes a
 word boundary.
+
+Suffix window (a checkpoint whose `infill_layout` declares `suffix_window: N`): the prompt also
+holds the first <= N tokens of the text after the cursor, cut after the last whole line when the
+text goes on (`suffix_window` below, shared by the engine and training); see
+engine/transformers_backend.py for where it goes.
 """
 
 from __future__ import annotations
@@ -74,6 +79,20 @@ def build_canvas(
         known[row, m:] = torch.tensor(tail[: canvas_len - m], dtype=torch.long)
         clamped[row, m:] = True
     return CanvasBatch(known=known, clamped=clamped, free=~clamped, lengths=list(lengths))
+
+
+def suffix_window(ids: list[int], limit: int, newline, continues: bool) -> list[int]:
+    """The first <= `limit` ids of the text after the cursor; when that text goes on past them
+    (`continues`, or more than `limit` ids given), cut after the last id holding a newline, so the
+    model never sees half a line it would take for the line's end. A first line longer than the
+    whole window is kept as it is (cut mid-line: better than nothing). `newline[id]`: the id's text
+    holds a newline."""
+    window = list(ids[:limit])
+    if continues or len(ids) > limit:
+        ends = [i for i, token in enumerate(window) if newline[token]]
+        if ends:
+            window = window[:ends[-1] + 1]
+    return window
 
 
 class TokenHealer:

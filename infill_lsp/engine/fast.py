@@ -498,7 +498,8 @@ class FastEngine(TransformersEngine):
                 text_config = self.model.config.text_config
                 if getattr(text_config, "_experts_implementation", None) not in ("grouped_mm", "batched_mm"):
                     text_config._experts_implementation = "grouped_mm"
-            self._static = StaticDecoder(self.model, device=self.device, prefix_capacity=self.prefix_tokens + 1,
+            prompt = self.prefix_tokens + 1 + (self.suffix_window + 1 if self.suffix_window else 0)  # BOS, [SEP]
+            self._static = StaticDecoder(self.model, device=self.device, prefix_capacity=prompt,
                                          row_buckets=self._row_buckets, graphs=graphs,
                                          compile=graphs and self._graphs_mode == "compile",
                                          emulate_graphs=self._graphs_mode == "emulate",

@@ -1,7 +1,24 @@
 """In-process engine on transformers' DiffusionGemmaForBlockDiffusion.
 
-One request: tokenize -> encode the prefix once (causal encoder pass fills a KV cache) ->
+One request: tokenize -> encode the prompt once (causal encoder pass fills a KV cache) ->
 repeat the cache across the candidate rows -> denoise all rows as one batch -> decode.
+
+Prompt layouts (the checkpoint's `infill_layout` in config.json says which; none = the real
+DiffusionGemma's native one):
+
+    [BOS] + repository context + prefix window                          (default)
+    [BOS] + repository context + prefix window + [SEP] + suffix window  (`suffix_window: N`, N > 0)
+
+The suffix window is the first <= N tokens of the text after the cursor (tokenized on its own,
+starting at the cursor, so it overlaps the canvas' clamped suffix head), cut after its last whole
+line when the text goes on (canvas.suffix_window). SEP is the tokenizer's end marker (eos), a
+control token every tokenizer has, so no vocabulary grows (the shipped weights keep working); in
+the canvas it ends the middle, here it ends the prefix. Only the
+part before SEP may become the encoded-prefix checkpoint (`_encode`): while the user types, the
+suffix stays put but moves to later positions, so it is encoded again with the prefix's tail on
+every request (<= N + 1 more tokens) and the checkpoint keeps hitting. The canvas and the
+denoising loop are unchanged; the canvas' positions continue after the whole prompt.
+train/holes.py trains exactly this layout.
 """
 
 from __future__ import annotations
@@ -22,7 +39,7 @@ import torch
 from .. import repo_context
 from ..types import Candidate, ContextChunk, EngineInfo, EngineTimings, InfillRequest, InfillResult
 from .cancel import NEVER, CancelToken
-from .canvas import TokenHealer, build_canvas, middle_lengths
+from .canvas import TokenHealer, build_canvas, middle_lengths, suffix_window
 from .denoise import DenoiseSettings, denoise
 
 log = logging.getLogger(__name__)
@@ -33,6 +50,15 @@ warnings.filterwarnings("ignore", message="`past_key_values` is deprecated", cat
 
 WINDOW_STEP = 128  # the prefix window's start moves in steps of this many tokens
 CHECKPOINT_STEP = 64  # the encoded-prefix checkpoint sits on a multiple of this many tokens
+
+
+class PromptIds(list):
+    """Prompt token ids that know how many leading ones (BOS, context, prefix window) `_encode` may
+    keep as its checkpoint; a plain list is all cacheable (the default layout)."""
+
+    def __init__(self, ids, cacheable: int):
+        super().__init__(ids)
+        self.cacheable = cacheable
 
 
 def _snapshot(cache):
@@ -221,6 +247,7 @@ class TransformersEngine:
         self.dtype = resolve_dtype(dtype, self.device)
         self.prefix_tokens = prefix_tokens
         self.suffix_head_tokens = suffix_head_tokens
+        self.suffix_window = 0  # tokens of the text after the cursor in the prompt (the checkpoint's layout)
         self.denoise_settings = denoise_settings or DenoiseSettings()
         self._lock = threading.Lock()
         self._checkpoint: tuple[tuple[int, ...], object] | None = None  # (prompt head, its KV cache)
@@ -254,6 +281,7 @@ class TransformersEngine:
         if layout:
             self.prefix_tokens = min(self.prefix_tokens, int(layout.get("prefix_tokens", self.prefix_tokens)))
             self.suffix_head_tokens = int(layout.get("suffix_head", self.suffix_head_tokens))
+            self.suffix_window = max(0, int(layout.get("suffix_window") or 0))
         name = layout.get("name") or model
         # Repository context (repo_context.py): the real DiffusionGemma gets the plain-text path-comment
         # convention; a trained checkpoint only what its layout declares (infill-small: none).
@@ -263,13 +291,15 @@ class TransformersEngine:
                         "repoContext \"auto\" leaves it off", name, self.repo_context_layout)
             self.repo_context_layout = ""
         self.info = EngineInfo(model=name, backend="transformers", device=self.device,
-                               dtype=str(self.dtype).removeprefix("torch."), repo_context=self.repo_context_layout)
+                               dtype=str(self.dtype).removeprefix("torch."), repo_context=self.repo_context_layout,
+                               suffix_window=self.suffix_window)
 
         progress("indexing vocabulary", None)
         vocab = self.model.config.text_config.vocab_size
         backend = self.tokenizer.backend_tokenizer
         texts = backend.decode_batch([[i] for i in range(vocab)], skip_special_tokens=False)
         self.healer = TokenHealer(texts)
+        self.newline = [("\n" in text) for text in texts] if self.suffix_window else None
         self.bos_id = self.tokenizer.bos_token_id
         self.end_id = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else 1
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
@@ -350,6 +380,12 @@ class TransformersEngine:
             ids = [self.pad_id]
         return ids, healed
 
+    def _suffix_window_ids(self, suffix: str) -> list[int]:
+        """The suffix window: <= `suffix_window` tokens from the cursor on, cut at a line's end."""
+        chars = self.suffix_window * 16
+        ids = self._encode_text(suffix[:chars])
+        return suffix_window(ids, self.suffix_window, self.newline, continues=len(suffix) > chars)
+
     def healer_text(self, token_id: int) -> str:
         return self.tokenizer.backend_tokenizer.decode([token_id], skip_special_tokens=False)
 
@@ -364,6 +400,9 @@ class TransformersEngine:
         """Tokenize and lay out one request: prompt, healed text, slot lengths, canvas rows, healing mask, steps."""
         budget = request.budget
         prompt_ids, healed = self._prompt(request.prefix, request.context, request.path)
+        if self.suffix_window:
+            prompt_ids = PromptIds([*prompt_ids, self.end_id, *self._suffix_window_ids(request.suffix)],
+                                   cacheable=len(prompt_ids))
         suffix_ids = self._encode_text(request.suffix[: self.suffix_head_tokens * 16])[: self.suffix_head_tokens]
         lengths = middle_lengths(budget.candidates, budget.max_middle_tokens)
         batch = build_canvas(lengths, suffix_ids, self.suffix_head_tokens, self.end_id, self.pad_id)
@@ -398,14 +437,16 @@ class TransformersEngine:
 
     @torch.inference_mode()
     def _encode(self, prompt_ids: list[int]):
-        """The prefix's KV cache (batch 1), reusing the encoded head of the previous prompt.
+        """The prompt's KV cache (batch 1), reusing the encoded head of the previous prompt.
 
-        Keystrokes change only the end of the prompt, so the encoder pass is split at a stable
-        checkpoint (a multiple of CHECKPOINT_STEP tokens, at least CHECKPOINT_STEP before the end):
-        the part before it is kept between requests and only the tail is encoded again. Cache
-        layers rebind, never mutate, their tensors, so a shallow copy is a safe snapshot.
+        Keystrokes change only the end of the prefix, so the encoder pass is split at a stable
+        checkpoint (a multiple of CHECKPOINT_STEP tokens, at least CHECKPOINT_STEP before the end of
+        the cacheable part: the whole prompt, or what precedes a suffix window): the part before it
+        is kept between requests and only the tail is encoded again. Cache layers rebind, never
+        mutate, their tensors, so a shallow copy is a safe snapshot.
         """
-        cut = (len(prompt_ids) - CHECKPOINT_STEP) // CHECKPOINT_STEP * CHECKPOINT_STEP
+        cacheable = getattr(prompt_ids, "cacheable", len(prompt_ids))
+        cut = max(0, (cacheable - CHECKPOINT_STEP) // CHECKPOINT_STEP * CHECKPOINT_STEP)
         head, tail = tuple(prompt_ids[:cut]), prompt_ids[cut:]
         if head and self._checkpoint is not None and self._checkpoint[0] == head:
             cache = _snapshot(self._checkpoint[1])

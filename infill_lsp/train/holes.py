@@ -19,6 +19,16 @@ of the file's own tokenization, as here. Self-conditioning is trained as at infe
 first pass, its logits (divided by a temperature from the sampler's schedule) fed back, with
 clamped positions one-hot on their known token (the engine's logits processor makes them so).
 The vocabulary head runs only on the supervised (free) positions.
+
+Suffix window (`suffix_window: N`, the layout in engine/transformers_backend.py): at inference
+the prompt is `[BOS] + prefix + [SEP] + <= N tokens after the cursor, cut at a line's end`. Here
+hole k gets a window block `[SEP] + window_k` (canvas.suffix_window over the clean tokens after
+its middle, the rule the engine applies to the text after the cursor) at positions s_k, s_k+1, ...
+One extra encoder pass runs all holes' blocks as a batch of rows: block k attends to the clean
+keys [0, s_k) of its sequence and causally to itself, exactly the causal encoding of that prompt.
+Row k's canvas then attends to [clean keys before s_k | its block's real keys | its canvas], at
+positions continuing after the block. The cost is that pass (rows x (N + 1) tokens against
+sequence + N + 1 keys) and the longer keys of the decoder passes.
 """
 
 from __future__ import annotations
@@ -30,7 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..engine.canvas import build_canvas, middle_lengths
+from ..engine.canvas import build_canvas, middle_lengths, suffix_window
 from ..engine.denoise import vocabulary_head
 
 
@@ -41,10 +51,13 @@ class HoleBatch:
     row_start: torch.Tensor  # (R,) s_k: the hole's first token (= its prompt length)
     canvas: torch.Tensor  # (R, W) clean canvas rows
     free: torch.Tensor  # (R, W) bool: middle slot positions (noised, supervised)
+    window: torch.Tensor | None = None  # (R, N + 1) [SEP] + suffix window per row, right-padded (layout N > 0)
+    window_length: torch.Tensor | None = None  # (R,) real tokens of each row's window block (SEP included)
 
     def to(self, device) -> "HoleBatch":
-        return HoleBatch(*(t.to(device) for t in (self.encoder_ids, self.row_sequence, self.row_start,
-                                                   self.canvas, self.free)))
+        return HoleBatch(*(t.to(device) if t is not None else None
+                           for t in (self.encoder_ids, self.row_sequence, self.row_start, self.canvas, self.free,
+                                     self.window, self.window_length)))
 
     @property
     def supervised_tokens(self) -> int:
@@ -55,8 +68,9 @@ class HoleSampler:
     """Cuts editor-like holes out of token sequences and lays them out as engine canvas rows."""
 
     def __init__(self, tokenizer, *, sequence_tokens: int = 512, max_middle: int = 32, suffix_head: int = 16,
-                 holes_per_sequence: int = 16):
+                 holes_per_sequence: int = 16, suffix_window: int = 0):
         self.sequence_tokens = sequence_tokens
+        self.suffix_window = suffix_window
         self.max_middle = max_middle
         self.suffix_head = suffix_head
         self.holes = holes_per_sequence
@@ -74,7 +88,7 @@ class HoleSampler:
 
         The buffer runs past the encoded part so middles and suffix heads near its end are real.
         """
-        need = self.sequence_tokens - 1 + self.max_middle + self.suffix_head
+        need = self.sequence_tokens - 1 + self.max_middle + max(self.suffix_head, self.suffix_window)
         start = 0
         if len(document) > self.sequence_tokens - 1:
             start = rng.randrange(0, len(document) - (self.sequence_tokens - 1) // 2)
@@ -102,7 +116,7 @@ class HoleSampler:
 
     def sample(self, documents: list[np.ndarray], rng: random.Random) -> HoleBatch:
         """One batch: a window of each document, `holes_per_sequence` holes in each."""
-        encoder_rows, row_sequence, row_start, canvases, frees = [], [], [], [], []
+        encoder_rows, row_sequence, row_start, canvases, frees, windows = [], [], [], [], [], []
         for b, document in enumerate(documents):
             tokens, ends = self.window(document, rng)
             encoded = min(len(tokens), self.sequence_tokens)
@@ -131,12 +145,23 @@ class HoleSampler:
                 frees.append(batch.free[0])
                 row_sequence.append(b)
                 row_start.append(s)
+                if self.suffix_window:  # the text goes on past what the buffer holds unless the document ends in it
+                    ahead = tokens[after:after + self.suffix_window + 1]
+                    windows.append([self.end, *suffix_window(ahead, self.suffix_window, self.newline,
+                                                             continues=not ends)])
         width = max(len(r) for r in encoder_rows)
         encoder_ids = torch.full((len(encoder_rows), width), self.pad, dtype=torch.long)
         for b, row in enumerate(encoder_rows):
             encoder_ids[b, :len(row)] = torch.tensor(row)
+        window = window_length = None
+        if self.suffix_window:
+            window = torch.full((len(windows), self.suffix_window + 1), self.pad, dtype=torch.long)
+            for k, block in enumerate(windows):
+                window[k, :len(block)] = torch.tensor(block)
+            window_length = torch.tensor([len(block) for block in windows])
         return HoleBatch(encoder_ids=encoder_ids, row_sequence=torch.tensor(row_sequence),
-                         row_start=torch.tensor(row_start), canvas=torch.stack(canvases), free=torch.stack(frees))
+                         row_start=torch.tensor(row_start), canvas=torch.stack(canvases), free=torch.stack(frees),
+                         window=window, window_length=window_length)
 
 
 def _rows_cache(cache, rows: torch.Tensor, length: int):
@@ -162,18 +187,82 @@ def block_causal_mask(row_start: torch.Tensor, length: int, width: int, dtype: t
     return mask[:, None, None, :].expand(-1, 1, width, -1)
 
 
+def _additive(visible: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    mask = torch.zeros(visible.shape, dtype=dtype, device=visible.device)
+    return mask.masked_fill_(~visible, torch.finfo(dtype).min)
+
+
+def window_masks(row_start: torch.Tensor, window_length: torch.Tensor, length: int, block: int, width: int,
+                 dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Additive masks of the suffix-window layout, for keys [N encoded | block | canvas]:
+    (R, 1, block, N + block) for the window pass (keys before s_k, then causal within the block),
+    (R, 1, W, N + block + W) for the canvas (keys before s_k, the block's real tokens, its canvas)."""
+    device = row_start.device
+    before = torch.arange(length, device=device)[None, :] < row_start[:, None]  # (R, N)
+    own = torch.arange(block, device=device)
+    causal = own[None, :] <= own[:, None]  # (block, block)
+    rows = row_start.shape[0]
+    encoder = torch.cat([before[:, None, :].expand(-1, block, -1), causal[None].expand(rows, -1, -1)], dim=2)
+    real = own[None, :] < window_length[:, None]  # (R, block)
+    decoder = torch.cat([before, real, torch.ones((rows, width), dtype=torch.bool, device=device)], dim=1)
+    return _additive(encoder, dtype)[:, None], _additive(decoder, dtype)[:, None, None, :].expand(-1, 1, width, -1)
+
+
+@dataclass
+class RowKeys:
+    """What every canvas row attends to: a KV cache (`index` picks each row's entry; None: one entry
+    per row already), the decoder's additive mask over its `length` keys and the canvas, and the
+    canvas' positions."""
+
+    source: object
+    index: torch.Tensor | None
+    length: int
+    mask: torch.Tensor
+    positions: torch.Tensor
+
+    def cache(self, rows: torch.Tensor | None = None):
+        if self.index is None:
+            return _rows_cache(self.source, rows, self.length) if rows is not None else self.source
+        return _rows_cache(self.source, self.index if rows is None else self.index[rows], self.length)
+
+    def masks(self, rows: torch.Tensor | None = None) -> dict:
+        mask = self.mask if rows is None else self.mask[rows]
+        return {"full_attention": mask, "sliding_attention": mask}
+
+
+def row_keys(model, batch: HoleBatch) -> RowKeys:
+    """Encode the clean sequences once (causal: pads only trail) and, with a suffix window, every
+    row's window block on top of its sequence's keys (one more encoder pass over all rows)."""
+    device = batch.canvas.device
+    rows, width = batch.canvas.shape
+    length = batch.encoder_ids.shape[1]
+    encoded = model.model.encoder(input_ids=batch.encoder_ids, use_cache=True).past_key_values
+    offsets = torch.arange(width, device=device)[None, :]
+    if batch.window is None:
+        mask = block_causal_mask(batch.row_start, length, width, model.dtype)
+        return RowKeys(encoded, batch.row_sequence, length, mask, batch.row_start[:, None] + offsets)
+    block = batch.window.shape[1]
+    encoder_mask, mask = window_masks(batch.row_start, batch.window_length, length, block, width, model.dtype)
+    cache = _rows_cache(encoded, batch.row_sequence, length)
+    cache = model.model.encoder(input_ids=batch.window, past_key_values=cache, use_cache=True,
+                                attention_mask={"full_attention": encoder_mask, "sliding_attention": encoder_mask},
+                                position_ids=batch.row_start[:, None] + torch.arange(block, device=device)[None, :]
+                                ).past_key_values
+    if any(layer.keys.shape[-2] != length + block for layer in cache.layers):
+        raise ValueError("training sequences and the suffix window must fit the sliding window "
+                         "(config sliding_window > sequence_tokens + suffix_window + 1)")
+    positions = (batch.row_start + batch.window_length)[:, None] + offsets
+    return RowKeys(cache, None, length + block, mask, positions)
+
+
 def holes_loss(model, batch: HoleBatch, generator: torch.Generator | None = None,
                self_condition_p: float = 0.5) -> torch.Tensor:
     """Cross-entropy on the middle slots of all holes, against one causal encoding per sequence."""
     device = batch.canvas.device
     vocab = model.config.text_config.vocab_size
     rows, width = batch.canvas.shape
-    length = batch.encoder_ids.shape[1]
-    encoded = model.model.encoder(input_ids=batch.encoder_ids, use_cache=True)  # causal: pads only trail
-    cache = _rows_cache(encoded.past_key_values, batch.row_sequence, length)
-    mask = block_causal_mask(batch.row_start, length, width, model.dtype)
-    masks = {"full_attention": mask, "sliding_attention": mask}
-    positions = batch.row_start[:, None] + torch.arange(width, device=device)[None, :]
+    keys = row_keys(model, batch)
+    cache, masks, positions = keys.cache(), keys.masks(), keys.positions
 
     rate = torch.rand((rows, 1), device=device, generator=generator).clamp(min=0.05)
     noise = torch.randint(0, vocab, batch.canvas.shape, device=device, generator=generator)
@@ -193,8 +282,8 @@ def holes_loss(model, batch: HoleBatch, generator: torch.Generator | None = None
         if len(chosen):
             with torch.no_grad():  # the first pass, for the chosen rows only: what the previous step would give
                 sub_free = free[chosen]
-                sub_cache = _rows_cache(encoded.past_key_values, batch.row_sequence[chosen], length)
-                sub_masks = {name: m[chosen] for name, m in masks.items()}
+                sub_cache = keys.cache(chosen)
+                sub_masks = keys.masks(chosen)
                 hidden = model.model.decoder(decoder_input_ids=noisy[chosen], past_key_values=sub_cache,
                                              decoder_attention_mask=sub_masks,
                                              decoder_position_ids=positions[chosen]).last_hidden_state

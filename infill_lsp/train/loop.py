@@ -50,6 +50,7 @@ class DataConfig(msgspec.Struct, frozen=True):
     holes_per_sequence: int = 16  # canvas rows cut from each sequence
     max_middle: int = 32
     suffix_head: int = 16
+    suffix_window: int = 0  # tokens after the hole in the prompt ([SEP] + window, cut at a line's end); 0 = none
     max_corpus_bytes: int = 120_000_000
     prefix_tokens: int = 512  # the one-hole-per-example objective ("single") only
     objective: str = "holes"  # "holes" (many per sequence) or "single" (one per example: the old baseline)
@@ -193,10 +194,18 @@ def _atomic_save(obj, path: Path) -> None:
 
 
 def infill_layout(config: TrainConfig, name: str = "") -> dict:
-    """What the engine must reproduce at inference, stored in the checkpoint's config.json."""
-    return {"name": name, "prefix_tokens": config.data.sequence_tokens - 1, "suffix_head": config.data.suffix_head,
-            "max_middle": config.data.max_middle, "canvas": "[middle + end + pad | suffix head, end, pad]",
-            "prompt": "[bos] + prefix tokens, last token backed off (token healing)"}
+    """What the engine must reproduce at inference, stored in the checkpoint's config.json.
+
+    `suffix_window` is written only when it is on, so a checkpoint trained without it keeps the
+    layout (and the config.json) it always had."""
+    layout = {"name": name, "prefix_tokens": config.data.sequence_tokens - 1, "suffix_head": config.data.suffix_head,
+              "max_middle": config.data.max_middle, "canvas": "[middle + end + pad | suffix head, end, pad]",
+              "prompt": "[bos] + prefix tokens, last token backed off (token healing)"}
+    if config.data.suffix_window:
+        layout["suffix_window"] = config.data.suffix_window
+        layout["prompt"] += (f"; then [eos] + the first <= {config.data.suffix_window} tokens after the cursor, "
+                             "cut after the last whole line when the text goes on")
+    return layout
 
 
 def export_checkpoint(model, tokenizer, out: Path, dtype: torch.dtype) -> None:
@@ -331,7 +340,8 @@ def train(config: TrainConfig | None, out: Path, *, init: str | None = None, dat
     log.info("model: %s parameters on %s", f"{params:,}", device)
 
     sampler = HoleSampler(tokenizer, sequence_tokens=config.data.sequence_tokens, max_middle=config.data.max_middle,
-                          suffix_head=config.data.suffix_head, holes_per_sequence=config.data.holes_per_sequence)
+                          suffix_head=config.data.suffix_head, holes_per_sequence=config.data.holes_per_sequence,
+                          suffix_window=config.data.suffix_window)
     if token_data is None:
         documents = _tokenize_documents(train_texts, tokenizer)
         draw = lambda r, k: r.choices(documents, k=k)  # noqa: E731
@@ -340,6 +350,8 @@ def train(config: TrainConfig | None, out: Path, *, init: str | None = None, dat
     heldout_docs = _tokenize_documents(heldout_texts[:200], tokenizer)
     builder = stream = None
     if config.data.objective == "single":
+        if config.data.suffix_window:
+            raise ValueError("suffix_window needs the many-holes objective (data.objective = \"holes\")")
         builder = ExampleBuilder(tokenizer, config.data.prefix_tokens, config.data.max_middle, config.data.suffix_head)
         stream = examples(corpus, builder, rng)
 
