@@ -2,9 +2,10 @@
 """Ship a training run's latest checkpoint as the package's default model.
 
     .venv/bin/python scripts/ship_model.py RUN_DIR [--name infill-small] [--eval results.md]
+                                         [--decoding '{"t_max": 0.4, "t_min": 0.1}']
 
 Writes infill_lsp/models/NAME/: fp16 safetensors (<= 16 MB), config (with the infill layout the
-engine reads), tokenizer, the model card (config, corpus manifest, tokens seen, loss curve, the
+engine reads, and with --decoding the sampler settings chosen on held-out holes, `infill_decoding`), tokenizer, the model card (config, corpus manifest, tokens seen, loss curve, the
 evaluation tables from --eval), loss.csv / loss_curve.png and training_state.json (the record a
 later `infill-lsp train --resume` continues from when its local checkpoint is gone).
 """
@@ -32,6 +33,8 @@ def main() -> None:
     parser.add_argument("run", type=Path)
     parser.add_argument("--name", default="infill-small")
     parser.add_argument("--eval", type=Path, help="markdown with the evaluation tables for the model card")
+    parser.add_argument("--decoding", type=json.loads, default=None,
+                        help="JSON: the sampler settings the engine uses for this checkpoint (infill_decoding)")
     args = parser.parse_args()
     state = torch.load(args.run / "state.pt", weights_only=False, map_location="cpu")
     config = msgspec.convert(state["config"], TrainConfig)
@@ -39,6 +42,8 @@ def main() -> None:
     model.load_state_dict(state["model"])  # the state is at least as new as the export beside it
     tokenizer = AutoTokenizer.from_pretrained(args.run / "model")
     model.config.infill_layout = {**model.config.infill_layout, "name": args.name}
+    if args.decoding:
+        model.config.infill_decoding = args.decoding
     dest = ROOT / "infill_lsp" / "models" / args.name
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir(parents=True)

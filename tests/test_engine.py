@@ -172,3 +172,37 @@ def test_load_percent_counts_every_shard_of_a_sharded_checkpoint(tiny_model_path
     assert len(weights) >= 10 and percents == sorted(percents) and percents.count(100) == 1 and percents[-1] == 100
     total = f"{expected / 1e3:,.1f} kB"
     assert all(message.endswith(f" of {total}") for message, _ in weights), (weights, total)
+
+
+def test_a_checkpoint_declares_its_sampler_temperatures(tiny_model_path, tmp_path, monkeypatch):
+    """`infill_decoding` in config.json sets the sampler (the shipped model's temperatures were chosen
+    on held-out holes); settings a caller passes win; unknown keys and the step count are ignored."""
+    import json
+    import shutil
+
+    from infill_lsp.engine.denoise import DenoiseSettings
+
+    checkpoint = tmp_path / "model"
+    shutil.copytree(tiny_model_path, checkpoint)
+    config = json.loads((checkpoint / "config.json").read_text())
+    config["infill_decoding"] = {"t_max": 0.4, "t_min": 0.1, "steps": 3, "no_such_knob": 1}
+    (checkpoint / "config.json").write_text(json.dumps(config))
+
+    declared = TransformersEngine(str(checkpoint), device="cpu", dtype="float32")
+    assert (declared.denoise_settings.t_max, declared.denoise_settings.t_min) == (0.4, 0.1)
+    assert declared.denoise_settings.steps == DenoiseSettings().steps
+    assert declared.denoise_settings.entropy_bound == DenoiseSettings().entropy_bound
+    plain = TransformersEngine(str(tiny_model_path), device="cpu", dtype="float32")
+    assert plain.denoise_settings == DenoiseSettings()
+    chosen = TransformersEngine(str(checkpoint), device="cpu", dtype="float32",
+                                denoise_settings=DenoiseSettings(t_max=0.9))
+    assert chosen.denoise_settings.t_max == 0.9
+    # the temperatures reach the sampler, and the step count stays the request's
+    seen = []
+    import infill_lsp.engine.transformers_backend as backend
+
+    real = backend.denoise
+    monkeypatch.setattr(backend, "denoise", lambda *args, **kwargs: seen.append(args[3]) or real(*args, **kwargs))
+    declared.infill(InfillRequest(prefix="def f(x):\n    return ", suffix="\n",
+                                  budget=Budget(candidates=2, max_middle_tokens=8, steps=5), seed=1))
+    assert [(s.t_max, s.t_min, s.steps) for s in seen] == [(0.4, 0.1, 5)]

@@ -228,6 +228,17 @@ def resolve_dtype(dtype: str, device: str) -> torch.dtype:
         raise ValueError(f"unknown dtype {dtype!r}: use auto, float32, bfloat16 or float16") from None
 
 
+def decoding_settings(decoding: dict, name: str = "") -> DenoiseSettings:
+    """A checkpoint's `infill_decoding` (t_max, t_min, entropy_bound, stability, confidence) over the
+    defaults; the step count stays the request budget's, and keys this version does not know are
+    ignored with a warning."""
+    defaults = DenoiseSettings()
+    known = {key: value for key, value in decoding.items() if key in defaults.__dict__ and key != "steps"}
+    if len(known) < len(decoding):
+        log.warning("%s: ignoring infill_decoding keys %s", name, sorted(set(decoding) - set(known)))
+    return DenoiseSettings(**{**defaults.__dict__, **{k: type(getattr(defaults, k))(v) for k, v in known.items()}})
+
+
 class TransformersEngine:
     """Holds one DiffusionGemma checkpoint and answers infill requests, one at a time."""
 
@@ -283,6 +294,11 @@ class TransformersEngine:
             self.suffix_head_tokens = int(layout.get("suffix_head", self.suffix_head_tokens))
             self.suffix_window = max(0, int(layout.get("suffix_window") or 0))
         name = layout.get("name") or model
+        # How its sampler runs best (temperatures chosen on held-out holes; its model card says): the
+        # checkpoint's `infill_decoding`, unless the caller chose the settings.
+        decoding = getattr(self.model.config, "infill_decoding", None) or {}
+        if decoding and denoise_settings is None:
+            self.denoise_settings = decoding_settings(decoding, name)
         # Repository context (repo_context.py): the real DiffusionGemma gets the plain-text path-comment
         # convention; a trained checkpoint only what its layout declares (infill-small: none).
         self.repo_context_layout = str(layout.get("repo_context") or "") if layout else repo_context.PATH_COMMENT
