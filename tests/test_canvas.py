@@ -125,3 +125,24 @@ def test_cancel_stops_between_steps(engine, monkeypatch):
     else:
         raise AssertionError("denoise did not stop")
     assert len(calls) == 1
+
+
+def test_linear_commit_accepts_a_growing_share_and_the_whole_slot_at_the_last_step():
+    """A model too unsure for the entropy bound still gets its slot committed step by step, lowest
+    entropy first; clamped positions are never accepted (they are not free)."""
+    from infill_lsp.engine.denoise import DenoiseSettings, accepted_positions
+
+    free = torch.tensor([[True] * 6 + [False] * 2, [True] * 3 + [False] * 5])
+    entropy = torch.tensor([[5.0, 1.0, 4.0, 2.0, 6.0, 3.0, 0.0, 0.0], [9.0, 8.0, 7.0, 0.0, 0.0, 0.0, 0.0, 0.0]])
+    plain = DenoiseSettings(steps=4)
+    committing = DenoiseSettings(steps=4, linear_commit=True)
+    # the bound alone: only the lowest-entropy token of each row (the sum before it is 0)
+    assert accepted_positions(entropy, free, plain, 1).sum(-1).tolist() == [1, 1]
+    assert accepted_positions(entropy, free, plain, 4).sum(-1).tolist() == [1, 1]
+    # ceil(free * step / steps): 6 free -> 2, 3, 5, 6; 3 free -> 1, 2, 3, 3
+    counts = [accepted_positions(entropy, free, committing, step).sum(-1).tolist() for step in (1, 2, 3, 4)]
+    assert counts == [[2, 1], [3, 2], [5, 3], [6, 3]]
+    second = accepted_positions(entropy, free, committing, 2)
+    assert second[0].nonzero().flatten().tolist() == [1, 3, 5]  # entropies 1, 2, 3
+    assert second[1].nonzero().flatten().tolist() == [1, 2]  # 8 and 7: the lowest two
+    assert not (accepted_positions(entropy, free, committing, 4) & ~free).any()

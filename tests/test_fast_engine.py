@@ -165,6 +165,17 @@ def test_same_answers_through_the_infill_interface_when_rows_finish(reference, f
             same_answers(reference.infill(request), fast.infill(request))
 
 
+@pytest.mark.parametrize("request_", REQUESTS[:3], ids=["healing", "long-prompt", "eof"])
+def test_fast_path_gives_the_reference_candidates_with_linear_commit(reference, fast, request_):
+    """The acceptance schedule a small checkpoint may declare (infill_decoding) is the same in both loops."""
+    saved = reference.denoise_settings, fast.denoise_settings
+    reference.denoise_settings = fast.denoise_settings = DenoiseSettings(linear_commit=True, t_max=0.4, t_min=0.1)
+    try:
+        same_answers(reference.infill(request_), fast.infill(request_))
+    finally:
+        reference.denoise_settings, fast.denoise_settings = saved
+
+
 @pytest.fixture(scope="module")
 def emulated():
     """CUDA graphs' buffer handling (static inputs and outputs, captured at start and on first use) on a CPU."""

@@ -31,6 +31,11 @@ class DenoiseSettings:
     entropy_bound: float = 0.1  # entropy-bound sampler (arXiv:2505.24857), as in transformers
     stability: int = 1  # argmax unchanged for this many steps ...
     confidence: float = 0.005  # ... and mean free-position entropy below this: the row is done
+    # Also accept, at step i of n, at least the i/n share of each row's free positions (lowest entropy
+    # first), so the whole slot is committed by the last step. A small model's entropies rarely pass
+    # the bound: without this a long slot ends as the argmax of a still-noisy canvas (the same junk
+    # for every request with one seed). Off for the real model, whose confident rows stop early.
+    linear_commit: bool = False
 
 
 @dataclass
@@ -63,6 +68,22 @@ def vocabulary_head(model, hidden: torch.Tensor) -> torch.Tensor:
     logits = model.lm_head(hidden).float()
     cap = model.final_logit_softcapping
     return torch.tanh(logits / cap) * cap if cap else logits
+
+
+def accepted_positions(entropy: torch.Tensor, free: torch.Tensor, settings: DenoiseSettings,
+                       step: int) -> torch.Tensor:
+    """(R, W) bool: the free positions whose sample is kept at `step` (1-based); the rest are renoised.
+
+    Entropy-bound acceptance: the lowest-entropy tokens whose summed entropy (minus the largest)
+    stays under the bound; with `linear_commit`, at least ceil(free * step / steps) of them.
+    """
+    sorted_entropy, order = torch.sort(entropy.masked_fill(~free, math.inf), dim=-1)
+    sorted_entropy = sorted_entropy.masked_fill(torch.isinf(sorted_entropy), 0.0)
+    take = (torch.cumsum(sorted_entropy, -1) - sorted_entropy) <= settings.entropy_bound
+    if settings.linear_commit:
+        quota = torch.ceil(free.sum(-1, keepdim=True) * (step / settings.steps))
+        take |= torch.arange(take.shape[-1], device=take.device)[None] < quota
+    return torch.zeros_like(take).scatter(-1, order, take) & free
 
 
 @torch.inference_mode()
@@ -152,10 +173,7 @@ def denoise(
             # summed entropy (minus the largest) stays under the bound; renoise the rest.
             entropy = torch.zeros((rows, width), device=device)
             entropy[free] = (total.squeeze(-1).log() - (probs * shifted).sum(-1)).clamp(min=0.0)
-            sorted_entropy, order = torch.sort(entropy.masked_fill(~free, math.inf), dim=-1)
-            sorted_entropy = sorted_entropy.masked_fill(torch.isinf(sorted_entropy), 0.0)
-            take = (torch.cumsum(sorted_entropy, -1) - sorted_entropy) <= settings.entropy_bound
-            accepted = torch.zeros_like(take).scatter(-1, order, take) & free
+            accepted = accepted_positions(entropy, free, settings, steps_run)
             new_canvas = torch.where(accepted, sampled, noise())
             new_canvas = torch.where(clamped, known, new_canvas)
 

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from ..types import EngineTimings, InfillRequest, InfillResult
 from .cancel import NEVER, CancelToken
 from .canvas import CanvasBatch
-from .denoise import DenoiseOutput, DenoiseSettings, distribution, vocabulary_head
+from .denoise import DenoiseOutput, DenoiseSettings, accepted_positions, distribution, vocabulary_head
 from .transformers_backend import Progress, TransformersEngine
 
 log = logging.getLogger(__name__)
@@ -370,10 +370,7 @@ class StaticDecoder:
 
             entropy = torch.zeros(a_free.shape, device=device)
             entropy[a_free] = (total.squeeze(-1).log() - (probs * shifted).sum(-1)).clamp(min=0.0)
-            sorted_entropy, order = torch.sort(entropy.masked_fill(~a_free, math.inf), dim=-1)
-            sorted_entropy = sorted_entropy.masked_fill(torch.isinf(sorted_entropy), 0.0)
-            take = (torch.cumsum(sorted_entropy, -1) - sorted_entropy) <= settings.entropy_bound
-            accepted = torch.zeros_like(take).scatter(-1, order, take) & a_free
+            accepted = accepted_positions(entropy, a_free, settings, steps_run)
             new_canvas = torch.where(accepted, sampled, noise()[in_pass])
             new_canvas = torch.where(a_clamped, a_known, new_canvas)
 
