@@ -3,7 +3,7 @@ import importlib
 import pytest
 
 from infill_lsp.syntax import Validation, language_for, parser_for, validate
-from infill_lsp.syntax.validate import (_adds_error_over, _end_point, _only_extras, _point, _touches, checker_for,
+from infill_lsp.syntax.validate import (WIDE_AFTER, _adds_error_over, _end_point, _only_extras, _point, _touches, checker_for,
                                         count_errors, error_nodes, python_cell_compiles, python_compiles, region_end,
                                         region_start)
 
@@ -510,6 +510,21 @@ def test_a_region_cut_inside_a_long_bracket_is_checked_as_the_bracket(tail):
     for shown in (good, garbage, inside):
         if shown.valid:
             assert python_compiles((prefix + shown.text + suffix).encode())
+
+
+def test_a_new_line_deep_in_a_long_bracket_is_judged_by_cpython():
+    # cp424.py again, the cursor on a new line of the tuple (after its indentation): the region holds
+    # no bracket, and its indented lines of strings do not compile on their own, so only tree-sitter
+    # judged, and `__` between two strings passed. Widened to the tuple (closed after the region's
+    # end when its closer lies further), CPython judges it.
+    source = _long_tuple(400)
+    at = source.index("    '\\x77'") + 4
+    prefix, suffix = source[:at], source[at + len("'\\x77'   #  0x77 -> NAME 119"):]
+    assert len(suffix) > WIDE_AFTER  # the closer lies past even the widened region
+    shown = validate("python", prefix, suffix, ["'\\x77'  # the row", "__", "    using", "'a' 'b'"], truncate=False)
+    assert [v.valid for v in shown] == [True, False, False, True]
+    for v in shown:
+        assert v.valid == python_compiles((prefix + v.text + suffix).encode())
 
 
 def test_a_call_cut_inside_its_arguments_keeps_keywords():

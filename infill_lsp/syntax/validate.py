@@ -29,6 +29,10 @@ anyway, so the count does not move. There:
   5. (Python) a region CPython refuses with or without the candidate (tree-sitter may take it:
      it lets a body at the wrong indentation or `a, b += c` pass) is still asked where CPython
      stops first: on a line the candidate wrote, the candidate is refused.
+  6. (Python) a region that starts indented and does not compile (the cursor deep in a long
+     function, or on a new line of a long bracket) is widened once to top-level lines up to
+     WIDE_BEFORE/WIDE_AFTER bytes out, brackets still open at its end closed after it; if CPython
+     takes that region, it is the one checked, strictly.
 
 Cost: the comparison is made on a region around the cursor, cut at top-level lines (a line
 that starts without indentation) about BEFORE bytes before and AFTER bytes after it; smaller
@@ -59,6 +63,11 @@ log = logging.getLogger(__name__)
 
 BEFORE = 2000  # bytes of context checked before the cursor (enough to establish the nesting)
 AFTER = 800  # and after it: error recovery past a bad candidate costs time per byte, keep it short
+# Python, when that region starts indented and CPython refuses it (the cursor deep in a long function
+# or bracket): the region is widened once to top-level lines this far out, and checked strictly if
+# CPython takes the wider one.
+WIDE_BEFORE = 12_000
+WIDE_AFTER = 4_000
 
 
 class Validation(msgspec.Struct, frozen=True):
@@ -394,6 +403,27 @@ def checker_for(parser: tree_sitter.Parser, before: bytes, after: bytes, languag
     return checker
 
 
+def _widened(parser: tree_sitter.Parser, prefix: str, suffix: str, checker: RegionChecker) -> RegionChecker:
+    """A Python region cut inside a long function or bracket (it starts indented) does not compile
+    ("unexpected indent"), so CPython could not judge a candidate there: inside a 256-line tuple of
+    strings, `__` between two of them parsed for tree-sitter as a statement of its own. Cut wider,
+    at top-level lines (the brackets still open at its end closed after it), the region may
+    compile: then that one is the checker."""
+    if not checker.data[:1].isspace():
+        return checker
+    before = _encode(prefix[-WIDE_BEFORE * 4:])
+    after = _encode(suffix[: WIDE_AFTER * 4])
+    start, end = region_start(before, WIDE_BEFORE), region_end(after, WIDE_AFTER)
+    if before[start:][:1].isspace() or len(before) - start <= checker.at:
+        return checker  # no top-level line in reach, or no wider than before
+    wide = RegionChecker(parser, before[start:], after[:end], "python")
+    if wide.errors or wide.strict is None:  # it may end inside the bracket: closed there, it may compile
+        head, tail = _unbalanced(wide.data, wide.tree)
+        if tail and not head:
+            wide = RegionChecker(parser, before[start:], after[:end] + b"\n" + tail + b"\n", "python")
+    return wide if not wide.errors and wide.strict is not None else checker
+
+
 _parsers: dict[str, tree_sitter.Parser | None] = {}
 _lock = threading.Lock()
 
@@ -415,6 +445,8 @@ def validate(language: str | None, prefix: str, suffix: str, middles: list[str],
             after = _encode(suffix[: after_bytes * 4])
             checker = checker_for(parser, before[region_start(before, before_bytes):],
                                   after[: region_end(after, after_bytes)], language)
+            if language == "python" and checker.strict is None:
+                checker = _widened(parser, prefix, suffix, checker)
             return [checker.check(middle, truncate) for middle in middles]
     except Exception:  # a grammar bug must not cost the user their suggestions
         log.exception("syntax validation failed for %s; showing candidates unchecked", language)
