@@ -32,6 +32,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("run", type=Path)
     parser.add_argument("--name", default="infill-small")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="write here instead of infill_lsp/models/NAME (e.g. training/infill-small-next: "
+                        "a run kept between working days that `train --resume` continues from)")
     parser.add_argument("--eval", type=Path, help="markdown with the evaluation tables for the model card")
     parser.add_argument("--decoding", type=json.loads, default=None,
                         help="JSON: the sampler settings the engine uses for this checkpoint (infill_decoding)")
@@ -44,7 +47,7 @@ def main() -> None:
     model.config.infill_layout = {**model.config.infill_layout, "name": args.name}
     if args.decoding:
         model.config.infill_decoding = args.decoding
-    dest = ROOT / "infill_lsp" / "models" / args.name
+    dest = args.out.resolve() if args.out else ROOT / "infill_lsp" / "models" / args.name
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir(parents=True)
     model.to(torch.float16).save_pretrained(dest)

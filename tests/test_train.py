@@ -99,6 +99,23 @@ def test_resume_without_local_state_continues_the_shipped_record_and_its_config(
     assert state["config"]["optim"] == {**msgspec.to_builtins(trained_with.optim), "steps": 8}
 
 
+def test_resume_continues_from_whichever_of_shipped_and_kept_trained_further(tmp_path):
+    from infill_lsp.train.loop import resume_point
+
+    def checkpoint(name, step):
+        path = tmp_path / name
+        path.mkdir()
+        (path / "config.json").write_text("{}")
+        (path / "training_state.json").write_text(json.dumps({"totals": {"step": step}, "history": []}))
+        return path
+
+    shipped, kept = checkpoint("shipped", 267), checkpoint("kept", 668)
+    assert resume_point(shipped, kept) == kept
+    assert resume_point(shipped, tmp_path / "none") == shipped  # no kept run (an installed package)
+    (kept / "training_state.json").write_text(json.dumps({"totals": {"step": 100}, "history": []}))
+    assert resume_point(shipped, kept) == shipped  # the shipped weights are newer
+
+
 def test_repository_corpus_and_humaneval_exclusion(tmp_path):
     repo = tmp_path / "repo"
     (repo / "pkg").mkdir(parents=True)

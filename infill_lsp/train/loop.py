@@ -255,6 +255,24 @@ def _tokenize_documents(texts: list[str], tokenizer) -> list[np.ndarray]:
     return out
 
 
+# A run that trained further than the shipped weights but did not ship (it did not win on the held-out
+# numbers yet), kept between working days outside the package: fp16 weights and their record, written
+# by `scripts/ship_model.py RUN --name infill-small-next --out training/infill-small-next`.
+KEPT_RUN = Path(__file__).resolve().parents[2] / "training" / "infill-small-next"
+
+
+def resume_point(shipped: Path, kept: Path = KEPT_RUN) -> Path | None:
+    """Where `train --resume` continues when its local state is gone: of the shipped weights and the
+    kept run, the one that has trained further (its training record's step)."""
+    def step(path: Path) -> int:
+        try:
+            return int(json.loads((path / "training_state.json").read_text())["totals"]["step"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return -1
+
+    return max((p for p in (shipped, kept) if (p / "config.json").exists()), key=step, default=None)
+
+
 def train(config: TrainConfig | None, out: Path, *, init: str | None = None, data: Path | None = None,
           shards: Path | None = None, resume: bool = False, device: str = "auto",
           humaneval_dir: Path | None = None, corpus: Corpus | None = None,
@@ -281,8 +299,9 @@ def train(config: TrainConfig | None, out: Path, *, init: str | None = None, dat
     if resume and state is None:
         from ..engine import SHIPPED_MODEL
 
-        if init is None and (SHIPPED_MODEL / "config.json").exists():
-            init = str(SHIPPED_MODEL)  # the local run is gone: continue from the weights that shipped
+        point = resume_point(SHIPPED_MODEL)
+        if init is None and point is not None:
+            init = str(point)  # the local run is gone: continue from the weights that trained furthest
         log.info("no %s to resume from: starting %s", state_path, f"from {init}" if init else "from scratch")
     carried_path = Path(init) / "training_state.json" if init else None
     carried = json.loads(carried_path.read_text()) if carried_path and carried_path.exists() else None
