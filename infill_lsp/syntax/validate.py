@@ -151,17 +151,22 @@ def _touches(start: int, end: int, lo: int, hi: int) -> bool:
     return start < hi and end > lo if end > start else lo <= start <= hi
 
 
-def python_compiles(source: bytes, top_level_await: bool = False) -> bool:
-    """CPython's own compiler (nothing runs): stricter than tree-sitter about indentation, and it
-    knows what may stand where (`return` outside a function, `break` outside a loop)."""
+def _compile_error(source: bytes, top_level_await: bool) -> Exception | None:
+    """What CPython's compiler (nothing runs) refuses the source with, or None when it compiles."""
     flags = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT if top_level_await else 0
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             compile(source, "<region>", "exec", flags=flags, dont_inherit=True)
-        return True
-    except Exception:  # SyntaxError mostly; ValueError (NUL bytes), RecursionError, MemoryError
-        return False
+        return None
+    except Exception as error:  # SyntaxError mostly; ValueError (NUL bytes), RecursionError, MemoryError
+        return error
+
+
+def python_compiles(source: bytes, top_level_await: bool = False) -> bool:
+    """CPython's own compiler (nothing runs): stricter than tree-sitter about indentation, and it
+    knows what may stand where (`return` outside a function, `break` outside a loop)."""
+    return _compile_error(source, top_level_await) is None
 
 
 def python_cell_compiles(source: bytes) -> bool:
@@ -173,16 +178,9 @@ def python_cell_compiles(source: bytes) -> bool:
 
 def python_error_line(source: bytes) -> int | None:
     """The 1-based line of the first syntax error CPython's compiler finds (as a cell: top-level
-    `await` allowed), or None when it compiles or the error has no line."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            compile(source, "<region>", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT, dont_inherit=True)
-        return None
-    except SyntaxError as error:
-        return error.lineno
-    except Exception:  # ValueError (NUL bytes), RecursionError, MemoryError: no position to judge by
-        return None
+    `await` allowed), or None when it compiles or the error has no line (NUL bytes, recursion)."""
+    error = _compile_error(source, top_level_await=True)
+    return error.lineno if isinstance(error, SyntaxError) else None
 
 
 # Where a broken region's errors can be located by a stricter parser: a candidate is refused when the

@@ -307,15 +307,14 @@ def train(config: TrainConfig | None, out: Path, *, init: str | None = None, dat
     carried = json.loads(carried_path.read_text()) if carried_path and carried_path.exists() else None
     if state is not None:
         config = msgspec.convert(state["config"], TrainConfig)
+        if shards is None and state.get("shards") and data is None and corpus is None:
+            shards = Path(state["shards"])  # continue on the data the run started with
     elif config is None and resume and carried and carried.get("config"):
         config = msgspec.convert(carried["config"], TrainConfig)
-        log.info("training with the config the shipped weights were trained with")
+        log.info("training with the config %s was trained with", init)
     config = config or TrainConfig()
     if optim_overrides:
         config = msgspec.structs.replace(config, optim=msgspec.structs.replace(config.optim, **optim_overrides))
-    if state is not None:
-        if shards is None and state.get("shards") and data is None and corpus is None:
-            shards = Path(state["shards"])  # continue on the data the run started with
     rng = random.Random(config.seed)
     torch.manual_seed(config.seed)
 
@@ -386,7 +385,7 @@ def train(config: TrainConfig | None, out: Path, *, init: str | None = None, dat
     if state is None and carried is not None:  # what the initial weights saw
         history, totals = carried["history"], {**totals, **carried["totals"], "device": device}
         totals.pop("heldout_loss_start", None)
-        log.info("continuing the shipped model's training record at step %d", totals["step"])
+        log.info("continuing the training record of %s at step %d", init, totals["step"])
         rng.seed(config.seed + totals["step"])  # new data, not the sequences those weights started on
         generator.manual_seed(config.seed + totals["step"])
     if state is not None:
