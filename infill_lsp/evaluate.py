@@ -188,6 +188,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--heldout", default="", metavar="SHARDS",
                         help="also run the per-language held-out check on this shard directory's held-out files")
     parser.add_argument("--heldout-files", type=int, default=20, help="held-out files per language")
+    parser.add_argument("--repo-heldout", default="", metavar="SHARDS",
+                        help="also run the repository-level held-out check (holes at names defined in a sibling "
+                             "file, with and without repository context) on this shard directory's held-out files")
+    parser.add_argument("--repo-heldout-files", type=int, default=10,
+                        help="held-out files per language for --repo-heldout")
 
 
 def run(args) -> int:
@@ -206,6 +211,17 @@ def run(args) -> int:
             heldout_holes = cut_holes(read_heldout(Path(args.heldout)), files_per_language=args.heldout_files)
         except OSError as exc:
             raise SystemExit(f"no held-out files in {args.heldout}: {exc}") from None
+    repo_holes = None
+    if args.repo_heldout:
+        from .repo_heldout import cut_holes as cut_repo_holes
+        from .train.shards import read_heldout
+
+        try:
+            repo_holes = cut_repo_holes(read_heldout(Path(args.repo_heldout)), files_per_language=args.repo_heldout_files)
+        except OSError as exc:
+            raise SystemExit(f"no held-out files in {args.repo_heldout}: {exc}") from None
+    if args.limit == 0:  # `--limit 0`: no HumanEval, only the held-out checks
+        names = []
     unknown = [n for n in names if n not in SUBSETS]
     if unknown:
         raise SystemExit(f"unknown subsets {unknown}; known: {', '.join(SUBSETS)}")
@@ -232,13 +248,20 @@ def run(args) -> int:
 
             heldout_results = run_holes(engine, heldout_holes, budget=budget, settings=settings, seed=args.seed)
             report["heldout"] = msgspec.to_builtins(heldout_results)
+        repo_results = None
+        if repo_holes is not None:
+            from .repo_heldout import run_holes as run_repo_holes
+
+            repo_results = run_repo_holes(engine, repo_holes, budget=budget, settings=settings, seed=args.seed)
+            report["repo_heldout"] = msgspec.to_builtins(repo_results)
     finally:
         engine.close()
     print(f"HumanEval-Infilling, model {engine.info.model} ({engine.info.device}), {args.candidates} candidates, "
           f"{args.steps} steps, max {args.max_tokens} tokens, seed {args.seed}")
-    print("| subset | problems | pass@1 top-ranked | pass@1 raw sample | shown that parse | no suggestion "
-          "| mean ms | p95 ms |")
-    print("|---|---|---|---|---|---|---|---|")
+    if scores:
+        print("| subset | problems | pass@1 top-ranked | pass@1 raw sample | shown that parse | no suggestion "
+              "| mean ms | p95 ms |")
+        print("|---|---|---|---|---|---|---|---|")
     for s in scores:
         print(f"| {s.subset} | {s.problems} | {s.pass_top:.1%} ({s.passed_top_count}) "
               f"| {s.pass_raw:.1%} ({s.passed_raw_count}) | {_percent(s.shown_parse_share)} ({s.shown_parsing}/{s.shown}) "
@@ -250,6 +273,12 @@ def run(args) -> int:
 
         print(f"\nHeld-out files ({args.heldout}), exact match of the suggestion with the removed text:")
         print(table(heldout_results))
+    if repo_results is not None:
+        from .repo_heldout import table as repo_table
+
+        print(f"\nRepository-level held-out check ({args.repo_heldout}): holes at names defined in a sibling file, "
+              f"without / with repository context (forced on; cold p50/p95, warm = the same request again):")
+        print(repo_table(repo_results))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
     return 0
