@@ -33,7 +33,7 @@ class Settings(msgspec.Struct, frozen=True, rename="camel", forbid_unknown_field
     suffix_tokens: int = 16  # suffix head clamped into the canvas
     prefix_chars: int = 8000  # character windows cut before tokenizing (a 10 MB file never is)
     suffix_chars: int = 2000
-    fast: bool = False  # the static-shape decoder pass (engine/fast.py): CUDA graphs on a GPU
+    fast: bool | None = None  # the static-shape decoder pass (engine/fast.py); None: on a CPU only
     engine_timeout: float = 15.0  # seconds an engine at engineAddress may take to answer before it counts as down
     seed: int | None = None  # fixed noise for reproducible suggestions (debugging, tests); None = fresh noise
     # Repository context (repo_context.py): "auto" = on when the checkpoint declares a layout for it

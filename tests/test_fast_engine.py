@@ -53,17 +53,32 @@ REQUESTS = [
 ]
 
 
+@pytest.fixture(scope="module")
+def bucketed():
+    """The static pass at the bucketed shapes graphs would use, run eagerly."""
+    return FastEngine(TINY, device="cpu", exact_shapes=False)
+
+
 @pytest.mark.parametrize("request_", REQUESTS, ids=["healing", "long-prompt", "eof", "empty", "wide-batch"])
-def test_fast_path_gives_the_reference_candidates(reference, fast, request_):
-    same_answers(reference.infill(request_), fast.infill(request_))
+def test_fast_path_gives_the_reference_candidates(reference, fast, bucketed, request_):
+    expected = reference.infill(request_)
+    same_answers(expected, fast.infill(request_))
+    same_answers(expected, bucketed.infill(request_))
 
 
-def test_static_shapes_come_from_buckets(fast):
-    fast.static.bucket_trace.clear()
-    fast.infill(REQUESTS[1])  # 3 rows, width 20 + 16 = 36
-    rows, width, prefix = fast.static.bucket_trace[0]
+def test_static_shapes_come_from_buckets(bucketed):
+    bucketed.static.bucket_trace.clear()
+    bucketed.infill(REQUESTS[1])  # 3 rows, width 20 + 16 = 36
+    rows, width, prefix = bucketed.static.bucket_trace[0]
     assert (rows, width) == (4, 48)
-    assert prefix in fast.static.prefix_buckets()
+    assert prefix in bucketed.static.prefix_buckets()
+
+
+def test_without_graphs_passes_run_at_the_request_s_own_shapes(fast):
+    fast.static.bucket_trace.clear()
+    result = fast.infill(REQUESTS[1])
+    rows, width, prefix = fast.static.bucket_trace[0]
+    assert (rows, width, prefix) == (3, 36, result.timings.prompt_tokens)
     assert row_bucket(1) == 1 and row_bucket(3) == 4 and row_bucket(5) == 8 and row_bucket(10) == 16
 
 
@@ -242,8 +257,9 @@ def test_the_fast_setting_selects_the_fast_engine_through_load_engine():
 
     settings = merge(Settings(model=TINY, device="cpu"), {"fast": True})
     fast = load_engine(settings.engine_config())
-    reference = load_engine(Settings(model=TINY, device="cpu").engine_config())
+    reference = load_engine(merge(Settings(model=TINY, device="cpu"), {"fast": False}).engine_config())
     assert isinstance(fast, FastEngine) and not isinstance(reference, FastEngine)
+    assert isinstance(load_engine(Settings(model=TINY, device="cpu").engine_config()), FastEngine)  # a CPU's default
     request = InfillRequest(prefix="def f(x):\n    return", suffix="\n", seed=3,
                             budget=Budget(candidates=4, max_middle_tokens=16, steps=6))
     assert [c.text for c in fast.infill(request).candidates] == [c.text for c in reference.infill(request).candidates]

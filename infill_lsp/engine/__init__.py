@@ -42,7 +42,9 @@ class EngineConfig(msgspec.Struct, frozen=True):
     dtype: str = "auto"
     prefix_tokens: int = 1024
     suffix_head_tokens: int = 16
-    fast: bool = False  # the static-shape decoder pass (engine/fast.py; CUDA graphs on a GPU) instead of eager
+    # The static-shape decoder pass (engine/fast.py; CUDA graphs on a GPU) instead of transformers' eager loop.
+    # None: on a CPU (same candidates, ~15% faster there), not on a GPU (graphs wait for their measurement).
+    fast: bool | None = None
     timeout: float = 15.0  # seconds a remote engine may take to answer a request
 
 
@@ -94,6 +96,14 @@ def _compile_cache_usable() -> None:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.abspath(os.sep)
 
 
+def _on_cpu(device: str) -> bool:
+    if device == "auto":
+        import torch
+
+        return not torch.cuda.is_available()
+    return device == "cpu"
+
+
 def load_engine(config: EngineConfig, progress=None) -> Engine:
     """Connect to the daemon when an address is given, else load the model in this process."""
     if config.address:  # http(s)://HOST:PORT (vLLM or `infill-lsp engine --http`), or the daemon's socket
@@ -104,7 +114,7 @@ def load_engine(config: EngineConfig, progress=None) -> Engine:
     _compile_cache_usable()
     from .transformers_backend import TransformersEngine
 
-    if config.fast:
+    if config.fast or (config.fast is None and _on_cpu(config.device)):
         from .fast import FastEngine as TransformersEngine  # same interface, same candidates (tested)
 
     return TransformersEngine(

@@ -14,7 +14,9 @@ rule, scores), but each denoising step runs a static-shape decoder pass:
   the pass from three numbers (prompt length, sliding prefix length, real width), so one captured
   pass serves every request of its bucket.
 - On CUDA each bucket's pass is captured once as a CUDA graph (at engine start, with progress,
-  and lazily for a bucket first seen later); on the CPU the same static-shape code runs eagerly.
+  and lazily for a bucket first seen later). Without graphs (a CPU) nothing needs fixed shapes:
+  each pass runs at the request's own rows, width and prompt length, each row attending to the
+  valid prefix slots and its own canvas with no mask (less work than the folded, masked batch).
 - The vocabulary head, sampling, entropies and the self-conditioning input run on the free
   (middle) positions only; clamped positions' self-conditioning input is their token's embedding.
 - A row that has stopped (stable and confident) leaves the batch: the remaining rows move into a
@@ -45,7 +47,8 @@ import torch.nn.functional as F
 from ..types import EngineTimings, InfillRequest, InfillResult
 from .cancel import NEVER, CancelToken
 from .canvas import CanvasBatch
-from .denoise import DenoiseOutput, DenoiseSettings, accepted_positions, distribution, vocabulary_head
+from .denoise import (DenoiseOutput, DenoiseSettings, accepted_positions, distribution, sample_inverse_cdf,
+                      vocabulary_head)
 from .transformers_backend import Progress, TransformersEngine
 
 log = logging.getLogger(__name__)
@@ -95,7 +98,7 @@ class StaticDecoder:
 
     def __init__(self, model, *, device: str, prefix_capacity: int, row_buckets=ROW_BUCKETS,
                  graphs: bool = False, compile: bool = False, drop_finished: bool = True,
-                 emulate_graphs: bool = False):
+                 emulate_graphs: bool = False, exact: bool = True):
         self.model = model
         self.decoder = model.model.decoder
         self.config = model.config.text_config
@@ -111,6 +114,9 @@ class StaticDecoder:
         self.compiled = compile and self.device.type == "cuda"
         self._pass = torch.compile(self.forward, dynamic=False, fullgraph=True) if self.compiled else self.forward
         self.drop_finished = drop_finished
+        # Without graphs or compile nothing needs a fixed shape: each pass runs at the request's own
+        # rows, width and prompt length, with per-row attention and no mask (a CPU does less work).
+        self.exact = exact and not self.graphs_enabled and not self.compiled
         self.window = self.config.sliding_window
         self.layers = list(self.decoder.layers)
         self.sliding = [layer.self_attn.is_sliding for layer in self.layers]
@@ -192,6 +198,8 @@ class StaticDecoder:
         v = attn.v_proj(x).view(rows, width, kv_heads, dim) if attn.v_proj is not None else k
         k = apply_rotary_pos_emb(attn.k_norm(k), cos, sin, unsqueeze_dim=2)
         v = attn.v_norm(v)
+        if self.exact:
+            return attn.o_proj(self._row_attention(index, q, k, v, attn.scaling, prefix_extent))
         keys = torch.cat([self.keys[index][:, :, :prefix_extent], k.reshape(1, n, kv_heads, dim).transpose(1, 2)], 2)
         values = torch.cat([self.values[index][:, :, :prefix_extent], v.reshape(1, n, kv_heads, dim).transpose(1, 2)],
                            2)
@@ -201,6 +209,23 @@ class StaticDecoder:
         out = F.scaled_dot_product_attention(q, keys, values, attn_mask=full_mask, scale=attn.scaling)
         out = out.reshape(kv_heads, groups, n, dim).permute(2, 0, 1, 3).reshape(rows, width, heads * dim)
         return attn.o_proj(out)
+
+    def _row_attention(self, index: int, q, k, v, scale: float, valid: int) -> torch.Tensor:
+        """Exact shapes (no graphs): each row reads the valid prefix slots and its own canvas, so
+        the attention needs no mask and computes no blocked scores. q (R, W, heads, D), k and v
+        (R, W, kv_heads, D) -> (R, W, heads * D)."""
+        rows, width, heads, dim = q.shape
+        kv_heads = k.shape[2]
+        groups = heads // kv_heads
+        # Query heads sharing a key/value head go into the query length: (R, kv_heads, groups * W, D).
+        q = q.reshape(rows, width, kv_heads, groups, dim).permute(0, 2, 3, 1, 4).reshape(
+            rows, kv_heads, groups * width, dim)
+        prefix_keys = self.keys[index][:, :, :valid].expand(rows, -1, -1, -1)
+        prefix_values = self.values[index][:, :, :valid].expand(rows, -1, -1, -1)
+        keys = torch.cat([prefix_keys, k.transpose(1, 2)], 2)
+        values = torch.cat([prefix_values, v.transpose(1, 2)], 2)
+        out = F.scaled_dot_product_attention(q, keys, values, scale=scale)
+        return out.reshape(rows, kv_heads, groups, width, dim).permute(0, 3, 1, 2, 4).reshape(rows, width, heads * dim)
 
     def _layer(self, index: int, layer, x, cos, sin, mask, prefix_extent: int):
         """DiffusionGemmaDecoderTextLayer.forward with the static attention."""
@@ -224,11 +249,13 @@ class StaticDecoder:
         x = decoder.self_conditioning(decoder.embed_tokens(canvas), soft)
         positions = (lens[0] + torch.arange(width, device=self.device))[None]
         embeddings = {kind: decoder.rotary_emb(x, positions, kind) for kind in decoder.unique_layer_types}
-        masks = self._masks(lens, rows, width, prefix)
+        if self.exact:  # the valid slots themselves: the prompt, or what the sliding layers keep of it
+            masks, extents = {True: None, False: None}, (self.sliding_length, self.prompt_length)
+        else:
+            masks, extents = self._masks(lens, rows, width, prefix), (min(prefix, self.sliding_capacity), prefix)
         for i, layer in enumerate(self.layers):
             cos, sin = embeddings[self.config.layer_types[i]]
-            extent = min(prefix, self.sliding_capacity) if self.sliding[i] else prefix
-            x = self._layer(i, layer, x, cos, sin, masks[self.sliding[i]], extent)
+            x = self._layer(i, layer, x, cos, sin, masks[self.sliding[i]], extents[0] if self.sliding[i] else extents[1])
         return decoder.norm(x)
 
     def _capture(self, rows: int, width: int, prefix: int) -> _Captured:
@@ -284,6 +311,10 @@ class StaticDecoder:
     def step(self, canvas: torch.Tensor, soft: torch.Tensor, width: int) -> torch.Tensor:
         """One pass for the active rows: canvas (a, width), soft (a, width, H) -> hidden (a, width, H)."""
         active = canvas.shape[0]
+        if self.exact:
+            self.bucket_trace.append((active, width, self.prompt_length))
+            lens = torch.tensor([self.prompt_length, self.sliding_length, width], dtype=torch.long)
+            return self._pass(canvas, soft.to(self.dtype), lens.to(self.device), self.prompt_length)
         rows, padded = row_bucket(active, self.row_buckets), _round_up(width, WIDTH_STEP)
         prefix = self.prefix_bucket(self.prompt_length)
         shape = (rows, padded, prefix)
@@ -355,7 +386,7 @@ class StaticDecoder:
             steps_run += 1
             raw = vocabulary_head(model, hidden[a_free])
             if banned_bias is not None:
-                raw = raw + banned_bias
+                raw += banned_bias
             if heal_bias is not None:
                 raw[is_first[in_pass][a_free]] += heal_bias
             temperature = settings.t_min + (settings.t_max - settings.t_min) * remaining / settings.steps
@@ -364,7 +395,7 @@ class StaticDecoder:
             best, shifted, total, probs = distribution(processed)  # one softmax, as in denoise.py
             uniform = torch.rand((rows, width, 1), device=device, generator=generator)[in_pass][a_free]
             sampled = a_known.clone()
-            sampled[a_free] = (probs.cumsum(-1) < uniform).sum(-1).clamp(max=vocab - 1)
+            sampled[a_free] = sample_inverse_cdf(probs, uniform)
             new_argmax = a_known.clone()
             new_argmax[a_free] = best
 
@@ -404,7 +435,7 @@ class StaticDecoder:
             # float32 weights: the reference's float32 product; bf16: one bf16 product with float32
             # accumulation (the float32 copy of a 262,144 x 2,816 embedding would cost ~3 GB per step).
             position_live = live[:, None].expand_as(a_free)[a_free]
-            mixed = probs[position_live]
+            mixed = probs if bool(position_live.all()) else probs[position_live]
             if embed.weight.dtype == torch.float32:
                 product = mixed @ embed.weight
             else:
@@ -449,15 +480,18 @@ class FastEngine(TransformersEngine):
     `graphs`: "auto" (CUDA graphs on a GPU with bf16 weights), "cuda", "compile" (torch.compile the
     pass, then capture it; compiles on first use of each bucket), "none" (the static pass, eagerly),
     "emulate" (tests: the graph buffer handling with an eager replay, on any device);
-    `drop_finished`: finished rows leave the batch (False keeps them, as the reference loop does).
+    `drop_finished`: finished rows leave the batch (False keeps them, as the reference loop does);
+    `exact_shapes`: without graphs, passes run at each request's own shapes (False: the buckets,
+    as graphs would).
     Progress: the reference load's (a percent while the weights are read, measured in bytes), then
     graph capture (its count in the message, no percent), then "ready" at 100.
     """
 
     def __init__(self, model: str, *, row_buckets: tuple[int, ...] = ROW_BUCKETS,
                  capture_middles: tuple[int, ...] = (32, 64), graphs: str = "auto", drop_finished: bool = True,
-                 progress: Progress | None = None, **kwargs):
+                 exact_shapes: bool = True, progress: Progress | None = None, **kwargs):
         report = progress or (lambda message, percent: None)
+        self._exact_shapes = exact_shapes
         self._row_buckets = tuple(row_buckets)
         self._capture_middles = tuple(capture_middles)
         self._graphs_mode = graphs
@@ -499,7 +533,7 @@ class FastEngine(TransformersEngine):
             self._static = StaticDecoder(self.model, device=self.device, prefix_capacity=prompt,
                                          row_buckets=self._row_buckets, graphs=graphs,
                                          compile=graphs and self._graphs_mode == "compile",
-                                         emulate_graphs=self._graphs_mode == "emulate",
+                                         emulate_graphs=self._graphs_mode == "emulate", exact=self._exact_shapes,
                                          drop_finished=self._drop_finished)
             self._banned_bias = None  # (V,) additive: BLOCKED on control tokens, as the reference's bias
             if bool(self.banned.any()):
