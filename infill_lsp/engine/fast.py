@@ -62,6 +62,13 @@ PREFIX_BUCKETS = tuple(2**k + 64 for k in range(8, 16))
 PREFIX_ALIGN = 64
 
 
+def rms_norm(norm, x: torch.Tensor) -> torch.Tensor:
+    """DiffusionGemmaRMSNorm.forward as one fused kernel (float32 inside, as there): the module's
+    half-dozen small ops per call are a large share of a small model's pass on a CPU."""
+    weight = norm.weight.float() if norm.with_scale else None
+    return F.rms_norm(x.float(), (x.shape[-1],), weight, norm.eps).type_as(x)
+
+
 def _round_up(value: int, step: int) -> int:
     return -(-value // step) * step
 
@@ -192,12 +199,12 @@ class StaticDecoder:
         groups = heads // kv_heads
         from transformers.models.diffusion_gemma.modeling_diffusion_gemma import apply_rotary_pos_emb
 
-        q = attn.q_norm(attn.q_proj(x).view(rows, width, heads, dim))
+        q = rms_norm(attn.q_norm, attn.q_proj(x).view(rows, width, heads, dim))
         q = apply_rotary_pos_emb(q, cos, sin, unsqueeze_dim=2)
         k = attn.k_proj(x).view(rows, width, kv_heads, dim)
         v = attn.v_proj(x).view(rows, width, kv_heads, dim) if attn.v_proj is not None else k
-        k = apply_rotary_pos_emb(attn.k_norm(k), cos, sin, unsqueeze_dim=2)
-        v = attn.v_norm(v)
+        k = apply_rotary_pos_emb(rms_norm(attn.k_norm, k), cos, sin, unsqueeze_dim=2)
+        v = rms_norm(attn.v_norm, v)
         if self.exact:
             return attn.o_proj(self._row_attention(index, q, k, v, attn.scaling, prefix_extent))
         keys = torch.cat([self.keys[index][:, :, :prefix_extent], k.reshape(1, n, kv_heads, dim).transpose(1, 2)], 2)
@@ -230,16 +237,16 @@ class StaticDecoder:
     def _layer(self, index: int, layer, x, cos, sin, mask, prefix_extent: int):
         """DiffusionGemmaDecoderTextLayer.forward with the static attention."""
         residual = x
-        h = layer.input_layernorm(x)
+        h = rms_norm(layer.input_layernorm, x)
         h = self._attention(index, layer.self_attn, h, cos, sin, mask, prefix_extent)
-        x = residual + layer.post_attention_layernorm(h)
+        x = residual + rms_norm(layer.post_attention_layernorm, h)
         residual = x
-        dense = layer.post_feedforward_layernorm_1(layer.mlp(layer.pre_feedforward_layernorm(x)))
+        dense = rms_norm(layer.post_feedforward_layernorm_1, layer.mlp(rms_norm(layer.pre_feedforward_layernorm, x)))
         flat = residual.reshape(-1, residual.shape[-1])
         _, weights, experts = layer.router(flat)
-        sparse = layer.experts(layer.pre_feedforward_layernorm_2(flat), experts, weights).reshape(residual.shape)
-        sparse = layer.post_feedforward_layernorm_2(sparse)
-        x = residual + layer.post_feedforward_layernorm(dense + sparse)
+        sparse = layer.experts(rms_norm(layer.pre_feedforward_layernorm_2, flat), experts, weights).reshape(residual.shape)
+        sparse = rms_norm(layer.post_feedforward_layernorm_2, sparse)
+        x = residual + rms_norm(layer.post_feedforward_layernorm, dense + sparse)
         return x * layer.layer_scalar
 
     def forward(self, canvas: torch.Tensor, soft: torch.Tensor, lens: torch.Tensor, prefix: int) -> torch.Tensor:
@@ -256,7 +263,7 @@ class StaticDecoder:
         for i, layer in enumerate(self.layers):
             cos, sin = embeddings[self.config.layer_types[i]]
             x = self._layer(i, layer, x, cos, sin, masks[self.sliding[i]], extents[0] if self.sliding[i] else extents[1])
-        return decoder.norm(x)
+        return rms_norm(decoder.norm, x)
 
     def _capture(self, rows: int, width: int, prefix: int) -> _Captured:
         canvas = torch.zeros((rows, width), dtype=torch.long, device=self.device)
