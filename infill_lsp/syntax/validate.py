@@ -176,17 +176,29 @@ def python_cell_compiles(source: bytes) -> bool:
     return python_compiles(source, top_level_await=True)
 
 
-def python_error_line(source: bytes) -> int | None:
-    """The 1-based line of the first syntax error CPython's compiler finds (as a cell: top-level
-    `await` allowed), or None when it compiles or the error has no line (NUL bytes, recursion)."""
+def python_blamed_lines(source: bytes) -> tuple[int, int] | None:
+    """The 1-based lines (first, last) CPython's first syntax error can be blamed on, or None when
+    it compiles. An indentation error is also the fault of the code line before it (the previous
+    line is what decides whether an indented block may follow): an unexpected indent under a
+    candidate's line means the candidate is not the block opener the code below needs."""
     error = _compile_error(source, top_level_await=True)
-    return error.lineno if isinstance(error, SyntaxError) else None
+    if not isinstance(error, SyntaxError) or error.lineno is None:
+        return None
+    first = error.lineno
+    if isinstance(error, IndentationError):
+        lines = source.split(b"\n")
+        for number in range(error.lineno - 1, 0, -1):
+            text = lines[number - 1].strip() if number <= len(lines) else b""
+            if text and not text.startswith(b"#"):
+                first = number
+                break
+    return first, error.lineno
 
 
 # Where a broken region's errors can be located by a stricter parser: a candidate is refused when the
-# first error that parser finds lies on a line the candidate wrote (tree-sitter can leave indentation
-# and assignment-target mistakes unflagged: `next, dbuf, balance += op`, a body at column 1).
-ERROR_LINES = {"python": python_error_line}
+# first error that parser finds is blamed on a line the candidate wrote (tree-sitter can leave
+# indentation and assignment-target mistakes unflagged: `next, dbuf, balance += op`, a body at column 1).
+ERROR_LINES = {"python": python_blamed_lines}
 
 
 # A language's stricter parsers, strictest first. A region that parses is held to the strictest
@@ -278,11 +290,15 @@ class RegionChecker:
 
     def _error_on_its_lines(self, data: bytes, lo: int, hi: int) -> bool:
         """Does the language's own parser (Python: CPython) stop first on a line the candidate at
-        [lo, hi) wrote? Its first error elsewhere (before the cursor, or below the candidate) says
-        nothing about the candidate, and then tree-sitter's verdict stands."""
+        [lo, hi) wrote (or, for an indentation error, right under it)? Its first error elsewhere
+        (before the cursor, or further below) says nothing about the candidate, and then
+        tree-sitter's verdict stands."""
         locate = ERROR_LINES.get(self.language)
-        line = locate(data) if locate else None
-        return line is not None and data.count(b"\n", 0, lo) < line <= data.count(b"\n", 0, hi) + 1
+        blamed = locate(data) if locate else None
+        if blamed is None:
+            return False
+        first, last = blamed
+        return first <= data.count(b"\n", 0, hi) + 1 and last > data.count(b"\n", 0, lo)
 
     def _kept(self, error: tuple[str, int, int], lo: int, hi: int) -> bool:
         kind, start, end = error
