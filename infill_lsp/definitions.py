@@ -27,6 +27,8 @@ names. Hidden directories and dependency/build trees (`SKIP_DIRS`) are not walke
 
 from __future__ import annotations
 
+import bisect
+
 import logging
 import os
 import queue
@@ -266,6 +268,7 @@ class DefinitionIndex:
         self._generation = 0  # bumped when a walk is asked for: an older walk stops
         self._closed = False
         self.version = 0  # bumped whenever what lookup answers may have changed
+        self._sorted: tuple[int, list[str]] = (-1, [])  # (version, names in order) for completions
         self.building = False
         self.stats: dict[str, int] = {"walks": 0, "updates": 0, "parsed": 0, "skipped": 0}
 
@@ -329,6 +332,22 @@ class DefinitionIndex:
     def lookup(self, names: Iterable[str]) -> dict[str, list[Definition]]:
         with self._lock:
             return {name: list(found) for name in names if (found := self._names.get(name))}
+
+    def completions(self, fragment: str, limit: int = 8) -> dict[str, list[Definition]]:
+        """Definitions of the names that start with `fragment` (what is typed of a name so far), the
+        shortest names first, at most `limit` names; not `fragment` itself (lookup answers that)."""
+        with self._lock:
+            version, names = self._sorted
+            if version != self.version:
+                names = sorted(self._names)
+                self._sorted = (self.version, names)
+            found = []
+            for name in names[bisect.bisect_right(names, fragment):]:
+                if not name.startswith(fragment):
+                    break
+                found.append(name)
+            found.sort(key=len)
+            return {name: list(self._names[name]) for name in found[:limit]}
 
     def defined_in(self, real: str) -> frozenset[str]:
         with self._lock:

@@ -76,6 +76,8 @@ ADMIT_TTL_S = 10.0  # how long an admit decision (workspace, .gitignore) is cach
 DEFINITION_BONUS = 0.1  # a definition (definitions.py) of a name used around the cursor ranks this much ahead
 NEAR_BONUS = 0.05  # ... and this much more when the name is within NEAR_LINES lines of the cursor
 NEAR_LINES = 4
+TYPED_MIN = 3  # a name on the cursor's line this long that nothing defines may be one being typed
+MAX_TYPED = 4  # ... whose completions (definitions starting with it) are looked up, this many at most
 MAX_DEF_CANDIDATES = 48  # definitions considered per refresh
 MAX_NAME_FILES = 3  # a name defined in more files than this is too ambiguous to look up
 DEFINES_SCAN = 256 * 1024  # characters of the document searched for the names it defines (a few ms)
@@ -147,6 +149,9 @@ def fit(chunk_ids: list[list[int]], header_ids: list[int], limit: int) -> tuple[
 
 
 # -- chunks -------------------------------------------------------------------------------------
+_TYPED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*$")  # the name being typed: the word ending at the cursor
+
+
 def identifiers(text: str) -> frozenset[str]:
     """The names in a piece of code, less keywords and one-letter names."""
     return frozenset(w for w in _IDENT.findall(text) if len(w) > 1 and w.lower() not in _STOP)
@@ -404,7 +409,7 @@ class RepoContext:
         self.edits: list[Edit] = []  # least recent first
         self.ring: list[Chunk] = []
         self.ring_focus: str | None = None  # the document the ring was ranked for
-        self.focus: tuple[str, int] | None = None  # (uri, line) of the last request
+        self.focus: tuple[str, int, int | None] | None = None  # (uri, line, cursor offset) of the last request
         self.dirty = False  # something was gathered since the last refresh
         self.stats: dict[str, int] = {"refreshes": 0, "ringChanges": 0, "evicted": 0}  # camelCase: infill/stats
         self._stamp = 0
@@ -494,11 +499,13 @@ class RepoContext:
                 out.append(chunk)
         return out
 
-    def _definition_candidates(self, uri: str, text: str, focus: frozenset[str], near: frozenset[str]
-                               ) -> list[Chunk]:
+    def _definition_candidates(self, uri: str, text: str, focus: frozenset[str], near: frozenset[str],
+                               typed: frozenset[str] = frozenset()) -> list[Chunk]:
         """Definitions, in other workspace files, of the names used around the cursor (those in
-        `near` first): names the document defines itself, common names and names defined in many
-        files are not looked up. The index answers from memory; each file is admitted again here."""
+        `near` first), and of the names that complete one being typed on the cursor's line (`typed`:
+        its names that nothing defines, e.g. `compute_ch` of `compute_checksum`): names the document
+        defines itself, common names and names defined in many files are not looked up. The index
+        answers from memory; each file is admitted again here."""
         index = self.definitions
         if index is None or not focus:
             return []
@@ -509,6 +516,11 @@ class RepoContext:
         own.update(_DEFINES.findall(text, 0, DEFINES_SCAN))  # unsaved ones too (the index has the saved ones)
         wanted = [name for name in focus if name not in own and name not in COMMON_NAMES]
         found = index.lookup(wanted)
+        for fragment in sorted(typed - own - found.keys(), key=len, reverse=True)[:MAX_TYPED]:
+            if len(fragment) >= TYPED_MIN:
+                for name, definitions in index.completions(fragment).items():
+                    if name not in own and name not in COMMON_NAMES:
+                        found.setdefault(name, definitions)
         out: list[Chunk] = []
         for name in sorted(found, key=lambda n: (n not in near, n)):
             definitions = [d for d in found[name] if d.real != here]
@@ -526,10 +538,13 @@ class RepoContext:
         return out
 
     def refresh(self, uri: str, text: str, line: int, window: tuple[int, int],
-                text_of: Callable[[str], str | None], line_start: int | None = None) -> bool:
+                text_of: Callable[[str], str | None], line_start: int | None = None,
+                offset: int | None = None) -> bool:
         """Rank the candidates for the code around `line` of `uri` (starting at offset `line_start`,
         when known) and rebuild the ring; True when the ring changed. `window`: the document's own
-        lines [lo, hi) the prompt already holds."""
+        lines [lo, hi) the prompt already holds. `offset`: the cursor, whose name being typed (the
+        word right before it) brings the definitions it may complete to; unknown, every name on
+        the cursor's line may be one."""
         self.stats["refreshes"] += 1
         self.dirty = False
         self.ring_focus = uri
@@ -539,17 +554,27 @@ class RepoContext:
         focus = identifiers("".join(around[max(0, line - FOCUS_BEFORE) - first:line + FOCUS_AFTER + 1 - first]))
         window_lines = _line_set("".join(around[max(0, lo) - first:hi - first]))
         near = identifiers("".join(around[max(0, line - NEAR_LINES) - first:line + NEAR_LINES + 1 - first]))
+        if offset is not None and 0 < offset <= len(text):
+            typed = identifiers(" ".join(_TYPED.findall(text, max(0, offset - 256), offset)))
+        else:
+            typed = identifiers("".join(around[line - first:line + 1 - first])) if first <= line < last else frozenset()
+        completing = set()
         scored = []
-        for chunk in self._candidates(text_of) + self._definition_candidates(uri, text, focus, near):
+        definition_chunks = self._definition_candidates(uri, text, focus, near, typed)
+        for chunk in definition_chunks:
+            if chunk.defines not in focus:  # found as the completion of a name being typed
+                completing.add(chunk.defines)
+        for chunk in self._candidates(text_of) + definition_chunks:
             if chunk.overlaps(uri, lo, hi):
                 continue
             if chunk.lines and len(chunk.lines & window_lines) >= REPEATS_WINDOW * len(chunk.lines):
                 continue
             similarity = jaccard(chunk.names, focus)
-            if similarity > 0:  # shares no name with the code around the cursor: not worth its tokens
-                bonus = EDIT_BONUS if chunk.edited else 0.0
+            if similarity > 0 or chunk.defines in completing:  # else it shares no name with the code around
+                bonus = EDIT_BONUS if chunk.edited else 0.0  # the cursor: not worth its tokens
                 if chunk.defines:
-                    bonus += DEFINITION_BONUS + (NEAR_BONUS if chunk.defines in near else 0.0)
+                    bonus += DEFINITION_BONUS + (NEAR_BONUS if chunk.defines in near or chunk.defines in completing
+                                                 else 0.0)
                 scored.append((similarity + bonus, chunk.stamp, chunk))
         scored.sort(key=lambda item: (-item[0], -item[1]))
 
@@ -583,13 +608,14 @@ class RepoContext:
         return changed
 
     def for_request(self, uri: str, text: str, line: int, window: tuple[int, int],
-                    text_of: Callable[[str], str | None], line_start: int | None = None) -> tuple[ContextChunk, ...]:
-        """The chunks for a completion at `line` of `uri`, least relevant first. The ring as it is,
-        ranked again only for a document it was not ranked for (the prompt is all new then), less
-        the chunks overlapping this document's window."""
-        self.focus = (uri, line)
+                    text_of: Callable[[str], str | None], line_start: int | None = None,
+                    offset: int | None = None) -> tuple[ContextChunk, ...]:
+        """The chunks for a completion at `line` of `uri` (the cursor at `offset`, when known), least
+        relevant first. The ring as it is, ranked again only for a document it was not ranked for
+        (the prompt is all new then), less the chunks overlapping this document's window."""
+        self.focus = (uri, line, offset)
         if self.ring_focus != uri:
-            self.refresh(uri, text, line, window, text_of, line_start)
+            self.refresh(uri, text, line, window, text_of, line_start, offset)
         lo, hi = window
         return tuple(chunk.public() for chunk in self.ring if not chunk.overlaps(uri, lo, hi))
 
@@ -600,11 +626,11 @@ class RepoContext:
         index_changed = self.definitions is not None and self.definitions.version != self._index_version
         if not (self.dirty or index_changed) or self.focus is None:
             return False
-        uri, line = self.focus
+        uri, line, offset = self.focus
         text = text_of(uri)
         if text is None:
             return False
-        return self.refresh(uri, text, line, lines_of(text, line), text_of)
+        return self.refresh(uri, text, line, lines_of(text, line), text_of, offset=offset)
 
 
 def window_lines(text: str, line: int, prefix_chars: int, suffix_chars: int, line_start: int | None = None

@@ -14,7 +14,9 @@ are the repository. Holes (`cut_holes`):
   sibling files (a name defined in more is not looked up by the server either), never one the file
   defines itself, a very common name, a keyword or (Python) a builtin; the answer is the name;
 - `call`: the same use when it is called and the call ends on that line (`name(args)`, or
-  `.method(args)` from the method's name); the answer runs to the call's closing bracket.
+  `.method(args)` from the method's name); the answer runs to the call's closing bracket;
+- `typed`: a `name` hole of a name of 6 characters or more with its first `TYPED` (3) typed
+  already, as when a user pauses mid-name: the answer is the rest of it.
 
 Each hole runs through `pipeline.complete` twice, modes interleaved (which goes first alternates)
 so that machine load weighs on both alike: once without repository context, once with the context
@@ -51,7 +53,8 @@ from . import definitions, pipeline, rank, repo_context
 from .config import Settings
 from .types import Budget, ContextChunk
 
-KINDS = ("name", "call")
+KINDS = ("name", "call", "typed")
+TYPED = 3  # a `typed` hole: the name's first characters are typed already (repo_context.TYPED_MIN)
 LANGUAGES = ("python", "javascript", "typescript", "go", "rust")
 MAX_CALL_CHARS = 120  # a longer call is not a `call` hole (still a `name` one)
 MAX_SIBLINGS = definitions.MAX_FILES  # sibling files read per package (runtime/ in Go has 650)
@@ -77,7 +80,7 @@ _LABELS = frozenset({"keyword_argument", "pair", "field_initializer", "keyed_ele
 
 class Hole(msgspec.Struct, frozen=True):
     language: str
-    kind: str  # "name" or "call"
+    kind: str  # "name", "call" or "typed" (the rest of a name whose first TYPED characters are typed)
     path: str  # the held-out file, as the record names it
     text: str  # the document without the answer
     offset: int  # the cursor
@@ -320,6 +323,8 @@ def holes_in(record: dict, rng: random.Random, *, per_kind: int = 2, cache: dict
                 if call_end is None or b"\n" in source[start:call_end] or call_end - start > MAX_CALL_CHARS:
                     continue
                 end = call_end
+            if kind == "typed" and end - start < 2 * TYPED:  # a name long enough that its head says little
+                continue
             pool.append((start, end))
         rng.shuffle(pool)
         named = [(start, end, re.match(rb"\w+", source[start:end]).group().decode("utf-8", "replace"))
@@ -332,7 +337,7 @@ def holes_in(record: dict, rng: random.Random, *, per_kind: int = 2, cache: dict
                 picked.append(use)
         picked += [use for use in named if use not in picked][:per_kind - len(picked)]
         for start, end, name in sorted(picked):
-            begin, stop = chars(start), chars(end)
+            begin, stop = chars(start) + (TYPED if kind == "typed" else 0), chars(end)
             prefix = text[:begin]
             holes.append(Hole(language=record["language"], kind=kind, path=path, text=prefix + text[stop:],
                               offset=begin, answer=text[begin:stop], name=name, defined_in=wanted[name],
@@ -410,7 +415,8 @@ def context_for(package: Package, hole: Hole, settings: Settings) -> tuple[tuple
     package.index.wait()
     line, line_start = _cursor(hole.text, hole.offset)
     window = repo_context.window_lines(hole.text, line, settings.prefix_chars, settings.suffix_chars, line_start)
-    chunks = repo.for_request(uri, hole.text, line, window, lambda u: hole.text if u == uri else None, line_start)
+    chunks = repo.for_request(uri, hole.text, line, window, lambda u: hole.text if u == uri else None, line_start,
+                              hole.offset)
     if not chunks:
         return (), ""
     return chunks, repo.admission.relative_path(uri) or os.path.basename(hole.path)
@@ -432,9 +438,10 @@ def _run(engine, hole: Hole, path: str, settings: Settings, budget: Budget, seed
     kept = result.timings.context_chunks
     in_prompt = repo[len(repo) - kept:] if kept else ()
     pattern = re.compile(rf"\b{re.escape(hole.name)}\b")
+    name_rest = answer if hole.kind == "typed" else hole.name  # what of the name the suggestion must write
     return Run(exact_top=top is not None and top.rstrip() == answer,
                exact_raw=raw is not None and raw.rstrip() == answer,
-               name_top=top is not None and re.match(rf"{re.escape(hole.name)}\b", top) is not None,
+               name_top=top is not None and re.match(rf"{re.escape(name_rest)}\b", top) is not None,
                shown=len(result.items), latency_ms=result.timings.total_ms, warm_ms=warm,
                context_tokens=result.timings.context_tokens, context_chunks=kept,
                reached=any(pattern.search(chunk.text) for chunk in in_prompt), top=top)

@@ -232,10 +232,11 @@ def collector(root: Path, index: DefinitionIndex | None = None) -> RepoContext:
     return repo
 
 
-def request(repo: RepoContext, root: Path, text: str = MAIN, name: str = "main.py"):
+def request(repo: RepoContext, root: Path, text: str = MAIN, name: str = "main.py", offset: int | None = None):
     line = text.count("\n")
     repo.document(uri(root / name), text)
-    return repo.for_request(uri(root / name), text, line, (0, line + 2), {uri(root / name): text}.get)
+    return repo.for_request(uri(root / name), text, line, (0, line + 2), {uri(root / name): text}.get,
+                            offset=offset)
 
 
 def test_the_definition_of_a_name_used_at_the_cursor_becomes_context(workspace):
@@ -251,6 +252,31 @@ def test_the_definition_of_a_name_used_at_the_cursor_becomes_context(workspace):
     # an ignored file's definition never comes, whatever uses its name
     secret = "from secret_tokens import load_secret_token\n\ntoken = load_secret_token()\nsend(token)\n"
     assert request(repo, workspace, secret, "use_secret.py") == ()
+    repo.definitions.close()
+
+
+def test_a_name_being_typed_brings_the_definitions_it_may_complete_to(workspace):
+    """`compute_ch|` on the cursor's line: nothing defines `compute_ch`, the index's names that
+    start with it are looked up (a name the document uses elsewhere is not needed)."""
+    repo = collector(workspace)
+    assert repo.definitions.wait()
+    text = "def receive_packet(socket):\n    payload = socket.recv(4096)\n    return compute_ch"
+    chunks = request(repo, workspace, text)
+    assert [c.path for c in chunks] == ["pkg/util.py"]
+    assert chunks[0].text.startswith("def compute_checksum(payload, seed=0):")
+    assert repo.definitions.completions("compute_").keys() == {"compute_checksum"}
+    assert repo.definitions.completions("compute_checksum") == {}  # the name itself: lookup's job
+    # two letters say too little: nothing is looked up
+    repo.ring_focus = None
+    assert request(repo, workspace, text[:-len("mpute_ch")]) == ()
+    # with the cursor known, only the word right before it is a name being typed
+    repo.ring_focus = None
+    line = "    digest = compute_ch(payload)"
+    typing = "def receive_packet(socket):\n" + line
+    cursor = typing.index("(payload)")
+    assert [c.path for c in request(repo, workspace, typing, offset=cursor)] == ["pkg/util.py"]
+    repo.ring_focus = None
+    assert request(repo, workspace, typing, offset=typing.index(" = ")) == ()  # after `digest`: no such name
     repo.definitions.close()
 
 

@@ -82,7 +82,10 @@ def test_holes_sit_exactly_at_uses_of_names_a_sibling_defines(package):
     # deterministic
     assert repo_heldout.cut_holes([record(package)], per_kind=1, seed=3) == \
         repo_heldout.cut_holes([record(package)], per_kind=1, seed=3)
-    assert len(repo_heldout.cut_holes([record(package)], per_kind=1)) == 2  # one of each kind
+    assert len(repo_heldout.cut_holes([record(package)], per_kind=1)) == 3  # one of each kind
+    # typed: the name's first three characters before the cursor, the rest of it the answer
+    typed = {(h.text[h.offset - 3:h.offset], h.answer) for h in holes if h.kind == "typed"}
+    assert typed == {("com", "pute_checksum"), ("Rec", "ordStore")}
 
 
 def test_files_without_sibling_names_and_missing_files_give_no_holes(package, tmp_path):
@@ -103,7 +106,8 @@ def test_method_calls_and_other_packages_qualifiers(tmp_path):
                                    '\tp.asmText(word)\n}\n')
     holes = repo_heldout.cut_holes([{"path": str(root / "parse.go"), "language": "go",
                                      "text": (root / "parse.go").read_text()}], per_kind=10)
-    assert sorted((h.kind, h.answer) for h in holes) == [("call", "asmText(word)"), ("name", "asmText")]
+    assert sorted((h.kind, h.answer) for h in holes) == [("call", "asmText(word)"), ("name", "asmText"),
+                                                         ("typed", "Text")]
 
 
 def test_with_context_the_prompt_holds_the_siblings_definition(package, engine):

@@ -395,7 +395,8 @@ class InfillServer(LanguageServer):
         try:
             window = repo_context.window_lines(text, cursor.line, settings.prefix_chars, settings.suffix_chars,
                                                cursor.line_start)
-            chunks = self.repo.for_request(uri, text, cursor.line, window, self._doc_text, cursor.line_start)
+            chunks = self.repo.for_request(uri, text, cursor.line, window, self._doc_text, cursor.line_start,
+                                           cursor.offset)
         except Exception:
             log.exception("repository context failed; completing without it")
             return (), ""
