@@ -195,6 +195,23 @@ def add_arguments(parser) -> None:
                         help="held-out files per language for --repo-heldout")
 
 
+def _held_out(shards: str, files_per_language: int, repository: bool = False):
+    """The holes of the per-file (heldout.py) or repository-level (repo_heldout.py) held-out check
+    from a shard directory, or None when no directory is given."""
+    if not shards:
+        return None
+    from .train.shards import read_heldout
+
+    if repository:
+        from .repo_heldout import cut_holes
+    else:
+        from .heldout import cut_holes
+    try:
+        return cut_holes(read_heldout(Path(shards)), files_per_language=files_per_language)
+    except OSError as exc:
+        raise SystemExit(f"no held-out files in {shards}: {exc}") from None
+
+
 def run(args) -> int:
     from .engine import load_engine
 
@@ -202,24 +219,8 @@ def run(args) -> int:
                         context_tokens=args.context_tokens)
     data = Path(args.data)
     names = [s.strip() for s in args.subsets.split(",") if s.strip()]
-    heldout_holes = None
-    if args.heldout:
-        from .heldout import cut_holes
-        from .train.shards import read_heldout
-
-        try:
-            heldout_holes = cut_holes(read_heldout(Path(args.heldout)), files_per_language=args.heldout_files)
-        except OSError as exc:
-            raise SystemExit(f"no held-out files in {args.heldout}: {exc}") from None
-    repo_holes = None
-    if args.repo_heldout:
-        from .repo_heldout import cut_holes as cut_repo_holes
-        from .train.shards import read_heldout
-
-        try:
-            repo_holes = cut_repo_holes(read_heldout(Path(args.repo_heldout)), files_per_language=args.repo_heldout_files)
-        except OSError as exc:
-            raise SystemExit(f"no held-out files in {args.repo_heldout}: {exc}") from None
+    heldout_holes = _held_out(args.heldout, args.heldout_files)
+    repo_holes = _held_out(args.repo_heldout, args.repo_heldout_files, repository=True)
     if args.limit == 0:  # `--limit 0`: no HumanEval, only the held-out checks
         names = []
     unknown = [n for n in names if n not in SUBSETS]
