@@ -28,7 +28,6 @@ names. Hidden directories and dependency/build trees (`SKIP_DIRS`) are not walke
 from __future__ import annotations
 
 import bisect
-
 import logging
 import os
 import queue

@@ -76,7 +76,7 @@ ADMIT_TTL_S = 10.0  # how long an admit decision (workspace, .gitignore) is cach
 DEFINITION_BONUS = 0.1  # a definition (definitions.py) of a name used around the cursor ranks this much ahead
 NEAR_BONUS = 0.05  # ... and this much more when the name is within NEAR_LINES lines of the cursor
 NEAR_LINES = 4
-TYPED_MIN = 3  # a name on the cursor's line this long that nothing defines may be one being typed
+TYPED_MIN = 3  # a word this long before the cursor that nothing defines may be a name being typed
 MAX_TYPED = 4  # ... whose completions (definitions starting with it) are looked up, this many at most
 MAX_DEF_CANDIDATES = 48  # definitions considered per refresh
 MAX_NAME_FILES = 3  # a name defined in more files than this is too ambiguous to look up
@@ -555,7 +555,8 @@ class RepoContext:
         window_lines = _line_set("".join(around[max(0, lo) - first:hi - first]))
         near = identifiers("".join(around[max(0, line - NEAR_LINES) - first:line + NEAR_LINES + 1 - first]))
         if offset is not None and 0 < offset <= len(text):
-            typed = identifiers(" ".join(_TYPED.findall(text, max(0, offset - 256), offset)))
+            word = _TYPED.search(text, max(0, offset - 256), offset)
+            typed = identifiers(word.group() if word else "")
         else:
             typed = identifiers("".join(around[line - first:line + 1 - first])) if first <= line < last else frozenset()
         completing = set()

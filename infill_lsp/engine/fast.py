@@ -664,7 +664,7 @@ class FastEngine(TransformersEngine):
                 temperature = settings.t_min + (settings.t_max - settings.t_min) * remaining / settings.steps
                 processed = ref_logits / temperature
                 uniform = torch.rand((processed.shape[0], 1), device=device, generator=generator)
-                sampled = (torch.softmax(processed, -1).cumsum(-1) < uniform).sum(-1).clamp(max=vocab - 1)
+                sampled = sample_inverse_cdf(torch.softmax(processed, -1), uniform)
                 canvas = known.clone()
                 canvas[free] = sampled
                 conditioning = torch.full((*known.shape, vocab), -math.inf, device=device, dtype=model.dtype)
