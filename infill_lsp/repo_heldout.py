@@ -50,6 +50,7 @@ from pathlib import Path
 import msgspec
 
 from . import definitions, pipeline, rank, repo_context
+from .bench import percentile
 from .config import Settings
 from .types import Budget, ContextChunk
 
@@ -488,11 +489,6 @@ def _share(values) -> str:
     return f"{sum(values) / len(values):.1%}" if values else "n/a"
 
 
-def _percentile(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, round(q * (len(values) - 1)))] if values else 0.0
-
-
 def table(results: list[HoleResult]) -> str:
     """Markdown, per language (and kind, all languages): exact match of the top suggestion and of one
     raw sample without / with context, the share with a suggestion, how often a definition of the
@@ -518,7 +514,7 @@ def table(results: list[HoleResult]) -> str:
             f"| {pair(group, lambda runs: _share(r.shown > 0 for r in runs))} "
             f"| {_share(r.context.reached for r in group)} "
             f"| {pair(group, lambda runs: f'{statistics.median(r.latency_ms for r in runs):.0f}')} "
-            f"| {pair(group, lambda runs: f'{_percentile([r.latency_ms for r in runs], 0.95):.0f}')} "
+            f"| {pair(group, lambda runs: f'{percentile([r.latency_ms for r in runs], 95):.0f}')} "
             f"| {pair(group, lambda runs: f'{statistics.median(r.warm_ms for r in runs):.0f}')} "
             f"| {statistics.fmean(r.context.context_tokens for r in group):.0f} |")
     return "\n".join(rows)
