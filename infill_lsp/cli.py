@@ -189,9 +189,13 @@ def cmd_corpus(args: argparse.Namespace) -> int:
             sample.append(text)
             size += len(text)
         tokenizer = train_tokenizer(sample, args.vocab_size)
-    manifest = write_shards(corpus, tokenizer, Path(args.out))
+    manifest = write_shards(corpus, tokenizer, Path(args.out), context_tokens=args.context_tokens)
     print(f"wrote {args.out}: {len(manifest['shards'])} shards, tokens by language {manifest['tokens']}, "
           f"{manifest['heldout_files']} held-out files")
+    if "repo_context" in manifest:
+        ctx = manifest["repo_context"]
+        print(f"repository context: {ctx['with_context']} of {ctx['documents']} documents, "
+              f"{ctx['mean_tokens']} tokens on average (at most {ctx['tokens']})")
     return 0
 
 
@@ -309,6 +313,9 @@ def main(argv: list[str] | None = None) -> int:
     corpus.add_argument("--vocab-size", type=int, default=8192)
     corpus.add_argument("--tokenizer", default="", help="reuse this checkpoint's tokenizer instead of training one")
     corpus.add_argument("--tokenizer-bytes", type=int, default=30_000_000, help="text the tokenizer is trained on")
+    corpus.add_argument("--context-tokens", type=int, default=512,
+                        help="store each file's repository context (definitions from its package) up to this many "
+                        "tokens, for `data.repo_context_tokens` training; 0: none")
     corpus.add_argument("--humaneval", default=HUMANEVAL)
     corpus.set_defaults(func=cmd_corpus)
 

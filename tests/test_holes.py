@@ -84,5 +84,5 @@ def test_shards_round_trip_and_hold_files_out(tmp_path):
                    if not is_heldout(p))
     assert data.total_tokens == expected
     drawn = data.draw(random.Random(0), 5)
-    assert len(drawn) == 5 and all(d.dtype == np.uint16 for d in drawn)
+    assert len(drawn) == 5 and all(d.tokens.dtype == np.uint16 and not d.chunks for d in drawn)
     assert AutoTokenizer.from_pretrained(tmp_path).vocab_size == tokenizer.vocab_size

@@ -306,6 +306,8 @@ class TransformersEngine:
             log.warning("%s declares repository context layout %r, which this version does not know; "
                         "repoContext \"auto\" leaves it off", name, self.repo_context_layout)
             self.repo_context_layout = ""
+        # ... and at most as many tokens of it as it was trained with (train/loop.py infill_layout)
+        self.repo_context_tokens = int(layout.get("repo_context_tokens") or 0) if layout else 0
         self.info = EngineInfo(model=name, backend="transformers", device=self.device,
                                dtype=str(self.dtype).removeprefix("torch."), repo_context=self.repo_context_layout,
                                suffix_window=self.suffix_window)
@@ -349,8 +351,8 @@ class TransformersEngine:
 
     def _context_ids(self, context: Sequence[ContextChunk], path: str) -> tuple[list[int], int]:
         """Repository context laid out before the prefix (repo_context.py), at most `prefix_tokens`
-        tokens (the least relevant chunks go first), and how many chunks fitted. Each rendered chunk
-        is tokenized once while it stays in the ring."""
+        tokens or what the checkpoint was trained with (the least relevant chunks go first), and how
+        many chunks fitted. Each rendered chunk is tokenized once while it stays in the ring."""
         if not context:
             return [], 0
         layout = self.repo_context_layout or repo_context.PATH_COMMENT
@@ -367,7 +369,7 @@ class TransformersEngine:
 
         chunks = [ids(repo_context.render_chunk(chunk, layout)) for chunk in context]
         return repo_context.fit(chunks, ids(repo_context.render_header(path or "this file", layout)),
-                                self.prefix_tokens)
+                                min(self.prefix_tokens, self.repo_context_tokens or self.prefix_tokens))
 
     def _prompt(self, prefix: str, context: Sequence[ContextChunk] = (), path: str = "") -> tuple[list[int], str]:
         """Prompt ids for the prefix window and the healed text (the backed-off last token).

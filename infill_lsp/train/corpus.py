@@ -47,6 +47,7 @@ class Corpus(msgspec.Struct):
     excluded_for_humaneval: int = 0
     languages: list[str] = []  # one per text: python, javascript, typescript, go, rust, ...
     paths: list[str] = []  # one per text, for held-out splits and reports
+    roots: list[str] = []  # one per text: the tree it came from, as an editor's workspace folder (train/repo.py)
 
 
 LANGUAGE_OF_SUFFIX = {".py": "python", ".pyi": "python", ".js": "javascript", ".mjs": "javascript",
@@ -100,8 +101,9 @@ class _Collector:
         self.total = 0
         self.progress = None  # a progress.Progress counting the bytes taken
 
-    def add(self, entry: ManifestEntry, paths, max_bytes: int | None = None) -> None:
-        """Add files until the corpus-wide cap, or this source's own cap, is reached."""
+    def add(self, entry: ManifestEntry, paths, max_bytes: int | None = None, root: Path | None = None) -> None:
+        """Add files until the corpus-wide cap, or this source's own cap, is reached. `root`: the
+        tree they belong to (a package, a standard library, a repository), their workspace folder."""
         start = self.total
         for path in paths:
             if self.max_bytes is not None and self.total >= self.max_bytes:
@@ -118,6 +120,7 @@ class _Collector:
             self.corpus.texts.append(text)
             self.corpus.languages.append(LANGUAGE_OF_SUFFIX.get(Path(path).suffix, "text"))
             self.corpus.paths.append(str(path))
+            self.corpus.roots.append(str(root) if root is not None else str(Path(path).parent))
             entry.files += 1
             entry.bytes += size
             self.total += size
@@ -140,13 +143,14 @@ def _add_python(collector: "_Collector", max_bytes: int | None = None) -> None:
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     collector.add(ManifestEntry("python-stdlib", platform.python_version(), "PSF-2.0"),
                   sorted(p for p in stdlib.glob("**/*.py") if "site-packages" not in p.parts and "test" not in p.parts),
-                  budget())
+                  budget(), stdlib)
     for dist in sorted(metadata.distributions(), key=lambda d: (d.metadata["Name"] or "").lower()):
         licence = licence_of(dist)
         if not licence or not dist.files:
             continue
         paths = [Path(dist.locate_file(f)) for f in dist.files if str(f).endswith(".py")]
-        collector.add(ManifestEntry(dist.metadata["Name"] or "?", dist.version, licence), sorted(paths), budget())
+        collector.add(ManifestEntry(dist.metadata["Name"] or "?", dist.version, licence), sorted(paths), budget(),
+                      Path(dist.locate_file("")))
 
 
 GO_ROOTS = sorted(Path("/usr/share").glob("go-*/src")) + sorted(Path("/usr/lib").glob("go-*/src"))
@@ -164,14 +168,14 @@ def _add_go(collector: "_Collector", max_bytes: int | None) -> None:
     for root in GO_ROOTS[-1:]:
         version = (root.parent / "VERSION").read_text().split()[0] if (root.parent / "VERSION").exists() else "?"
         collector.add(ManifestEntry("go-stdlib (Debian golang-go)", version, "BSD-3-Clause"),
-                      _source_files(root, {".go"}, {"testdata", "vendor"}), max_bytes)
+                      _source_files(root, {".go"}, {"testdata", "vendor"}), max_bytes, root)
 
 
 def _add_rust(collector: "_Collector", max_bytes: int | None) -> None:
     for root in RUST_ROOTS:
         if root.is_dir():
             collector.add(ManifestEntry("rust-std (Debian rust-src)", "?", "MIT OR Apache-2.0"),
-                          _source_files(root, {".rs"}, {"tests", "benches"}), max_bytes)
+                          _source_files(root, {".rs"}, {"tests", "benches"}), max_bytes, root)
 
 
 def _npm_packages(root: Path):
@@ -203,7 +207,7 @@ def _add_npm(collector: "_Collector", max_bytes: int | None) -> None:
             paths = [p for p in _source_files(folder, {".js", ".mjs", ".cjs", ".ts", ".mts", ".tsx"},
                                               {"node_modules", "test", "tests", "dist-min"})
                      if not p.name.endswith((".min.js", ".map"))]
-            collector.add(ManifestEntry(f"npm:{meta['name']}", meta["version"], licence), paths, left)
+            collector.add(ManifestEntry(f"npm:{meta['name']}", meta["version"], licence), paths, left, folder)
 
 
 LANGUAGE_BUDGETS = {"python": 0.4, "go": 0.25, "rust": 0.2, "javascript+typescript": 0.15}
@@ -226,5 +230,5 @@ def collect_repository(root: Path, humaneval_dir: Path | None = None) -> Corpus:
     collector = _Collector(humaneval_dir)
     paths = [p for p in sorted(root.rglob("*"))
              if p.suffix in SOURCE_SUFFIXES and not any(part in skip for part in p.parts) and p.is_file()]
-    collector.add(ManifestEntry(root.name, "local", "the user's own code"), paths)
+    collector.add(ManifestEntry(root.name, "local", "the user's own code"), paths, root=root)
     return collector.corpus

@@ -29,19 +29,33 @@ keys [0, s_k) of its sequence and causally to itself, exactly the causal encodin
 Row k's canvas then attends to [clean keys before s_k | its block's real keys | its canvas], at
 positions continuing after the block. The cost is that pass (rows x (N + 1) tokens against
 sequence + N + 1 keys) and the longer keys of the decoder passes.
+
+Repository context (`repo_context_tokens: N`, the engine's `_prompt` with `request.context`): a
+document drawn with its context (shards.Document, built by train/repo.py) becomes `[BOS] + context
+chunks + its own header + the document's window`, the chunks fitted to N tokens by the engine's own
+rule (repo_context.fit: the least relevant go first), each chunk's ids tokenized on its own as the
+engine tokenizes them, so every hole's prompt is token for token the engine's for that context.
+The window keeps its `sequence_tokens - 1` (the checkpoint's prefix budget): the context comes on
+top, so the encoded sequence is up to N + `sequence_tokens` long. Holes start only in the window
+(their prompt holds the whole context), a share of them (`anchor_share`) at a use of a name the
+context defines, and a share of sequences (`context_dropout`) go without context, so the model
+still completes files whose context is empty.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import repo_context
 from ..engine.canvas import build_canvas, middle_lengths, suffix_window
 from ..engine.denoise import vocabulary_head
+from .shards import Document
 
 
 @dataclass
@@ -68,9 +82,13 @@ class HoleSampler:
     """Cuts editor-like holes out of token sequences and lays them out as engine canvas rows."""
 
     def __init__(self, tokenizer, *, sequence_tokens: int = 512, max_middle: int = 32, suffix_head: int = 16,
-                 holes_per_sequence: int = 16, suffix_window: int = 0):
+                 holes_per_sequence: int = 16, suffix_window: int = 0, repo_context_tokens: int = 0,
+                 context_dropout: float = 0.3, anchor_share: float = 0.3):
         self.sequence_tokens = sequence_tokens
         self.suffix_window = suffix_window
+        self.repo_context_tokens = repo_context_tokens
+        self.context_dropout = context_dropout  # share of sequences with a context that go without it
+        self.anchor_share = anchor_share  # share of holes at a use of a name the context defines, where there is one
         self.max_middle = max_middle
         self.suffix_head = suffix_head
         self.holes = holes_per_sequence
@@ -83,8 +101,20 @@ class HoleSampler:
                                                          skip_special_tokens=False)
         self.newline = np.array(["\n" in t for t in texts], dtype=bool)
 
-    def window(self, document: np.ndarray, rng: random.Random) -> tuple[list[int], bool]:
-        """[BOS] + a window of the document; also whether the document ends inside the buffer.
+    def context(self, document: Document, rng: random.Random) -> tuple[list[int], int]:
+        """The repository context this sequence gets (chunks fitted to `repo_context_tokens`, then the
+        document's header: the engine's layout) and the index of its first chunk kept; none when off,
+        when the document has none, or for the `context_dropout` share."""
+        if not self.repo_context_tokens or not document.chunks or rng.random() < self.context_dropout:
+            return [], len(document.chunks)
+        ids, kept = repo_context.fit([c.tolist() for c in document.chunks], document.header.tolist(),
+                                     self.repo_context_tokens)
+        return ids, len(document.chunks) - kept
+
+    def window(self, document: np.ndarray, rng: random.Random, context: Sequence[int] = ()
+               ) -> tuple[list[int], bool, int]:
+        """[BOS] + `context` + a window of the document; whether the document ends inside the buffer;
+        where the window starts in the document.
 
         The buffer runs past the encoded part so middles and suffix heads near its end are real.
         """
@@ -94,7 +124,17 @@ class HoleSampler:
             start = rng.randrange(0, len(document) - (self.sequence_tokens - 1) // 2)
         chunk = document[start:start + need]
         ends = start + need >= len(document)
-        return [self.bos, *chunk.tolist()], ends
+        return [self.bos, *context, *chunk.tolist()], ends, start
+
+    @staticmethod
+    def _anchors(document: Document, first_chunk: int, start: int, lo: int, hi: int) -> list[int]:
+        """Sequence positions in [lo, hi) where the document uses a name one of the kept chunks
+        (from `first_chunk` on) defines; the window starts at document token `start`, position `lo`."""
+        if not len(document.anchors):
+            return []
+        kept = document.anchor_chunks >= first_chunk
+        positions = document.anchors[kept] - start + lo
+        return positions[(positions >= lo) & (positions < hi)].tolist()
 
     def _hole_length(self, tokens: list[int], s: int, rng: random.Random) -> int:
         limit = min(self.max_middle - 1, len(tokens) - s)
@@ -118,17 +158,25 @@ class HoleSampler:
         """One batch: a window of each document, `holes_per_sequence` holes in each."""
         encoder_rows, row_sequence, row_start, canvases, frees, windows = [], [], [], [], [], []
         for b, document in enumerate(documents):
-            tokens, ends = self.window(document, rng)
-            encoded = min(len(tokens), self.sequence_tokens)
+            if not isinstance(document, Document):
+                document = Document(document)
+            context, first_chunk = self.context(document, rng) if self.repo_context_tokens else ([], 0)
+            tokens, ends, start = self.window(document.tokens, rng, context)
+            lo = 1 + len(context)  # the document's first token: holes start there or later, never in the context
+            encoded = min(len(tokens), lo + self.sequence_tokens - 1)
             encoder_rows.append(tokens[:encoded])
-            if len(tokens) < 2:
+            if len(tokens) < lo + 1:
                 continue
-            newline_starts = [i for i in range(1, encoded) if self.newline[tokens[i]]]
+            newline_starts = [i for i in range(lo, encoded) if self.newline[tokens[i]]]
+            last = min(encoded, len(tokens) - 1)  # the latest a hole may start
+            anchors = self._anchors(document, first_chunk, start, lo, last + 1) if context else []
             for _ in range(self.holes):
-                if newline_starts and rng.random() < 0.3:
+                if anchors and rng.random() < self.anchor_share:
+                    s = rng.choice(anchors)
+                elif newline_starts and rng.random() < 0.3:
                     s = rng.choice(newline_starts)
                 else:
-                    s = rng.randrange(1, min(encoded, len(tokens) - 1) + 1) if len(tokens) > 1 else 1
+                    s = rng.randrange(lo, last + 1)
                 s = min(s, len(tokens) - 1)
                 length = max(1, self._hole_length(tokens, s, rng)) if s < len(tokens) else 0
                 middle = tokens[s:s + length]

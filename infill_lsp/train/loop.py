@@ -24,8 +24,9 @@ import torch
 from ..progress import Progress
 from .corpus import Corpus, collect_multilanguage, collect_repository
 from .holes import HoleSampler, holes_loss
+from . import repo
 from .objective import ExampleBuilder, collate, infill_loss, sample_split
-from .shards import TokenData, heldout_paths, read_heldout
+from .shards import Document, TokenData, heldout_paths, read_heldout
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,10 @@ class DataConfig(msgspec.Struct, frozen=True):
     max_middle: int = 32
     suffix_head: int = 16
     suffix_window: int = 0  # tokens after the hole in the prompt ([SEP] + window, cut at a line's end); 0 = none
+    # Repository context before the window (train/repo.py, the engine's path-comment layout), at most this
+    # many tokens on top of `sequence_tokens`; 0 = none. Needs shards built with it (`infill-lsp corpus`).
+    repo_context_tokens: int = 0
+    repo_context_dropout: float = 0.3  # share of sequences trained without their context
     max_corpus_bytes: int = 120_000_000
     prefix_tokens: int = 512  # the one-hole-per-example objective ("single") only
     objective: str = "holes"  # "holes" (many per sequence) or "single" (one per example: the old baseline)
@@ -205,7 +210,25 @@ def infill_layout(config: TrainConfig, name: str = "") -> dict:
         layout["suffix_window"] = config.data.suffix_window
         layout["prompt"] += (f"; then [eos] + the first <= {config.data.suffix_window} tokens after the cursor, "
                              "cut after the last whole line when the text goes on")
+    if config.data.repo_context_tokens:
+        layout["repo_context"] = repo.LAYOUT
+        layout["repo_context_tokens"] = config.data.repo_context_tokens
+        layout["prompt"] = layout["prompt"].replace(
+            "[bos] + ", f"[bos] + <= {config.data.repo_context_tokens} tokens of repository context "
+            "(chunks after a path comment, then the file's own path comment) + ", 1)
     return layout
+
+
+def check_fits(config: TrainConfig, sliding_window: int) -> None:
+    """A training sequence (context, window, suffix window) must fit the model's sliding window: the
+    vectorised holes read every encoded key (holes.py)."""
+    data = config.data
+    length = data.sequence_tokens + data.repo_context_tokens + (data.suffix_window + 1 if data.suffix_window else 0)
+    if data.objective == "holes" and length > sliding_window:
+        raise ValueError(f"sequence_tokens + repo_context_tokens (+ suffix_window + 1) = {length} tokens do not fit "
+                         f"the model's sliding window ({sliding_window})")
+    if data.repo_context_tokens and data.objective != "holes":
+        raise ValueError("repo_context_tokens needs the many-holes objective (data.objective = \"holes\")")
 
 
 def export_checkpoint(model, tokenizer, out: Path, dtype: torch.dtype) -> None:
@@ -253,6 +276,15 @@ def _tokenize_documents(texts: list[str], tokenizer) -> list[np.ndarray]:
             if len(ids) >= 8:
                 out.append(np.asarray(ids, dtype=np.int64))
     return out
+
+
+def _corpus_documents(corpus: Corpus, indices: list[int], tokenizer, context_tokens: int) -> list[Document]:
+    """The training documents of an in-memory corpus (a repository to fine-tune on), with their
+    repository context when the config trains with it (the held-out files lend no definitions)."""
+    choices = repo.choose(corpus, tokenizer, context_tokens, set(indices)) if context_tokens else {}
+    texts = [corpus.texts[i] for i in indices]
+    pairs = repo.tokenize(texts, tokenizer, [choices.get(i) for i in indices])
+    return [Document.of(ids, context) for ids, context in pairs if len(ids) >= 8]
 
 
 # A run that trained further than the shipped weights but did not ship (it did not win on the held-out
@@ -326,6 +358,9 @@ def train(config: TrainConfig | None, out: Path, *, init: str | None = None, dat
     tokenizer = None
     if shards is not None:
         token_data = TokenData(shards)
+        if config.data.repo_context_tokens and not token_data.repo_context:
+            raise ValueError(f"{shards} holds no repository context (data.repo_context_tokens > 0): build the shards "
+                             "with this version's `infill-lsp corpus`")
         tokenizer = AutoTokenizer.from_pretrained(shards)
         sources = token_data.manifest["sources"]
         excluded = token_data.manifest.get("excluded_for_humaneval", 0)
@@ -339,7 +374,8 @@ def train(config: TrainConfig | None, out: Path, *, init: str | None = None, dat
         sources, excluded = msgspec.to_builtins(corpus.manifest), corpus.excluded_for_humaneval
         paths = corpus.paths or [str(i) for i in range(len(corpus.texts))]
         held = heldout_paths(paths)
-        train_texts = [t for t, p in zip(corpus.texts, paths) if p not in held] or corpus.texts
+        train_indices = [i for i, p in enumerate(paths) if p not in held] or list(range(len(paths)))
+        train_texts = [corpus.texts[i] for i in train_indices]
         heldout_texts = [t for t, p in zip(corpus.texts, paths) if p in held]
     log.info("data: %s", f"{token_data.total_tokens:,} tokens in shards" if token_data else
              f"{len(corpus.texts)} files, {sum(m['bytes'] for m in sources):,} bytes")
@@ -352,6 +388,7 @@ def train(config: TrainConfig | None, out: Path, *, init: str | None = None, dat
     else:
         tokenizer = tokenizer or train_tokenizer(train_texts, config.data.vocab_size)
         model = build_model(config.model, len(tokenizer), config.data.max_middle + config.data.suffix_head)
+    check_fits(config, model.config.text_config.sliding_window)
     model.config.infill_layout = infill_layout(config, name=getattr(model.config, "infill_layout", {}).get("name", ""))
     model.to(device).train()
     params = sum(p.numel() for p in model.parameters())
@@ -359,9 +396,10 @@ def train(config: TrainConfig | None, out: Path, *, init: str | None = None, dat
 
     sampler = HoleSampler(tokenizer, sequence_tokens=config.data.sequence_tokens, max_middle=config.data.max_middle,
                           suffix_head=config.data.suffix_head, holes_per_sequence=config.data.holes_per_sequence,
-                          suffix_window=config.data.suffix_window)
+                          suffix_window=config.data.suffix_window, repo_context_tokens=config.data.repo_context_tokens,
+                          context_dropout=config.data.repo_context_dropout)
     if token_data is None:
-        documents = _tokenize_documents(train_texts, tokenizer)
+        documents = _corpus_documents(corpus, train_indices, tokenizer, config.data.repo_context_tokens)
         draw = lambda r, k: r.choices(documents, k=k)  # noqa: E731
     else:
         draw = token_data.draw
