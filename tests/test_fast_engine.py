@@ -263,3 +263,23 @@ def test_the_fast_setting_selects_the_fast_engine_through_load_engine():
     request = InfillRequest(prefix="def f(x):\n    return", suffix="\n", seed=3,
                             budget=Budget(candidates=4, max_middle_tokens=16, steps=6))
     assert [c.text for c in fast.infill(request).candidates] == [c.text for c in reference.infill(request).candidates]
+
+
+def test_the_one_softmax_is_softmax_with_far_tokens_floored():
+    """denoise.distribution floors exponents at EXP_FLOOR (a CPU's exp is slow where float32
+    underflows): argmax, probabilities and entropy stay what a plain softmax gives."""
+    from infill_lsp.engine.denoise import EXP_FLOOR, distribution, sample_inverse_cdf
+
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn((6, 512), generator=generator) * 40  # most entries hundreds below the top
+    logits[0] = 0.0  # a flat row: nothing floored
+    expected = torch.softmax(logits, -1)
+    best, shifted, total, probs = distribution(logits.clone())
+    assert (shifted.min(-1).values < EXP_FLOOR).sum() >= 5  # the floor is actually reached
+    assert torch.equal(best, logits.argmax(-1))
+    assert torch.allclose(probs, expected, rtol=1e-5, atol=1e-30)
+    entropy = total.squeeze(-1).log() - (probs * shifted).sum(-1)
+    reference = -(expected * torch.log_softmax(logits, -1)).nan_to_num(0.0).sum(-1)
+    assert torch.allclose(entropy, reference, atol=1e-4)
+    uniform = torch.rand((6, 1), generator=generator)
+    assert torch.equal(sample_inverse_cdf(probs, uniform), sample_inverse_cdf(expected, uniform))
