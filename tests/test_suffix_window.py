@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -19,25 +18,17 @@ from infill_lsp.train.holes import HoleSampler, holes_loss, row_keys
 from infill_lsp.train.loop import TrainConfig, infill_layout, load_config
 from infill_lsp.types import Budget, InfillRequest
 
-from conftest import ROOT, TINY_MODEL
+from conftest import ROOT, TINY_MODEL, with_layout
 
 WINDOW = 96  # more than CHECKPOINT_STEP: a window the checkpoint must not swallow
 SOURCE = (ROOT / "infill_lsp" / "engine" / "canvas.py").read_text()
 SHIPPED = ROOT / "infill_lsp" / "models" / "infill-small" / "config.json"
 
 
-def _with_layout(tmp: Path, layout: dict) -> Path:
-    """The tiny fixture's weights under a config that declares `layout`."""
-    shutil.copytree(TINY_MODEL, tmp)
-    config = json.loads((tmp / "config.json").read_text())
-    config["infill_layout"] = layout
-    (tmp / "config.json").write_text(json.dumps(config))
-    return tmp
-
 
 @pytest.fixture(scope="module")
 def windowed_path(tmp_path_factory) -> Path:
-    return _with_layout(tmp_path_factory.mktemp("windowed") / "model",
+    return with_layout(tmp_path_factory.mktemp("windowed") / "model",
                         {"name": "windowed", "prefix_tokens": 1024, "suffix_head": 16, "suffix_window": WINDOW})
 
 
@@ -77,7 +68,7 @@ def test_a_checkpoint_without_the_key_gets_todays_prompt(tmp_path):
     """infill-small's own layout (no suffix_window) on the tiny weights: the prompt is [BOS] + prefix window."""
     layout = json.loads(SHIPPED.read_text())["infill_layout"]
     assert "suffix_window" not in layout
-    engine = TransformersEngine(str(_with_layout(tmp_path / "shipped-layout", layout)), device="cpu")
+    engine = TransformersEngine(str(with_layout(tmp_path / "shipped-layout", layout)), device="cpu")
     assert engine.suffix_window == 0 and engine.info.suffix_window == 0
     prefix = SOURCE[:700]
     prompt, healed, *_ = engine._prepare(InfillRequest(prefix=prefix, suffix=SOURCE[700:2000]))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,7 @@ from infill_lsp.train.loop import DataConfig, OptimConfig, TrainConfig, check_fi
 from infill_lsp.train.shards import Document, TokenData, is_heldout, write_shards
 from infill_lsp.types import Budget, ContextChunk, InfillRequest
 
-from conftest import ROOT, TINY_MODEL
+from conftest import ROOT, TINY_MODEL, with_layout
 
 CHECKSUM = '''"""Checksums."""
 
@@ -155,13 +154,6 @@ def test_shards_round_trip_with_context_and_old_shards_load_without(tokenizer, t
     assert all(not d.chunks and not len(d.anchors) for d in plain.documents["python"])
 
 
-def _with_layout(tmp: Path, layout: dict) -> Path:
-    shutil.copytree(TINY_MODEL, tmp)
-    config = json.loads((tmp / "config.json").read_text())
-    config["infill_layout"] = layout
-    (tmp / "config.json").write_text(json.dumps(config))
-    return tmp
-
 
 def _chunks_of(choice: repo.Choice) -> tuple[ContextChunk, ...]:
     """The ContextChunks the server would send for these definitions (its definition index's texts)."""
@@ -175,7 +167,7 @@ def test_the_sampler_lays_out_the_engines_prompt_token_for_token(tokenizer, tmp_
     choice = _main_choice(tokenizer)
     ids, context = next(repo.tokenize([MAIN], tokenizer, [choice]))
     limit = len(choice.chunks[-1]) + len(choice.header) + 2 if drop else 256
-    engine = TransformersEngine(str(_with_layout(tmp_path / "model", {
+    engine = TransformersEngine(str(with_layout(tmp_path / "model", {
         "name": "ctx", "prefix_tokens": 511, "suffix_head": 16, "repo_context": "path-comment",
         "repo_context_tokens": limit})), device="cpu")
     prefix = MAIN[:MAIN.index("def shout")]  # the cursor at a line's start
