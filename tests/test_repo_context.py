@@ -442,3 +442,24 @@ async def test_a_definition_in_another_open_file_reaches_the_prompt(workspace):
         assert off["repoContext"]["files"] == 0
     finally:
         await editor.close()
+
+
+def test_the_server_selects_context_for_the_checkpoints_own_budget():
+    """A checkpoint trained with at most N context tokens (infill_layout.repo_context_tokens) gets
+    chunks chosen for N: chosen for the setting's larger budget, the engine would cut them from the
+    least relevant end, and one chunk over N would leave none."""
+    from pygls.workspace import Workspace
+
+    from infill_lsp.lsp.server import build_server
+    from infill_lsp.types import EngineInfo
+
+    class Engine:
+        def __init__(self, cap: int):
+            self.info = EngineInfo(model="m", backend="test", repo_context="path-comment", repo_context_tokens=cap)
+
+    for cap, expected in ((256, 256), (0, 512), (4096, 512)):
+        server = build_server(Settings(), engine=Engine(cap))
+        server.protocol._workspace = Workspace(None)  # as after `initialize`, with no folder
+        assert server._configure_repo()
+        assert server.repo.budget_tokens == expected
+        assert server.repo.budget_chars == int(expected * repo_context.CHARS_PER_TOKEN)

@@ -310,7 +310,7 @@ class TransformersEngine:
         self.repo_context_tokens = int(layout.get("repo_context_tokens") or 0) if layout else 0
         self.info = EngineInfo(model=name, backend="transformers", device=self.device,
                                dtype=str(self.dtype).removeprefix("torch."), repo_context=self.repo_context_layout,
-                               suffix_window=self.suffix_window)
+                               repo_context_tokens=self.repo_context_tokens, suffix_window=self.suffix_window)
 
         progress("indexing vocabulary", None)
         vocab = self.model.config.text_config.vocab_size
