@@ -45,9 +45,12 @@ class Settings(msgspec.Struct, frozen=True, rename="camel", forbid_unknown_field
     def repo_context_enabled(self, engine_layout: str) -> bool:
         return self.repo_context == "on" or (self.repo_context == "auto" and bool(engine_layout))
 
-    def repo_context_limits(self) -> tuple[int, int]:
-        """(token budget, file limit), clamped."""
-        return _clamp(self.repo_context_tokens, 0, 8192), _clamp(self.repo_context_files, 0, 64)
+    def repo_context_limits(self, engine_tokens: int = 0) -> tuple[int, int]:
+        """(token budget, file limit), clamped; `engine_tokens` > 0: the most context the serving
+        checkpoint was trained with (EngineInfo.repo_context_tokens), which the budget never exceeds:
+        chunks chosen for more would be cut by the engine, and one chunk over its cap leaves none."""
+        tokens = _clamp(self.repo_context_tokens, 0, 8192)
+        return (min(tokens, engine_tokens) if engine_tokens > 0 else tokens), _clamp(self.repo_context_files, 0, 64)
 
     def enabled_for(self, language_id: str) -> bool:
         return self.languages.get(language_id, self.languages.get("*", True))

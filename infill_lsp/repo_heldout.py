@@ -405,10 +405,12 @@ def _cursor(text: str, offset: int) -> tuple[int, int]:
     return len(lines) - 1, offset - len(lines[-1])
 
 
-def context_for(package: Package, hole: Hole, settings: Settings) -> tuple[tuple[ContextChunk, ...], str]:
+def context_for(package: Package, hole: Hole, settings: Settings,
+                engine_tokens: int = 0) -> tuple[tuple[ContextChunk, ...], str]:
     """(chunks, the document's header path) as the server's `_repo_for` would build them right after
-    the document was opened (didOpen) with the cursor at the hole."""
-    tokens, files = settings.repo_context_limits()
+    the document was opened (didOpen) with the cursor at the hole, for a checkpoint that takes at most
+    `engine_tokens` of context (0: no cap of its own)."""
+    tokens, files = settings.repo_context_limits(engine_tokens)
     repo = repo_context.RepoContext(budget_tokens=tokens, max_files=files, definitions=package.index)
     repo.configure(budget_tokens=tokens, max_files=files, folders=[package.root])
     uri = package.uri(hole.path)
@@ -466,7 +468,7 @@ def run_holes(engine, holes: list[Hole], *, budget: Budget, settings: Settings =
                 package = Package(hole.path)
             path = str(Path(package.root, os.path.basename(hole.path)))
             started = time.perf_counter()
-            repo, repo_path = context_for(package, hole, settings)
+            repo, repo_path = context_for(package, hole, settings, getattr(engine.info, "repo_context_tokens", 0))
             rank_ms = (time.perf_counter() - started) * 1e3
             runs = {}
             for mode in (("plain", "context") if number % 2 == 0 else ("context", "plain")):

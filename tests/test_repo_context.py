@@ -283,6 +283,7 @@ def test_settings_over_lsp():
     assert settings.repo_context == "on" and settings.repo_context_limits() == (256, 3)
     assert merge(settings, {"repoContext": "sometimes"}).repo_context == "on"  # a bad value is dropped
     assert merge(Settings(), {"repoContextTokens": 10**9}).repo_context_limits()[0] == 8192
+    assert settings.repo_context_limits(128) == (128, 3) and settings.repo_context_limits(1024) == (256, 3)
     assert Settings().repo_context == "auto"
     assert Settings().repo_context_enabled("path-comment") and not Settings().repo_context_enabled("")
     assert merge(Settings(), {"repoContext": "on"}).repo_context_enabled("")

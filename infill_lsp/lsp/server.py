@@ -291,11 +291,8 @@ class InfillServer(LanguageServer):
         engine = self.holder.engine
         if self.settings.repo_context == "auto" and engine is not None and not getattr(engine.info, "repo_context", ""):
             return False  # a checkpoint without the layout (infill-small): nothing to gather it for
-        tokens, files = self.settings.repo_context_limits()
-        if engine is not None and getattr(engine.info, "repo_context_tokens", 0):
-            # Select for what the checkpoint takes: chunks chosen for a larger budget would be cut by the
-            # engine from the least relevant end, and one chunk larger than its cap would leave none.
-            tokens = min(tokens, engine.info.repo_context_tokens)
+        cap = getattr(engine.info, "repo_context_tokens", 0) if engine is not None else 0
+        tokens, files = self.settings.repo_context_limits(cap)
         folders = [to_fs_path(f.uri) for f in self.workspace.folders.values()]
         if not folders and self.workspace.root_path:
             folders = [self.workspace.root_path]
