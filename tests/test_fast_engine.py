@@ -283,3 +283,28 @@ def test_the_one_softmax_is_softmax_with_far_tokens_floored():
     assert torch.allclose(entropy, reference, atol=1e-4)
     uniform = torch.rand((6, 1), generator=generator)
     assert torch.equal(sample_inverse_cdf(probs, uniform), sample_inverse_cdf(expected, uniform))
+
+
+@pytest.mark.parametrize("declared", [None, 128])
+def test_the_prefix_buffers_hold_a_prompt_with_repository_context(tmp_path, declared):
+    """A full window plus as much repository context as the checkpoint takes (the real model's
+    plain layout: up to the window again; a trained layout: its own cap) fits the buffers sized at
+    start: no request reallocates them (on a GPU that would mean capturing again)."""
+    from conftest import with_layout
+
+    from infill_lsp.types import ContextChunk
+
+    model = TINY
+    if declared:
+        model = str(with_layout(tmp_path / "model", {"repo_context": "path-comment", "repo_context_tokens": declared,
+                                                     "prefix_tokens": 256}))
+    engine = FastEngine(model, device="cpu", prefix_tokens=256)
+    capacity = engine.static.prefix_capacity
+    chunks = tuple(ContextChunk(path=f"pkg/m{i}.py", text=SOURCE[i * 40:(i + 1) * 40]) for i in range(60))
+    request = InfillRequest(prefix=SOURCE[:4000], suffix="\n", context=chunks, path="pkg/main.py",
+                            budget=Budget(candidates=2, max_middle_tokens=8, steps=2), seed=0)
+    result = engine.infill(request)
+    assert result.timings.context_tokens > (declared or 256) // 2  # the context did fill most of its budget
+    window, _ = engine._prompt(request.prefix)
+    assert result.timings.prompt_tokens == len(window) + result.timings.context_tokens
+    assert engine.static.prefix_capacity == capacity

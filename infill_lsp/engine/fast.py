@@ -536,7 +536,10 @@ class FastEngine(TransformersEngine):
                 text_config = self.model.config.text_config
                 if getattr(text_config, "_experts_implementation", None) not in ("grouped_mm", "batched_mm"):
                     text_config._experts_implementation = "grouped_mm"
-            prompt = self.prefix_tokens + 1 + (self.suffix_window + 1 if self.suffix_window else 0)  # BOS, [SEP]
+            # BOS, the window, [SEP] + suffix window, and repository context where a request may bring it
+            # (the layout's own cap): a prompt never outgrows the buffers, so no capture waits on a request.
+            prompt = self.prefix_tokens + 1 + (self.suffix_window + 1 if self.suffix_window else 0)
+            prompt += self.context_limit if self.repo_context_layout else 0
             self._static = StaticDecoder(self.model, device=self.device, prefix_capacity=prompt,
                                          row_buckets=self._row_buckets, graphs=graphs,
                                          compile=graphs and self._graphs_mode == "compile",

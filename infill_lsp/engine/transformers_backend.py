@@ -369,7 +369,12 @@ class TransformersEngine:
 
         chunks = [ids(repo_context.render_chunk(chunk, layout)) for chunk in context]
         return repo_context.fit(chunks, ids(repo_context.render_header(path or "this file", layout)),
-                                min(self.prefix_tokens, self.repo_context_tokens or self.prefix_tokens))
+                                self.context_limit)
+
+    @property
+    def context_limit(self) -> int:
+        """The most tokens of repository context a prompt holds, on top of the prefix window."""
+        return min(self.prefix_tokens, self.repo_context_tokens or self.prefix_tokens)
 
     def _prompt(self, prefix: str, context: Sequence[ContextChunk] = (), path: str = "") -> tuple[list[int], str]:
         """Prompt ids for the prefix window and the healed text (the backed-off last token).
