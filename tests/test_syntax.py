@@ -539,3 +539,17 @@ def test_a_call_cut_inside_its_arguments_keeps_keywords():
     at = source.index("# argument 150") + 2
     good, garbage = validate("python", source[:at], source[at:], ["note", "x)\n    + y"])
     assert good.valid and not (garbage.valid and garbage.text == "x)\n    + y")
+
+
+def test_a_cursor_deep_in_a_long_class_body_is_judged_on_the_whole_class():
+    """TypeScript, the cursor in a method more than BEFORE bytes into its class: the narrow region
+    starts in the class body, its braces unbalanced, so it is broken and the lenient rules let a `}`
+    that ends the method early through (seen in the held-out check) while they refused the right
+    line. The region widened to the class (after the `}` of the one before) parses: strict rules."""
+    methods = "".join(f"  method{i}(value: number): number {{\n    return value + {i}\n  }}\n\n" for i in range(120))
+    prefix = ("class Before {\n  x = 1\n}\n\nexport class Long {\n  private nodes: number[] = []\n\n" + methods
+              + "  private push(node: number): void {\n    ")
+    suffix = "\n    this.nodes.push(node)\n  }\n}\n\nfunction after(): number {\n  return 1\n}\n"
+    assert len(prefix) > 2 * validate_module.BEFORE
+    verdicts = validate("typescript", prefix, suffix, ["  }", "this.nodes.push(node + 1)", "this.push(", "return"])
+    assert [v.valid for v in verdicts] == [False, True, False, True]

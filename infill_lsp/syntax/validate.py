@@ -417,20 +417,30 @@ def checker_for(parser: tree_sitter.Parser, before: bytes, after: bytes, languag
     return checker
 
 
-def _widened(parser: tree_sitter.Parser, prefix: str, suffix: str, checker: RegionChecker) -> RegionChecker:
-    """A Python region cut inside a long function or bracket (it starts indented) does not compile
-    ("unexpected indent"), so CPython could not judge a candidate there: inside a 256-line tuple of
-    strings, `__` between two of them parsed for tree-sitter as a statement of its own. Cut wider,
-    at top-level lines (the brackets still open at its end closed after it), the region may
-    compile: then that one is the checker."""
+def _widened(parser: tree_sitter.Parser, prefix: str, suffix: str, checker: RegionChecker,
+             language: str = "python") -> RegionChecker:
+    """A region cut inside a long function, class or bracket (it starts indented) is judged by the
+    lenient rules: in Python it does not compile ("unexpected indent"), so CPython could not judge a
+    candidate there (inside a 256-line tuple of strings, `__` between two of them parsed for
+    tree-sitter as a statement of its own); in a brace language it starts in a method body of a
+    class and its closers are unmatched, and there a `}` that ends the method early moved no error
+    while the right line did. Cut wider, at top-level lines (Python: the brackets still open at its
+    end closed after it), the region may parse (and compile): then that one is the checker."""
     if not checker.data[:1].isspace():
         return checker
     before = _encode(prefix[-WIDE_BEFORE * 4:])
     after = _encode(suffix[: WIDE_AFTER * 4])
     start, end = region_start(before, WIDE_BEFORE), region_end(after, WIDE_AFTER)
+    while before[start:start + 1] in (b")", b"]", b"}"):  # the end of something before: start after it
+        later = [line for line in _top_level_lines(before[start:]) if line > 0]
+        if not later:
+            break
+        start += later[0]
     if before[start:][:1].isspace() or len(before) - start <= checker.at:
         return checker  # no top-level line in reach, or no wider than before
-    wide = RegionChecker(parser, before[start:], after[:end], "python")
+    wide = RegionChecker(parser, before[start:], after[:end], language)
+    if language != "python":
+        return wide if not wide.errors else checker
     if wide.errors or wide.strict is None:  # it may end inside the bracket: closed there, it may compile
         head, tail = _unbalanced(wide.data, wide.tree)
         if tail and not head:
@@ -459,8 +469,8 @@ def validate(language: str | None, prefix: str, suffix: str, middles: list[str],
             after = _encode(suffix[: after_bytes * 4])
             checker = checker_for(parser, before[region_start(before, before_bytes):],
                                   after[: region_end(after, after_bytes)], language)
-            if language == "python" and checker.strict is None:
-                checker = _widened(parser, prefix, suffix, checker)
+            if (checker.strict is None and language == "python") or (checker.errors and language != "python"):
+                checker = _widened(parser, prefix, suffix, checker, language)
             return [checker.check(middle, truncate) for middle in middles]
     except Exception:  # a grammar bug must not cost the user their suggestions
         log.exception("syntax validation failed for %s; showing candidates unchecked", language)
