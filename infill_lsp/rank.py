@@ -1,7 +1,8 @@
 """From raw candidates to what the editor shows: clean, drop, order.
 
 Valid before invalid (invalid ones only when the user asks), then the model's own score;
-empty and duplicate suggestions are dropped, and text the document already has right after
+empty suggestions (nothing but whitespace, or a bare comment marker such as `#` or `//` with
+nothing after it: ghost text that adds nothing) and duplicates are dropped, and text the document already has right after
 the cursor is not suggested again. Nothing unreadable is shown: a candidate is cut before its
 first character an editor cannot draw as text (see `readable`).
 """
@@ -89,12 +90,23 @@ def line_before_cursor(prefix: str) -> str:
     return prefix.rsplit("\n", 1)[-1].rsplit("\r", 1)[-1]
 
 
+# A suggestion with no more than comment markers in it (`#`, `//`, an empty `/* */`): the syntax
+# check takes it wherever a comment may stand, so it is no evidence of anything. (Not `;` or `--`:
+# an empty statement and a decrement are completions.)
+_BARE_COMMENT = re.compile(r"\s*(?:(?:#+|//+|/\*+\s*\*+/)\s*)*")
+
+
+def is_empty(text: str) -> bool:
+    """Nothing worth showing: whitespace, or only comment markers."""
+    return _BARE_COMMENT.fullmatch(text) is not None
+
+
 def rank(candidates: list[Candidate], validations: list[Validation], show_invalid: bool = False,
          limit: int | None = None) -> list[Ranked]:
     ranked = [
         Ranked(text=v.text, score=c.score, valid=v.valid, truncated=v.truncated, checked=v.checked)
         for c, v in zip(candidates, validations)
-        if v.text.strip() and (v.valid or show_invalid) and not UNREADABLE.search(v.text)
+        if not is_empty(v.text) and (v.valid or show_invalid) and not UNREADABLE.search(v.text)
     ]
     ranked.sort(key=lambda r: (not r.valid, -r.score))
     seen: set[str] = set()

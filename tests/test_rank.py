@@ -149,3 +149,12 @@ def test_line_before_cursor_splits_at_every_lsp_line_break():
     assert line_before_cursor("a\r\n  b") == "  b"
     assert line_before_cursor("a\r\t") == "\t"
     assert line_before_cursor("abc") == "abc"
+
+
+def test_a_bare_comment_marker_is_dropped_like_whitespace():
+    """`        #` passed validation above a broken block (HumanEval/75/L1: a comment fits anywhere) and
+    showed as ghost text that adds nothing; a comment with words, `;` and `--` are kept."""
+    texts = ["        #", "//", "/* */", "# check the divisor", ";", "--", "x"]
+    candidates = [Candidate(text=t, score=-0.1 * i, tokens=1) for i, t in enumerate(texts)]
+    shown = rank(candidates, [Validation(text=t, valid=True) for t in texts])
+    assert [r.text for r in shown] == ["# check the divisor", ";", "--", "x"]
