@@ -2,9 +2,10 @@
 
 Valid before invalid (invalid ones only when the user asks), then the model's own score;
 empty suggestions (nothing but whitespace, or a bare comment marker such as `#` or `//` with
-nothing after it: ghost text that adds nothing) and duplicates are dropped, and text the document already has right after
-the cursor is not suggested again. Nothing unreadable is shown: a candidate is cut before its
-first character an editor cannot draw as text (see `readable`).
+nothing after it: ghost text that adds nothing) and duplicates are dropped, and text the
+document already has right after the cursor is not suggested again. Nothing unreadable is
+shown: a candidate is cut before its first character an editor cannot draw as text (see
+`readable`).
 """
 
 from __future__ import annotations

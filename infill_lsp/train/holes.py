@@ -160,7 +160,7 @@ class HoleSampler:
         for b, document in enumerate(documents):
             if not isinstance(document, Document):
                 document = Document(document)
-            context, first_chunk = self.context(document, rng) if self.repo_context_tokens else ([], 0)
+            context, first_chunk = self.context(document, rng)  # none (and no draw) when off
             tokens, ends, start = self.window(document.tokens, rng, context)
             lo = 1 + len(context)  # the document's first token: holes start there or later, never in the context
             encoded = min(len(tokens), lo + self.sequence_tokens - 1)
