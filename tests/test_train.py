@@ -5,7 +5,7 @@ import random
 import shutil
 
 import msgspec
-
+import pytest
 import torch
 from transformers import AutoTokenizer, DiffusionGemmaForBlockDiffusion
 
@@ -94,6 +94,7 @@ def test_resume_without_local_state_continues_the_shipped_record_and_its_config(
     history = train(None, tmp_path / "run", init=str(shipped), corpus=corpus, device="cpu", resume=True,
                     optim_overrides={"steps": 8})
     assert history[0] == record[0] and history[-1]["step"] == 8
+    assert history[-1]["lr"] == pytest.approx(0.1 * 2e-3)  # the cosine ends at --steps, not 8 steps later
     state = torch.load(tmp_path / "run" / "state.pt", weights_only=False)
     assert state["config"]["data"] == msgspec.to_builtins(trained_with.data)
     assert state["config"]["optim"] == {**msgspec.to_builtins(trained_with.optim), "steps": 8}

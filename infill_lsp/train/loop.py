@@ -414,9 +414,12 @@ def train(config: TrainConfig | None, out: Path, *, init: str | None = None, dat
     optim = config.optim
     optimizer = torch.optim.AdamW(model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay,
                                   betas=(0.9, 0.95), fused=device.startswith("cuda"))
+    # The scheduler counts its own steps, from where this schedule began (0, or the step a fine-tune's
+    # initial weights had reached), so the cosine spans those steps up to `optim.steps`, the run's total.
+    horizon = {"steps": optim.steps}
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: min(1.0, (step + 1) / max(1, optim.warmup))
-        * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, step / optim.steps)))))
+        * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, step / horizon["steps"])))))
     generator = torch.Generator(device=device).manual_seed(config.seed)
     history: list[dict] = []
     totals = {"step": 0, "tokens_seen": 0, "supervised_tokens": 0, "minutes": 0.0, "device": device}
@@ -434,6 +437,7 @@ def train(config: TrainConfig | None, out: Path, *, init: str | None = None, dat
         generator.set_state(state["generator"])
         history, totals = state["history"], state["totals"]
         log.info("resumed at step %d (%.1f minutes trained)", totals["step"], totals["minutes"])
+    horizon["steps"] = max(1, optim.steps - (totals["step"] - schedule.last_epoch))
 
     def save(final: bool = False) -> None:
         totals["heldout_loss"] = heldout_loss(model, sampler, heldout_docs)
