@@ -9,20 +9,21 @@ import threading
 import time
 
 import httpx
+import msgspec
 import pytest
 
 from infill_lsp.engine import CancelToken, Cancelled, EngineConfig, EngineUnavailable, load_engine
 from infill_lsp.engine.daemon import prepare_socket_path
 from infill_lsp.engine.http_backend import HttpEngine
 from infill_lsp.engine.http_server import MAX_BODY
-from infill_lsp.types import Budget, InfillRequest
+from infill_lsp.types import Budget, ContextChunk, InfillRequest
 
-from conftest import TINY_MODEL
+from conftest import TINY_MODEL, with_layout
 
 
-def start_daemon(path, *extra):
+def start_daemon(path, *extra, model=TINY_MODEL):
     proc = subprocess.Popen(
-        [sys.executable, "-m", "infill_lsp", "engine", "--model", str(TINY_MODEL), "--socket", str(path), *extra],
+        [sys.executable, "-m", "infill_lsp", "engine", "--model", str(model), "--socket", str(path), *extra],
         stderr=subprocess.PIPE, text=True,
     )
     for _ in range(1200):
@@ -67,6 +68,41 @@ def test_two_clients_share_one_engine(daemon):
         t.join(60)
     assert results["a"].candidates == results["b"].candidates and len(results["a"].candidates) == 3
     a.close(), b.close()
+
+
+def test_the_engine_builds_its_checkpoints_own_prompt_across_the_socket(tmp_path):
+    """A checkpoint declaring repository context and a suffix window answers over the socket as in
+    process: the card says its layout (so "auto" turns context on, sized to its budget), and the
+    engine gets the context chunk by chunk and the whole suffix window, not a decoded prompt."""
+    model = with_layout(tmp_path / "model", {"name": "declared", "prefix_tokens": 1024, "suffix_head": 16,
+                                             "suffix_window": 48, "repo_context": "path-comment",
+                                             "repo_context_tokens": 96})
+    path = tmp_path / "sock" / "engine.sock"
+    proc = start_daemon(path, model=model)
+    remote = HttpEngine(f"unix:{path}")
+    try:
+        local = load_engine(EngineConfig(model=str(model), device="cpu"))
+        assert (remote.info.repo_context, remote.info.repo_context_tokens, remote.info.suffix_window) == \
+            (local.info.repo_context, local.info.repo_context_tokens, local.info.suffix_window) == ("path-comment", 96, 48)
+        context = (ContextChunk(path="pkg/util.py", text="def checksum(data):\n    return sum(data) % 256\n"),
+                   ContextChunk(path="pkg/names.py", text="NAMES = ['a', 'b']\n"))
+        suffix = "\n".join(f"line_{i} = checksum([{i}])" for i in range(40)) + "\n"
+        request = InfillRequest(prefix="from pkg import util\n\ndef total(xs):\n    return ", suffix="\n" + suffix,
+                                path="pkg/main.py", context=context, seed=7,
+                                budget=Budget(candidates=3, max_middle_tokens=8, steps=3))
+        here, there = local.infill(request), remote.infill(request)
+        assert [(c.text, c.score) for c in there.candidates] == [(c.text, c.score) for c in here.candidates]
+        assert len(here.candidates) == 3
+        assert there.timings.context_chunks == here.timings.context_chunks == 2
+        assert there.timings.context_tokens == here.timings.context_tokens > 0
+        assert there.timings.prompt_tokens == here.timings.prompt_tokens
+        # without the suffix window (only the canvas' 16-token head) the prompt would be shorter
+        head_only = msgspec.structs.replace(request, suffix="\n" + suffix[:20])
+        assert local.infill(head_only).timings.prompt_tokens < here.timings.prompt_tokens
+    finally:
+        remote.close()
+        proc.send_signal(signal.SIGINT)
+        proc.wait(10)
 
 
 def metrics(path) -> dict[str, float]:

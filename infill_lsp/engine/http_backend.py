@@ -43,7 +43,10 @@ the server's `/tokenize` (`vllm/entrypoints/serve/tokenize`), its window start m
 of 128 tokens so vLLM's prefix cache keeps hitting, BOS first. Repository context
 (`InfillRequest.context`) goes between BOS and the window in the layout of `repo_context.py`, each
 rendered chunk tokenized once while it stays in the ring, so the prompt's head is the same token
-for token while the user types.
+for token while the user types. To `infill-lsp engine` the context, the whole suffix window and
+the path go as they are (`vllm_xargs.infill_lsp_request`), and the engine lays out the prompt of
+the checkpoint it serves; its `/v1/models` card says that layout (`infill_layout`), so "auto"
+turns context on for a checkpoint trained with it, sized to its budget, as in process.
 
 At connect time the backend reads `/v1/models` and learns from the server's own argument
 checks (requests that fail validation, so no model work) whether it is a diffusion model at
@@ -74,7 +77,16 @@ from .. import repo_context
 from ..types import Candidate, EngineInfo, EngineTimings, InfillRequest, InfillResult
 from . import DEFAULT_MODEL, Cancelled, CancelToken, EngineUnavailable
 from .cancel import NEVER
-from .openai_wire import CANVAS_LENGTH, MAX_STEPS, PINNED, READ_ONLY, SEED_CANVAS, CompletionResponse
+from .openai_wire import (
+    CANVAS_LENGTH,
+    MAX_STEPS,
+    OWN_REQUEST,
+    PINNED,
+    READ_ONLY,
+    SEED_CANVAS,
+    CompletionResponse,
+    OwnRequest,
+)
 
 log = logging.getLogger(__name__)
 
@@ -121,10 +133,16 @@ class ServerFacts(msgspec.Struct):
     bos: list[int]
     end_id: int | None
     pad_id: int | None
+    layout: dict | None = None  # our own engine's checkpoint layout (its card's infill_layout); None: vLLM
 
     @property
     def own(self) -> bool:
         return self.owned_by == OWN_ENGINE
+
+    @property
+    def takes_own_request(self) -> bool:
+        """Our engine, recent enough to build the prompt itself from `OwnRequest` (it says its layout)."""
+        return self.own and self.layout is not None
 
 
 class HttpEngine:
@@ -168,11 +186,15 @@ class HttpEngine:
             self.close()
             raise
         kind = "infill-lsp" if self.facts.own else "vllm"
-        # vLLM serves the real DiffusionGemma: the plain-text layout. Our own engine does not say which
-        # checkpoint's layout it serves (infill-small has none), so "auto" leaves it off but for the real model.
-        layout = repo_context.PATH_COMMENT if not self.facts.own or self.facts.model == DEFAULT_MODEL else ""
+        # vLLM serves the real DiffusionGemma: the plain-text layout. Our own engine says which layout its
+        # checkpoint declares (infill-small: none); one that does not say gets it only for the real model.
+        layout = self.facts.layout or {}
+        repo_layout = layout.get("repo_context") if self.facts.takes_own_request else (
+            repo_context.PATH_COMMENT if not self.facts.own or self.facts.model == DEFAULT_MODEL else "")
         self.info = EngineInfo(model=self.facts.model, backend=f"http:{kind}", device=self._where(), dtype="remote",
-                               repo_context=layout)
+                               repo_context=str(repo_layout or ""),
+                               repo_context_tokens=_count(layout.get("repo_context_tokens")),
+                               suffix_window=_count(layout.get("suffix_window")))
 
     def _where(self) -> str:
         return self.socket_path or urlsplit(self.base_url).netloc
@@ -292,8 +314,10 @@ class HttpEngine:
             limit = lo
         if limit < 2:
             raise EngineUnavailable(f"{where}: the served canvas ({limit}) is too small for infilling")
+        layout = card.get("infill_layout")
         facts = ServerFacts(model=model, owned_by=str(card.get("owned_by") or ""), max_model_len=max_model_len,
-                            vocab_size=vocab_size, canvas_limit=limit, bos=bos, end_id=end_id, pad_id=pad_id)
+                            vocab_size=vocab_size, canvas_limit=limit, bos=bos, end_id=end_id, pad_id=pad_id,
+                            layout=layout if isinstance(layout, dict) else None)
         log.info("engine at %s: %s (%s), canvas %d, vocabulary %d", self.address, model, facts.owned_by, limit, vocab_size)
         return facts
 
@@ -344,14 +368,17 @@ class HttpEngine:
     async def _infill(self, request: InfillRequest) -> InfillResult:
         timings = EngineTimings()
         t0 = time.perf_counter()
+        own = self.facts.takes_own_request  # the engine lays out context and suffix window itself
         prefix_ids, suffix_ids, (context_ids, kept) = await asyncio.gather(
             self._tokenize(self.facts.model, request.prefix, False) if request.prefix else _nothing(),
             self._suffix_ids(request.suffix[: self.suffix_head_tokens * 16]),
-            self._context_ids(request),
+            _nothing_kept() if own else self._context_ids(request),
         )
         rng = random.Random(request.seed) if request.seed is not None else random.Random()
+        own_request = OwnRequest(suffix=request.suffix, path=request.path, language=request.language,
+                                 context=request.context) if own else None
         bodies = build_requests(self.facts, request, prefix_ids, suffix_ids, rng, self.prefix_tokens,
-                                self.suffix_head_tokens, context_ids=context_ids)
+                                self.suffix_head_tokens, context_ids=context_ids, own_request=own_request)
         timings.prompt_tokens = len(bodies[0]["prompt"])
         timings.context_tokens, timings.context_chunks = len(context_ids), kept
         t1 = time.perf_counter()
@@ -370,6 +397,10 @@ class HttpEngine:
             except msgspec.ValidationError as exc:
                 raise EngineUnavailable(f"{self._where_text()} answered in an unexpected shape: {exc}") from None
             candidates.extend(_candidate(choice, stops) for choice in response.choices)
+            if response.infill_lsp_timings is not None:  # what the engine's own prompt held
+                timings.prompt_tokens = response.infill_lsp_timings.prompt_tokens
+                timings.context_tokens = response.infill_lsp_timings.context_tokens
+                timings.context_chunks = response.infill_lsp_timings.context_chunks
         return InfillResult(candidates=candidates, timings=timings)
 
     def close(self) -> None:
@@ -389,9 +420,10 @@ class HttpEngine:
 
 def build_requests(facts: ServerFacts, request: InfillRequest, prefix_ids: list[int], suffix_ids: list[int],
                    rng: random.Random, prefix_tokens: int = 1024, suffix_head_tokens: int = 16,
-                   context_ids: list[int] | tuple[int, ...] = ()) -> list[dict]:
+                   context_ids: list[int] | tuple[int, ...] = (), own_request: OwnRequest | None = None) -> list[dict]:
     """The /v1/completions bodies for one infill (pure: tested against vLLM's own request model).
-    `context_ids`: repository context, laid out already, between BOS and the prefix window."""
+    `context_ids`: repository context, laid out already, between BOS and the prefix window;
+    `own_request`: what our own engine builds its prompt from instead (sent in `vllm_xargs`)."""
     budget = request.budget
     head = max(1, min(suffix_head_tokens, facts.canvas_limit // 2))
     # At least 2: vLLM's own one-canvas reads use max_tokens=2
@@ -427,6 +459,8 @@ def build_requests(facts: ServerFacts, request: InfillRequest, prefix_ids: list[
         noise = [rng.randrange(facts.vocab_size) for _ in range(m)]
         row_width = width if facts.end_id is not None else m + len(tail)
         xargs: dict = {CANVAS_LENGTH: row_width, MAX_STEPS: max(1, budget.steps), READ_ONLY: 1}
+        if own_request is not None:
+            xargs[OWN_REQUEST] = msgspec.to_builtins(own_request)
         if row_width > m:
             xargs[SEED_CANVAS] = seed_row(m, row_width, tail, noise)
             xargs[PINNED] = list(range(m, row_width))
@@ -449,6 +483,14 @@ def build_requests(facts: ServerFacts, request: InfillRequest, prefix_ids: list[
 
 async def _nothing() -> list[int]:
     return []
+
+
+async def _nothing_kept() -> tuple[list[int], int]:
+    return [], 0
+
+
+def _count(value) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def _error_message(data) -> str:

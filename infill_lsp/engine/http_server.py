@@ -24,7 +24,11 @@ request whose client goes away while it queues is dropped without running (`engi
   length ladder within m (m, m/2, ...), in one batch; vLLM would give n rows of exactly m.
   The engine keeps one score per row (the mean log-probability of the middle and its end
   marker), so every token of a choice reports that mean. `seed` is accepted here (vLLM rejects
-  it for diffusion models): fixed noise, for reproducible tests.
+  it for diffusion models): fixed noise, for reproducible tests. Our own client adds
+  `vllm_xargs.infill_lsp_request` (`openai_wire.OwnRequest`: the whole suffix window, the path,
+  the repository context chunk by chunk), so the engine builds its checkpoint's own prompt, as
+  in process; the answer then says what that prompt held (`infill_lsp_timings`), and
+  `/v1/models` the checkpoint's layout (`infill_layout`).
 - a FIM request (`prompt` + `suffix`, `n`, `max_tokens`, as Continue, Tabby, llm-ls and other
   OpenAI-compatible completion clients send): the full pipeline runs (clean, tree-sitter
   validation when the language is known, ranking: `infill_lsp.pipeline`), and the best `n`
@@ -62,14 +66,17 @@ from .openai_wire import (
     CANVAS_LENGTH,
     DIFFUSION_XARGS,
     MAX_STEPS,
+    OWN_REQUEST,
     PINNED,
     READ_ONLY,
     SEED_CANVAS,
     CompletionChoice,
     CompletionLogProbs,
     CompletionResponse,
-    ModelCard,
     ModelList,
+    OwnModelCard,
+    OwnRequest,
+    OwnTimings,
     TokenizeResponse,
     Usage,
     error_body,
@@ -247,7 +254,11 @@ class Handlers:
         return Response(status_code=200)
 
     async def models(self, request: Request) -> Response:
-        card = ModelCard(id=self.s.model, owned_by=OWNER, root=self.s.model, max_model_len=self.s.max_model_len)
+        info = self.s.engine.info
+        layout = {"repo_context": info.repo_context, "repo_context_tokens": info.repo_context_tokens,
+                  "suffix_window": info.suffix_window}
+        card = OwnModelCard(id=self.s.model, owned_by=OWNER, root=self.s.model, max_model_len=self.s.max_model_len,
+                            infill_layout=layout)
         return _json(ModelList(data=[card]))
 
     async def metrics(self, request: Request) -> Response:
@@ -330,8 +341,15 @@ class Handlers:
             prefix = s.decode([t for t in ids if t not in stops]) if ids else ""
         steps = xargs.get(MAX_STEPS) or Budget().steps
         m = min(middle, max_tokens)
-        infill = InfillRequest(prefix=prefix, suffix=suffix, budget=Budget(candidates=n, max_middle_tokens=m, steps=steps),
-                               seed=seed)
+        own = OwnRequest(suffix=suffix)
+        if xargs.get(OWN_REQUEST) is not None:
+            try:
+                own = msgspec.convert(xargs[OWN_REQUEST], OwnRequest)
+            except msgspec.ValidationError as exc:
+                raise HTTPError(400, f"{OWN_REQUEST}: {exc}", param="extra_args") from None
+        infill = InfillRequest(prefix=prefix, suffix=own.suffix, language=own.language, path=own.path,
+                               context=own.context, seed=seed,
+                               budget=Budget(candidates=n, max_middle_tokens=m, steps=steps))
         token = CancelToken()
         result = await s.run(request, s.engine.infill, infill, token, token=token)
         if result is None:
@@ -352,7 +370,10 @@ class Handlers:
         completion_tokens = sum(len(c.token_ids or []) for c in choices)
         usage = Usage(prompt_tokens=len(prompt_ids), completion_tokens=completion_tokens,
                       total_tokens=len(prompt_ids) + completion_tokens)
-        return _json(CompletionResponse(model=s.model, choices=choices, usage=usage))
+        timings = result.timings
+        return _json(CompletionResponse(model=s.model, choices=choices, usage=usage, infill_lsp_timings=OwnTimings(
+            prompt_tokens=timings.prompt_tokens, context_tokens=timings.context_tokens,
+            context_chunks=timings.context_chunks)))
 
     def _prompt_ids(self, prompt) -> list[int]:
         if isinstance(prompt, str):

@@ -22,12 +22,17 @@ import uuid
 
 import msgspec
 
+from ..types import ContextChunk
+
 CANVAS_LENGTH = "diffusion_canvas_length"  # canvas width for this request (<= the served canvas)
 MAX_STEPS = "diffusion_max_steps"  # denoising step cap (clamped to the served max_denoising_steps)
 SEED_CANVAS = "diffusion_seed_canvas"  # token ids the canvas starts from (exactly the width)
 PINNED = "diffusion_pinned"  # canvas positions held at the seed on every step
 READ_ONLY = "diffusion_read_only"  # one canvas is the whole output: emit on convergence, no commit
 DIFFUSION_XARGS = (CANVAS_LENGTH, MAX_STEPS, SEED_CANVAS, PINNED, READ_ONLY)
+# infill-lsp's own engine only (never sent to vLLM): the parts of the InfillRequest a canvas read
+# cannot carry, so the engine builds its checkpoint's own prompt (`OwnRequest`).
+OWN_REQUEST = "infill_lsp_request"
 
 
 class ErrorInfo(msgspec.Struct):
@@ -50,6 +55,33 @@ class ModelCard(msgspec.Struct):
     parent: str | None = None
     max_model_len: int | None = None
     permission: list[dict] = msgspec.field(default_factory=list)
+
+
+class OwnModelCard(ModelCard):
+    """`infill-lsp engine`'s card: vLLM's, plus the prompt layout of the checkpoint it serves
+    (`EngineInfo`'s repo_context, repo_context_tokens, suffix_window), so a client turns repository
+    context on and sizes it for that checkpoint as the in-process engine would."""
+
+    infill_layout: dict | None = None
+
+
+class OwnRequest(msgspec.Struct, frozen=True):
+    """`vllm_xargs[OWN_REQUEST]`: the document's whole suffix window (the canvas pins only its
+    head), its path and language, and the repository context, chunk by chunk; the prompt ids then
+    hold BOS and the prefix window only."""
+
+    suffix: str = ""
+    path: str = ""
+    language: str = ""
+    context: tuple[ContextChunk, ...] = ()
+
+
+class OwnTimings(msgspec.Struct):
+    """An own-engine answer's extension (`infill_lsp_timings`): what the engine's prompt held."""
+
+    prompt_tokens: int = 0
+    context_tokens: int = 0
+    context_chunks: int = 0
 
 
 class ModelList(msgspec.Struct):
@@ -94,6 +126,7 @@ class CompletionResponse(msgspec.Struct):
     id: str = msgspec.field(default_factory=lambda: f"cmpl-{uuid.uuid4().hex}")
     object: str = "text_completion"
     created: int = msgspec.field(default_factory=lambda: int(time.time()))
+    infill_lsp_timings: OwnTimings | None = None  # infill-lsp's engine only; vLLM's answers lack it
 
 
 def error_body(message: str, code: int, err_type: str = "BadRequestError", param: str | None = None) -> bytes:
