@@ -54,6 +54,7 @@ import functools
 import os
 import re
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import PurePosixPath
 
@@ -76,6 +77,8 @@ ADMIT_TTL_S = 10.0  # how long an admit decision (workspace, .gitignore) is cach
 DEFINITION_BONUS = 0.1  # a definition (definitions.py) of a name used around the cursor ranks this much ahead
 NEAR_BONUS = 0.05  # ... and this much more when the name is within NEAR_LINES lines of the cursor
 NEAR_LINES = 4
+DOCUMENT_BONUS = 0.05  # a definition of a name the document uses elsewhere (not around the cursor) ranks this much ahead
+MAX_DOCUMENT_NAMES = 16  # the document's most used names whose definitions are looked up
 TYPED_MIN = 3  # a word this long before the cursor that nothing defines may be a name being typed
 MAX_TYPED = 4  # ... whose completions (definitions starting with it) are looked up, this many at most
 MAX_DEF_CANDIDATES = 48  # definitions considered per refresh
@@ -179,6 +182,7 @@ class Chunk(msgspec.Struct, frozen=True):
     names: frozenset[str] = frozenset()  # identifiers(text)
     lines: frozenset[str] = frozenset()  # its non-blank lines, stripped: near-duplicate checks
     defines: str = ""  # a definition of this name used around the cursor (from the definition index)
+    uses: int = 0  # a definition of a name the document uses this often, not around the cursor
 
     @property
     def key(self) -> tuple[str, int, int]:
@@ -502,10 +506,12 @@ class RepoContext:
     def _definition_candidates(self, uri: str, text: str, focus: frozenset[str], near: frozenset[str],
                                typed: frozenset[str] = frozenset()) -> list[Chunk]:
         """Definitions, in other workspace files, of the names used around the cursor (those in
-        `near` first), and of the names that complete one being typed on the cursor's line (`typed`:
-        its names that nothing defines, e.g. `compute_ch` of `compute_checksum`): names the document
-        defines itself, common names and names defined in many files are not looked up. The index
-        answers from memory; each file is admitted again here."""
+        `near` first), of the names that complete one being typed on the cursor's line (`typed`:
+        its names that nothing defines, e.g. `compute_ch` of `compute_checksum`), then of the names
+        the document uses most elsewhere (`Chunk.uses`: the context the model was trained with,
+        train/repo.py, the name under the cursor often among them): names the document defines
+        itself, common names and names defined in many files are not looked up. The index answers
+        from memory; each file is admitted again here."""
         index = self.definitions
         if index is None or not focus:
             return []
@@ -521,8 +527,15 @@ class RepoContext:
                 for name, definitions in index.completions(fragment).items():
                     if name not in own and name not in COMMON_NAMES:
                         found.setdefault(name, definitions)
+        uses = Counter(w for w in _IDENT.findall(text, 0, DEFINES_SCAN) if len(w) > 1 and w.lower() not in _STOP
+                       and w not in own and w not in COMMON_NAMES and w not in found)
+        elsewhere = index.lookup([name for name, _ in uses.most_common(MAX_DOCUMENT_NAMES)])
         out: list[Chunk] = []
-        for name in sorted(found, key=lambda n: (n not in near, n)):
+        methods = {n for n, found_here in elsewhere.items() if all(d.kind == "method" for d in found_here)}
+        for name in sorted(found, key=lambda n: (n not in near, n)) + sorted(
+                elsewhere, key=lambda n: (n in methods, -uses[n], n)):  # as train/repo.candidates ranks them
+            if name in elsewhere:
+                found[name] = elsewhere[name]
             definitions = [d for d in found[name] if d.real != here]
             if not definitions or len({d.real for d in found[name]}) > MAX_NAME_FILES:
                 continue
@@ -532,7 +545,7 @@ class RepoContext:
                     continue
                 out.append(Chunk(uri=definition.uri, path=relative, start=definition.start, end=definition.end,
                                  text=definition.text, stamp=0, defines=name, names=identifiers(definition.text),
-                                 lines=_line_set(definition.text)))
+                                 lines=_line_set(definition.text), uses=uses[name] if name in elsewhere else 0))
                 if len(out) >= MAX_DEF_CANDIDATES:
                     return out
         return out
@@ -571,9 +584,11 @@ class RepoContext:
             if chunk.lines and len(chunk.lines & window_lines) >= REPEATS_WINDOW * len(chunk.lines):
                 continue
             similarity = jaccard(chunk.names, focus)
-            if similarity > 0 or chunk.defines in completing:  # else it shares no name with the code around
-                bonus = EDIT_BONUS if chunk.edited else 0.0  # the cursor: not worth its tokens
-                if chunk.defines:
+            if similarity > 0 or chunk.defines in completing or chunk.uses:  # else it shares no name with the code
+                bonus = EDIT_BONUS if chunk.edited else 0.0  # around the cursor: not worth its tokens
+                if chunk.uses:  # behind those of the names around the cursor, the most used first
+                    bonus += DOCUMENT_BONUS * min(chunk.uses, 8) / 8
+                elif chunk.defines:
                     bonus += DEFINITION_BONUS + (NEAR_BONUS if chunk.defines in near or chunk.defines in completing
                                                  else 0.0)
                 scored.append((similarity + bonus, chunk.stamp, chunk))

@@ -255,6 +255,24 @@ def test_the_definition_of_a_name_used_at_the_cursor_becomes_context(workspace):
     repo.definitions.close()
 
 
+def test_names_the_document_uses_far_from_the_cursor_bring_their_definitions_after_those_near_it(workspace):
+    """As train/repo.py builds the context the model learns from: the definitions of the names the
+    document uses, most used first, also when the cursor is far from every use (a hole at such a
+    name hides the one use near the cursor), ranked behind those of the names around the cursor."""
+    repo = collector(workspace)
+    assert repo.definitions.wait()
+    filler = "".join(f"def step_{i}(value):\n    return value + {i}\n\n\n" for i in range(20))
+    far = ("def sign(payload):\n    return compute_checksum(payload)\n\n\n"
+           "def verify(payload, digest):\n    return compute_checksum(payload) == digest\n\n\n")
+    near = "def flush(stream):\n    writer = PacketWriter(stream)\n    return "
+    chunks = request(repo, workspace, far + filler + near)
+    assert [c.text.splitlines()[0] for c in chunks] == ["def compute_checksum(payload, seed=0):",
+                                                        "class PacketWriter:"]  # most relevant last
+    repo.ring_focus = None
+    assert len(request(repo, workspace, filler + near)) == 1  # no use of compute_checksum: not brought
+    repo.definitions.close()
+
+
 def test_a_name_being_typed_brings_the_definitions_it_may_complete_to(workspace):
     """`compute_ch|` on the cursor's line: nothing defines `compute_ch`, the index's names that
     start with it are looked up (a name the document uses elsewhere is not needed)."""
