@@ -6,6 +6,7 @@ import json
 import random
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import pytest
 import torch
@@ -17,7 +18,8 @@ from infill_lsp.engine.transformers_backend import TransformersEngine
 from infill_lsp.train import repo
 from infill_lsp.train.corpus import Corpus, ManifestEntry
 from infill_lsp.train.holes import HoleSampler
-from infill_lsp.train.loop import DataConfig, OptimConfig, TrainConfig, check_fits, infill_layout, load_config, train
+from infill_lsp.train.loop import (DataConfig, OptimConfig, TrainConfig, check_fits, hole_sampler, infill_layout,
+                                  load_config, train)
 from infill_lsp.train.shards import Document, TokenData, is_heldout, write_shards
 from infill_lsp.types import Budget, ContextChunk, InfillRequest
 
@@ -206,6 +208,12 @@ def test_holes_never_fall_in_the_context_and_some_start_at_its_names(tokenizer):
             at_anchor += sum(int(s) in anchors for s in batch.row_start)
     assert 20 <= with_context <= 36  # about 30% of sequences without it
     assert at_anchor > 0.2 * rows  # anchor_share (0.3) plus the random starts that land there
+
+    # data.repo_anchor_share sets it: all holes at the names when 1
+    config = msgspec.convert({"data": {"repo_context_tokens": 256, "repo_context_dropout": 0.0,
+                                       "repo_anchor_share": 1.0, "holes_per_sequence": 16}}, TrainConfig)
+    batch = hole_sampler(config.data, tokenizer).sample([document], random.Random(1))
+    assert len(batch.row_start) and {int(s) for s in batch.row_start} <= anchors
 
     # off (repo_context_tokens = 0): the very batches of a document without context
     off = HoleSampler(tokenizer, sequence_tokens=512, holes_per_sequence=16)

@@ -56,6 +56,7 @@ class DataConfig(msgspec.Struct, frozen=True):
     # many tokens on top of `sequence_tokens`; 0 = none. Needs shards built with it (`infill-lsp corpus`).
     repo_context_tokens: int = 0
     repo_context_dropout: float = 0.3  # share of sequences trained without their context
+    repo_anchor_share: float = 0.3  # share of holes at a use of a name the context defines (where there is one)
     max_corpus_bytes: int = 120_000_000
     prefix_tokens: int = 512  # the one-hole-per-example objective ("single") only
     objective: str = "holes"  # "holes" (many per sequence) or "single" (one per example: the old baseline)
@@ -305,6 +306,14 @@ def resume_point(shipped: Path, kept: Path = KEPT_RUN) -> Path | None:
     return max((p for p in (shipped, kept) if (p / "config.json").exists()), key=step, default=None)
 
 
+def hole_sampler(data: DataConfig, tokenizer) -> HoleSampler:
+    """The many-holes objective's sampler, shaped by the config's data section."""
+    return HoleSampler(tokenizer, sequence_tokens=data.sequence_tokens, max_middle=data.max_middle,
+                       suffix_head=data.suffix_head, holes_per_sequence=data.holes_per_sequence,
+                       suffix_window=data.suffix_window, repo_context_tokens=data.repo_context_tokens,
+                       context_dropout=data.repo_context_dropout, anchor_share=data.repo_anchor_share)
+
+
 def train(config: TrainConfig | None, out: Path, *, init: str | None = None, data: Path | None = None,
           shards: Path | None = None, resume: bool = False, device: str = "auto",
           humaneval_dir: Path | None = None, corpus: Corpus | None = None,
@@ -394,10 +403,7 @@ def train(config: TrainConfig | None, out: Path, *, init: str | None = None, dat
     params = sum(p.numel() for p in model.parameters())
     log.info("model: %s parameters on %s", f"{params:,}", device)
 
-    sampler = HoleSampler(tokenizer, sequence_tokens=config.data.sequence_tokens, max_middle=config.data.max_middle,
-                          suffix_head=config.data.suffix_head, holes_per_sequence=config.data.holes_per_sequence,
-                          suffix_window=config.data.suffix_window, repo_context_tokens=config.data.repo_context_tokens,
-                          context_dropout=config.data.repo_context_dropout)
+    sampler = hole_sampler(config.data, tokenizer)
     if token_data is None:
         documents = _corpus_documents(corpus, train_indices, tokenizer, config.data.repo_context_tokens)
         draw = lambda r, k: r.choices(documents, k=k)  # noqa: E731
