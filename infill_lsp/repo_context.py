@@ -55,7 +55,7 @@ import os
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import PurePosixPath
 
 import msgspec
@@ -155,9 +155,18 @@ def fit(chunk_ids: list[list[int]], header_ids: list[int], limit: int) -> tuple[
 _TYPED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*$")  # the name being typed: the word ending at the cursor
 
 
+def _names(text: str, end: int) -> Iterator[str]:
+    return (w for w in _IDENT.findall(text, 0, end) if len(w) > 1 and w.lower() not in _STOP)
+
+
 def identifiers(text: str) -> frozenset[str]:
     """The names in a piece of code, less keywords and one-letter names."""
-    return frozenset(w for w in _IDENT.findall(text) if len(w) > 1 and w.lower() not in _STOP)
+    return frozenset(_names(text, len(text)))
+
+
+def name_uses(text: str, end: int | None = None) -> Counter:
+    """How often `text` (up to `end`) uses each of the names `identifiers` reads."""
+    return Counter(_names(text, len(text) if end is None else end))
 
 
 def jaccard(a: frozenset, b: frozenset) -> float:
@@ -527,15 +536,15 @@ class RepoContext:
                 for name, definitions in index.completions(fragment).items():
                     if name not in own and name not in COMMON_NAMES:
                         found.setdefault(name, definitions)
-        uses = Counter(w for w in _IDENT.findall(text, 0, DEFINES_SCAN) if len(w) > 1 and w.lower() not in _STOP
-                       and w not in own and w not in COMMON_NAMES and w not in found)
+        uses = Counter({name: count for name, count in name_uses(text, DEFINES_SCAN).items()
+                        if name not in own and name not in COMMON_NAMES and name not in found})
         elsewhere = index.lookup([name for name, _ in uses.most_common(MAX_DOCUMENT_NAMES)])
-        out: list[Chunk] = []
         methods = {n for n, found_here in elsewhere.items() if all(d.kind == "method" for d in found_here)}
-        for name in sorted(found, key=lambda n: (n not in near, n)) + sorted(
-                elsewhere, key=lambda n: (n in methods, -uses[n], n)):  # as train/repo.candidates ranks them
-            if name in elsewhere:
-                found[name] = elsewhere[name]
+        order = sorted(found, key=lambda n: (n not in near, n)) + sorted(
+            elsewhere, key=lambda n: (n in methods, -uses[n], n))  # as train/repo.candidates ranks them
+        found.update(elsewhere)
+        out: list[Chunk] = []
+        for name in order:
             definitions = [d for d in found[name] if d.real != here]
             if not definitions or len({d.real for d in found[name]}) > MAX_NAME_FILES:
                 continue

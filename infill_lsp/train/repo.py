@@ -90,9 +90,6 @@ def own_names(defined: Iterable[definitions.Definition], text: str, language: st
     return own
 
 
-def used_names(text: str) -> Counter:
-    """How often the document uses each name (identifiers outside keywords; one-letter names not)."""
-    return Counter(w for w in repo_context._IDENT.findall(text) if len(w) > 1 and w.lower() not in repo_context._STOP)
 
 
 def candidates(uses: Counter, own: set[str], index: dict[str, list[definitions.Definition]],
@@ -179,7 +176,7 @@ def choose(corpus: Corpus, tokenizer, budget: int = CONTEXT_TOKENS, lenders: set
             for i in members:
                 text, language = corpus.texts[i], definitions.language_of(corpus.paths[i])
                 own = own_names(defined[i], text, language, stems)
-                ranked = candidates(used_names(text), own, index, corpus.paths[i])
+                ranked = candidates(repo_context.name_uses(text), own, index, corpus.paths[i])
                 if ranked:
                     header = ids_of(repo_context.render_header(workspace_path(corpus.paths[i], root), LAYOUT))
                     choice = select(ranked, ids_of, header, budget)
