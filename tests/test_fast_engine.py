@@ -285,6 +285,24 @@ def test_the_one_softmax_is_softmax_with_far_tokens_floored():
     assert torch.equal(sample_inverse_cdf(probs, uniform), sample_inverse_cdf(expected, uniform))
 
 
+@pytest.mark.parametrize("vocab", [1024, 8192, 1000])
+def test_the_two_level_argmax_picks_what_max_picks(vocab):
+    """denoise.first_argmax (group maxima, then inside the first group holding the row's maximum)
+    returns torch's index for every row, ties included: the first maximum."""
+    from infill_lsp.engine.denoise import first_argmax
+
+    generator = torch.Generator().manual_seed(1)
+    values = torch.randn((9, vocab), generator=generator)
+    values[1] = 0.0  # all tied: index 0
+    values[2, [5, 700, vocab - 1]] = 50.0  # tied maxima in different groups: the first
+    values[3, [130, 131]] = 50.0  # tied inside one group
+    values[4, vocab - 1] = 50.0  # the last token
+    values[5] = -1e4  # blocked everywhere (a BLOCKED bias) but one token
+    values[5, 77] = -1e4 + 1
+    assert torch.equal(first_argmax(values), values.max(-1).indices)
+    assert first_argmax(values)[2] == 5 and first_argmax(values)[3] == 130
+
+
 @pytest.mark.parametrize("declared", [None, 128])
 def test_the_prefix_buffers_hold_a_prompt_with_repository_context(tmp_path, declared):
     """A full window plus as much repository context as the checkpoint takes (the real model's

@@ -64,11 +64,31 @@ def distribution(processed: torch.Tensor):
     where most of the vocabulary sits hundreds below the top). Floored, such a token weighs
     1.6e-38 instead of 0: eight thousand of them add 1e-34 to a partition function >= 1.
     """
-    top, best = processed.max(-1)
-    shifted = processed.sub_(top[:, None])
+    top = processed.amax(-1, keepdim=True)
+    best = first_argmax(processed)
+    shifted = processed.sub_(top)
     weights = shifted.clamp(min=EXP_FLOOR).exp_()
     total = weights.sum(-1, keepdim=True)
     return best, shifted, total, weights.div_(total)
+
+
+ARGMAX_GROUP = 128
+
+
+def first_argmax(values: torch.Tensor) -> torch.Tensor:
+    """(F,) index of each row's first maximum of (F, V): what `values.max(-1)` returns, in two levels.
+
+    A CPU's max-with-index over a row is a scalar loop (1.3 ms for 128 x 8,192 on 2-core AVX2);
+    the maximum of each group of 128 is vectorised, so finding the first group holding the row's
+    maximum, then the first maximum inside it, costs a quarter of that and picks the same index.
+    """
+    rows, vocab = values.shape
+    if vocab % ARGMAX_GROUP or vocab <= ARGMAX_GROUP:
+        return values.argmax(-1)
+    groups = values.view(rows, vocab // ARGMAX_GROUP, ARGMAX_GROUP)
+    group = groups.amax(-1).argmax(-1)
+    inside = groups[torch.arange(rows, device=values.device), group].argmax(-1)
+    return group * ARGMAX_GROUP + inside
 
 
 def sample_inverse_cdf(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
@@ -181,8 +201,6 @@ def denoise(
 
             best, shifted, total, probs = distribution(processed)
             uniform = torch.rand((rows, width, 1), device=device, generator=generator)[free]
-            sampled = known.clone()
-            sampled[free] = sample_inverse_cdf(probs, uniform)
             new_argmax = known.clone()
             new_argmax[free] = best
 
@@ -191,6 +209,10 @@ def denoise(
             entropy = torch.zeros((rows, width), device=device)
             entropy[free] = (total.squeeze(-1).log() - (probs * shifted).sum(-1)).clamp(min=0.0)
             accepted = accepted_positions(entropy, free, settings, steps_run)
+            # Only accepted positions keep their sample: draw those (same uniforms, same tokens).
+            sampled = known.clone()
+            kept = accepted[free]
+            sampled[accepted] = sample_inverse_cdf(probs[kept], uniform[kept])
             new_canvas = torch.where(accepted, sampled, noise())
             new_canvas = torch.where(clamped, known, new_canvas)
 

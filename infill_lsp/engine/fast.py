@@ -401,14 +401,15 @@ class StaticDecoder:
 
             best, shifted, total, probs = distribution(processed)  # one softmax, as in denoise.py
             uniform = torch.rand((rows, width, 1), device=device, generator=generator)[in_pass][a_free]
-            sampled = a_known.clone()
-            sampled[a_free] = sample_inverse_cdf(probs, uniform)
             new_argmax = a_known.clone()
             new_argmax[a_free] = best
 
             entropy = torch.zeros(a_free.shape, device=device)
             entropy[a_free] = (total.squeeze(-1).log() - (probs * shifted).sum(-1)).clamp(min=0.0)
             accepted = accepted_positions(entropy, a_free, settings, steps_run)
+            sampled = a_known.clone()  # only accepted positions keep a sample: draw those alone
+            kept = accepted[a_free]
+            sampled[accepted] = sample_inverse_cdf(probs[kept], uniform[kept])
             new_canvas = torch.where(accepted, sampled, noise()[in_pass])
             new_canvas = torch.where(a_clamped, a_known, new_canvas)
 
