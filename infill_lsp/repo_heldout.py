@@ -491,14 +491,23 @@ def _share(values) -> str:
     return f"{sum(values) / len(values):.1%}" if values else "n/a"
 
 
+SEEN, UNSEEN = "name in file before", "name only elsewhere"
+
+
 def table(results: list[HoleResult]) -> str:
     """Markdown, per language (and kind, all languages): exact match of the top suggestion and of one
     raw sample without / with context, the share with a suggestion, how often a definition of the
-    name reached the prompt, latency cold (p50, p95) and warm (p50), mean context tokens."""
+    name reached the prompt, latency cold (p50, p95) and warm (p50), mean context tokens.
+
+    Two more rows split the holes by whether the name already occurs before the cursor: there the
+    file alone lets a model copy it, so the right name there and not with context means the model
+    copies from its own file but does not yet use the context (and none there: it copies from neither).
+    """
     groups: dict[tuple[str, str], list[HoleResult]] = defaultdict(list)
     for r in results:
         groups[(r.language, "all")].append(r)
         groups[("all", r.kind)].append(r)
+        groups[("all", SEEN if r.seen else UNSEEN)].append(r)
         groups[("all", "all")].append(r)
     rows = ["| language | hole | n | exact top | exact raw | right name | some suggestion | definition in prompt "
             "| p50 ms | p95 ms | warm p50 ms | context tokens |",

@@ -133,4 +133,6 @@ def test_with_context_the_prompt_holds_the_siblings_definition(package, engine):
     assert engine.stats["prefix_cache_hits"] > hits  # the warm repeat reused the encoded context and prefix
     rendered = repo_heldout.table(results)
     assert "| python | all | 1 |" in rendered and "| all | call | 1 |" in rendered
-    assert rendered.count("\n") == 4  # header, rule, python/all, all/call, all/all
+    seen = repo_heldout.SEEN if result.seen else repo_heldout.UNSEEN
+    assert f"| all | {seen} | 1 |" in rendered
+    assert rendered.count("\n") == 5  # header, rule, python/all, all/call, all/<seen or not>, all/all
