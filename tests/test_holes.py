@@ -9,7 +9,7 @@ from transformers import AutoTokenizer, DiffusionGemmaForBlockDiffusion
 from infill_lsp.engine.canvas import build_canvas
 from infill_lsp.train.corpus import Corpus, ManifestEntry
 from infill_lsp.engine.denoise import vocabulary_head
-from infill_lsp.train.holes import HoleSampler, _rows_cache, block_causal_mask
+from infill_lsp.train.holes import HoleSampler, _rows_cache, block_causal_mask, self_conditioning_input
 from infill_lsp.train.shards import TokenData, is_heldout, read_heldout, write_shards
 
 from conftest import ROOT, TINY_MODEL
@@ -43,6 +43,51 @@ def test_block_causal_rows_equal_one_inference_pass_per_hole():
             cache = model.model.encoder(input_ids=prompt, use_cache=True).past_key_values
             reference = model(decoder_input_ids=batch.canvas[row:row + 1], past_key_values=cache).logits[0]
             assert torch.allclose(vectorised[row], reference, atol=1e-4), row
+
+
+def test_self_conditioning_input_is_what_transformers_builds_from_logits():
+    """holes_loss builds the self-conditioning input itself (embeddings for clamped slots, zeros for rows
+    not chosen, the product only on chosen free slots): the same decoder output and the same gradients
+    as handing transformers the full (rows, width, V) logits and the row mask."""
+    tokenizer = AutoTokenizer.from_pretrained(TINY_MODEL)
+    model = DiffusionGemmaForBlockDiffusion.from_pretrained(TINY_MODEL).train()
+    batch = HoleSampler(tokenizer, sequence_tokens=100, holes_per_sequence=4).sample(
+        _documents(tokenizer)[:3], random.Random(2))
+    rows, width = batch.canvas.shape
+    vocab = model.config.text_config.vocab_size
+    decoder = model.model.decoder
+    generator = torch.Generator().manual_seed(0)
+    chosen_rows = torch.rand(rows, generator=generator) < 0.5
+    chosen_rows[0], chosen_rows[1] = True, False  # both kinds of row, whatever the draw
+    logits = torch.randn((int((chosen_rows[:, None] & batch.free).sum()), vocab), generator=generator) * 3
+    full = torch.full((rows, width, vocab), -1e4)  # what holes_loss handed transformers before
+    full.scatter_(-1, batch.canvas[..., None], 0.0)
+    full[chosen_rows[:, None] & batch.free] = logits
+    length = batch.encoder_ids.shape[1]
+    mask = block_causal_mask(batch.row_start, length, width, model.dtype)
+
+    def run(**inputs):
+        model.zero_grad()
+        encoded = model.model.encoder(input_ids=batch.encoder_ids, use_cache=True)
+        hidden = decoder(decoder_input_ids=batch.canvas,
+                         past_key_values=_rows_cache(encoded.past_key_values, batch.row_sequence, length),
+                         decoder_attention_mask={"full_attention": mask, "sliding_attention": mask},
+                         decoder_position_ids=batch.row_start[:, None] + torch.arange(width)[None],
+                         **inputs).last_hidden_state
+        hidden.square().mean().backward()
+        return hidden.detach(), decoder.embed_tokens.weight.grad.clone()
+
+    expected, expected_grad = run(self_conditioning_logits=full, self_conditioning_mask=chosen_rows)
+    soft = self_conditioning_input(decoder.embed_tokens, batch.canvas, chosen_rows, batch.free,
+                                   torch.softmax(logits, -1))
+    hook = decoder.self_conditioning.register_forward_pre_hook(lambda module, args: (args[0], soft))
+    try:
+        hidden, grad = run()
+    finally:
+        hook.remove()
+    assert torch.allclose(hidden, expected, atol=1e-5)
+    assert torch.allclose(grad, expected_grad, atol=1e-6, rtol=1e-4)
+    assert grad.abs().sum() > 0
 
 
 def test_rows_have_the_engine_canvas_layout():
