@@ -158,7 +158,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     history = train(config, out, init=args.init or None, data=Path(args.data) if args.data else None,
                     shards=Path(args.shards) if args.shards else None, resume=bool(args.resume),
                     device=args.device, humaneval_dir=Path(args.humaneval) if args.humaneval else None,
-                    optim_overrides=overrides)
+                    optim_overrides=overrides, data_workers=args.data_workers)
     print(f"wrote {out}: final loss {history[-1]['loss']:.4f} at step {history[-1]['step']}")
     before, after = history[-1].get("heldout_loss_start"), history[-1].get("heldout_loss")
     if before is not None and after is not None:
@@ -300,6 +300,9 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--data", default="", help="train on this repository's source files (fine-tuning)")
     train.add_argument("--shards", default="", help="train on the tokenized shards `infill-lsp corpus` wrote")
     train.add_argument("--resume", default="", metavar="DIR", help="continue the run in DIR from its last checkpoint")
+    train.add_argument("--data-workers", type=int, default=None, metavar="N",
+                       help="processes sampling batches from --shards ahead of the step (default: none on a CPU, "
+                            "up to 8 on a GPU)")
     train.add_argument("--steps", type=int, default=0, help="override the config's step count")
     train.add_argument("--minutes", type=float, default=0, help="override the config's time budget")
     train.add_argument("--device", default="auto")

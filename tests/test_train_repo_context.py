@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from infill_lsp.train.holes import HoleSampler
 from infill_lsp.train.loop import (DataConfig, OptimConfig, TrainConfig, check_fits, hole_sampler, infill_layout,
                                   load_config, train)
 from infill_lsp.train.shards import Document, TokenData, is_heldout, write_shards
+from infill_lsp.train.workers import BatchWorkers, sample_batch
 from infill_lsp.types import Budget, ContextChunk, InfillRequest
 
 from conftest import ROOT, TINY_MODEL, with_layout
@@ -235,6 +237,17 @@ def test_the_config_file_fits_and_the_layout_is_declared_only_when_on():
         check_fits(config, config.data.sequence_tokens + config.data.repo_context_tokens - 1)
 
 
+
+def test_the_gpu_config_continues_the_kept_run_with_its_shape_and_data():
+    """configs/gpu.toml (issue 12, part A): the kept context run's model and data, a longer schedule."""
+    gpu = load_config(ROOT / "infill_lsp" / "train" / "configs" / "gpu.toml")
+    kept = msgspec.convert(json.loads((ROOT / "training" / "infill-small-next" / "training_state.json").read_text())
+                           ["config"], TrainConfig)
+    assert gpu.model == kept.model and gpu.data == kept.data
+    assert gpu.optim.steps > json.loads((ROOT / "training" / "infill-small-next" / "training_state.json")
+                                        .read_text())["totals"]["step"]
+    check_fits(gpu, gpu.model.sliding_window)
+
 UTIL = "def tally(values):\n    return sum(values)\n\n\ndef scale(values, k):\n    return [v * k for v in values]\n"
 USER = """from .util import scale, tally
 
@@ -283,3 +296,26 @@ def test_a_short_run_with_context_exports_a_checkpoint_the_engine_serves_with_co
     write_shards(_training_corpus(), tokenizer, plain)
     with pytest.raises(ValueError, match="no repository context"):
         train(config, tmp_path / "run2", init=str(TINY_MODEL), shards=plain, device="cpu")
+
+
+def test_batches_from_worker_processes_are_the_streams_own(tokenizer, tmp_path):
+    """train/workers.py: batch k of a run comes from its own seeded RNG, so spawned workers give what
+    sampling in process gives, in order, and a run trains on them (a GPU's default)."""
+    shards = tmp_path / "shards"
+    write_shards(_training_corpus(), tokenizer, shards, context_tokens=128)
+    data = DataConfig(sequence_tokens=64, holes_per_sequence=4, repo_context_tokens=60)
+    workers = BatchWorkers(2, shards, data, seed=3, batch_size=2, first_step=5)
+    try:
+        got = [workers.next() for _ in range(3)]
+    finally:
+        workers.close()
+    sampler, token_data = hole_sampler(data, AutoTokenizer.from_pretrained(shards)), TokenData(shards)
+    for k, batch in enumerate(got):
+        expected = sample_batch(sampler, token_data, 3, 5 + k, 2)
+        assert torch.equal(batch.encoder_ids, expected.encoder_ids) and torch.equal(batch.canvas, expected.canvas)
+        assert torch.equal(batch.row_start, expected.row_start)
+    assert not torch.equal(got[0].canvas, got[1].canvas)  # a stream, not one batch repeated
+
+    config = TrainConfig(seed=0, data=data, optim=OptimConfig(steps=2, batch_size=2, lr=1e-3, warmup=1, log_every=1))
+    history = train(config, tmp_path / "run", init=str(TINY_MODEL), shards=shards, device="cpu", data_workers=1)
+    assert history[-1]["step"] == 2 and math.isfinite(history[-1]["loss"])
