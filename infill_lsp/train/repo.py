@@ -90,8 +90,6 @@ def own_names(defined: Iterable[definitions.Definition], text: str, language: st
     return own
 
 
-
-
 def candidates(uses: Counter, own: set[str], index: dict[str, list[definitions.Definition]],
                here: str) -> list[definitions.Definition]:
     """Definitions, in other files of the package, of the names the document uses, most used first;

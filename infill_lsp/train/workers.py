@@ -13,6 +13,7 @@ in-process path, which draws from the run's one RNG.)
 from __future__ import annotations
 
 import multiprocessing
+import os
 import random
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -87,6 +88,4 @@ def default_workers(device: str, requested: int | None) -> int:
         return max(0, requested)
     if not device.startswith("cuda"):
         return 0
-    import os
-
     return max(1, min(8, (os.cpu_count() or 4) - 2))
