@@ -265,6 +265,41 @@ def test_the_fast_setting_selects_the_fast_engine_through_load_engine():
     assert [c.text for c in fast.infill(request).candidates] == [c.text for c in reference.infill(request).candidates]
 
 
+def test_a_fast_path_that_does_not_fit_the_transformers_version_falls_back_to_the_reference(monkeypatch, caplog):
+    """A transformers release that renames a module's attribute breaks the fast path's forward at its
+    warm-up: by default the server then serves with transformers' own forward (a warning, same answers);
+    an explicit `fast: true` still fails loudly."""
+    from infill_lsp.config import Settings, merge
+    from infill_lsp.engine import fast as fast_module, load_engine
+
+    def renamed(norm, x):
+        raise AttributeError("'DiffusionGemmaRMSNorm' object has no attribute 'eps'")
+
+    monkeypatch.setattr(fast_module, "rms_norm", renamed)
+    with caplog.at_level("WARNING", logger="infill_lsp.engine"):
+        engine = load_engine(Settings(model=TINY, device="cpu").engine_config())
+    assert type(engine) is TransformersEngine
+    assert "does not fit this transformers version" in caplog.text
+    request = InfillRequest(prefix="def f(x):\n    return", suffix="\n", seed=3,
+                            budget=Budget(candidates=2, max_middle_tokens=8, steps=4))
+    assert engine.infill(request).candidates
+    with pytest.raises(AttributeError):
+        load_engine(merge(Settings(model=TINY, device="cpu"), {"fast": True}).engine_config())
+
+
+def test_the_fused_norm_reads_epsilon_under_either_transformers_name():
+    """transformers <= 5.24 calls it `eps`, 5.25 `variance_epsilon`: both give the module's own formula."""
+    from infill_lsp.engine.fast import rms_norm
+
+    x = torch.randn(3, 8)
+    for name in ("eps", "variance_epsilon"):
+        norm = torch.nn.Module()
+        norm.with_scale, norm.weight = True, torch.nn.Parameter(torch.rand(8))
+        setattr(norm, name, 0.5)
+        expected = x * torch.pow(x.pow(2).mean(-1, keepdim=True) + 0.5, -0.5) * norm.weight
+        torch.testing.assert_close(rms_norm(norm, x), expected)
+
+
 def test_the_one_softmax_is_softmax_with_far_tokens_floored():
     """denoise.distribution floors exponents at EXP_FLOOR (a CPU's exp is slow where float32
     underflows): argmax, probabilities and entropy stay what a plain softmax gives."""

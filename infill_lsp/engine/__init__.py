@@ -114,17 +114,22 @@ def load_engine(config: EngineConfig, progress=None) -> Engine:
     _compile_cache_usable()
     from .transformers_backend import TransformersEngine
 
+    options = dict(device=config.device, dtype=config.dtype, prefix_tokens=config.prefix_tokens,
+                   suffix_head_tokens=config.suffix_head_tokens, progress=progress)
+    model = config.model or default_model()
     if config.fast or (config.fast is None and _on_cpu(config.device)):
-        from .fast import FastEngine as TransformersEngine  # same interface, same candidates (tested)
+        from .fast import FastEngine  # same interface, same candidates (tested)
 
-    return TransformersEngine(
-        config.model or default_model(),
-        device=config.device,
-        dtype=config.dtype,
-        prefix_tokens=config.prefix_tokens,
-        suffix_head_tokens=config.suffix_head_tokens,
-        progress=progress,
-    )
+        try:
+            return FastEngine(model, **options)
+        except (AttributeError, TypeError) as exc:
+            # The fast path reads the model's modules directly; a transformers release that renames
+            # them (5.25 renamed the norms' `eps`) must cost speed, not every suggestion.
+            if config.fast:
+                raise
+            log.warning("the fast CPU path does not fit this transformers version (%s: %s): "
+                        "using transformers' own forward, which is slower", type(exc).__name__, exc)
+    return TransformersEngine(model, **options)
 
 
 __all__ = [

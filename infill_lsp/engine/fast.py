@@ -66,7 +66,13 @@ def rms_norm(norm, x: torch.Tensor) -> torch.Tensor:
     """DiffusionGemmaRMSNorm.forward as one fused kernel (float32 inside, as there): the module's
     half-dozen small ops per call are a large share of a small model's pass on a CPU."""
     weight = norm.weight.float() if norm.with_scale else None
-    return F.rms_norm(x.float(), (x.shape[-1],), weight, norm.eps).type_as(x)
+    return F.rms_norm(x.float(), (x.shape[-1],), weight, _norm_eps(norm)).type_as(x)
+
+
+def _norm_eps(norm) -> float:
+    """The norm's epsilon: transformers 5.25 renamed the attribute `eps` to `variance_epsilon`."""
+    eps = getattr(norm, "variance_epsilon", None)
+    return norm.eps if eps is None else eps
 
 
 def _round_up(value: int, step: int) -> int:
