@@ -10,7 +10,7 @@ import time
 
 import msgspec
 
-from . import context, rank, syntax
+from . import context, names, rank, syntax
 from .config import Settings
 from .engine import NEVER, CancelToken, Engine
 from .rank import Ranked
@@ -78,10 +78,14 @@ def complete(
     cancel.raise_if_cancelled()
 
     doc_prefix, doc_suffix = text[:offset], text[offset:]
-    cleaned = [msgspec.structs.replace(c, text=rank.clean(c.text, doc_suffix, rank.line_before_cursor(doc_prefix))) for c in result.candidates]
+    candidates = list(result.candidates)
+    name = names.complete(win.prefix, win.suffix, repo, [c.text for c in candidates]) if settings.complete_names else None
+    if name is not None:  # the name being typed, finished with one the prompt holds (names.py)
+        candidates.append(names.as_candidate(name, candidates))
+    cleaned = [msgspec.structs.replace(c, text=rank.clean(c.text, doc_suffix, rank.line_before_cursor(doc_prefix))) for c in candidates]
     validations = syntax.validate(language, doc_prefix, doc_suffix, [c.text for c in cleaned])
     t3 = time.perf_counter()
-    items = rank.rank(cleaned, validations, show_invalid=settings.show_invalid)
+    items = names.put_first(rank.rank(cleaned, validations, show_invalid=settings.show_invalid), name)
     t4 = time.perf_counter()
 
     engine_timings = result.timings
