@@ -278,7 +278,9 @@ def run(args) -> int:
         from .repo_heldout import table as repo_table
 
         print(f"\nRepository-level held-out check ({args.repo_heldout}): holes at names defined in a sibling file, "
-              f"without / with repository context (forced on; cold p50/p95, warm = the same request again):")
+              f"without repository context / with it read only to finish a typed name (names.py; what "
+              f"\"auto\" gives a checkpoint that declares no layout) / with it in the prompt (forced on); "
+              f"cold p50/p95, warm = the same request again:")
         print(repo_table(repo_results))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))

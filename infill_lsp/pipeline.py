@@ -55,9 +55,12 @@ def complete(
     seed: int | None = None,
     repo: tuple[ContextChunk, ...] = (),
     repo_path: str = "",
+    hints: tuple[ContextChunk, ...] = (),
 ) -> Completions:
     """`repo`: repository context chunks, least relevant first (repo_context.py), laid out before the
-    prefix with `repo_path` (the document's workspace-relative path) as the last header."""
+    prefix with `repo_path` (the document's workspace-relative path) as the last header. `hints`:
+    chunks read only to finish the name being typed (names.py), not sent to the model (the context
+    gathered for a checkpoint that was not trained with it)."""
     cancel.raise_if_cancelled()  # superseded while it waited for the worker: no windowing, no model
     timings = StageTimings()
     t0 = time.perf_counter()
@@ -79,7 +82,8 @@ def complete(
 
     doc_prefix, doc_suffix = text[:offset], text[offset:]
     candidates = list(result.candidates)
-    name = names.complete(win.prefix, win.suffix, repo, [c.text for c in candidates]) if settings.complete_names else None
+    name = (names.complete(win.prefix, win.suffix, repo + hints, [c.text for c in candidates])
+            if settings.complete_names else None)
     if name is not None:  # the name being typed, finished with one the prompt holds (names.py)
         candidates.append(names.as_candidate(name, candidates))
     cleaned = [msgspec.structs.replace(c, text=rank.clean(c.text, doc_suffix, rank.line_before_cursor(doc_prefix))) for c in candidates]

@@ -18,8 +18,10 @@ are the repository. Holes (`cut_holes`):
 - `typed`: a `name` hole of a name of 6 characters or more with its first `TYPED` (3) typed
   already, as when a user pauses mid-name: the answer is the rest of it.
 
-Each hole runs through `pipeline.complete` twice, modes interleaved (which goes first alternates)
-so that machine load weighs on both alike: once without repository context, once with the context
+Each hole runs through `pipeline.complete` three times, modes interleaved (which goes first rotates)
+so that machine load weighs on all alike: once without repository context, once with the context
+read only to finish a typed name (`hints`: names.py; what `repoContext: "auto"` gives a checkpoint
+that declares no layout, such as infill-small), once with the context
 the server would send (`context_for`: the package copied to a temporary workspace folder, its
 definition index built and waited for before any request, the document opened as the editor's
 didOpen would, `RepoContext.for_request` at the cursor as the server's `_repo_for` calls it; on
@@ -113,8 +115,9 @@ class HoleResult(msgspec.Struct):
     name: str
     seen: bool
     plain: Run  # no repository context
-    context: Run  # the context the server would send
+    context: Run  # the context the server would send, in the prompt
     rank_ms: float = 0.0  # ranking the context for this place (the server does it once per document and on idle)
+    names: Run | None = None  # the same context read only to finish a typed name (names.py; not in the prompt)
 
 
 # -- cutting holes --------------------------------------------------------------------------------
@@ -427,10 +430,11 @@ def context_for(package: Package, hole: Hole, settings: Settings,
 
 # -- running ------------------------------------------------------------------------------------
 def _run(engine, hole: Hole, path: str, settings: Settings, budget: Budget, seed: int | None,
-         repo: tuple[ContextChunk, ...] = (), repo_path: str = "") -> Run:
+         repo: tuple[ContextChunk, ...] = (), repo_path: str = "", hints: tuple[ContextChunk, ...] = ()) -> Run:
     def once():
         return pipeline.complete(engine, hole.text, hole.offset, language_id=hole.language, path=path,
-                                 settings=settings, budget=budget, seed=seed, repo=repo, repo_path=repo_path)
+                                 settings=settings, budget=budget, seed=seed, repo=repo, repo_path=repo_path,
+                                 hints=hints)
 
     result = once()
     warm = once().timings.total_ms
@@ -452,7 +456,9 @@ def _run(engine, hole: Hole, path: str, settings: Settings, budget: Budget, seed
 
 def run_holes(engine, holes: list[Hole], *, budget: Budget, settings: Settings = Settings(),
               seed: int | None = 0) -> list[HoleResult]:
-    """Both modes for every hole, interleaved (the first mode alternates); one package indexed at a time."""
+    """The three modes for every hole, interleaved (the first mode rotates); one package indexed at a time:
+    no context, the context read only to finish a typed name (what `"auto"` gives a checkpoint that
+    declares no layout), the context in the prompt (`"on"`, or `"auto"` for one that does)."""
     from .progress import progress
 
     settings = msgspec.structs.replace(settings, repo_context="on")  # forced, whatever the checkpoint declares
@@ -471,14 +477,17 @@ def run_holes(engine, holes: list[Hole], *, budget: Budget, settings: Settings =
             repo, repo_path = context_for(package, hole, settings, getattr(engine.info, "repo_context_tokens", 0))
             rank_ms = (time.perf_counter() - started) * 1e3
             runs = {}
-            for mode in (("plain", "context") if number % 2 == 0 else ("context", "plain")):
+            modes = ("plain", "names", "context")
+            for mode in modes[number % 3:] + modes[:number % 3]:
                 if mode == "plain":
                     runs[mode] = _run(engine, hole, path, settings, budget, seed)
+                elif mode == "names":
+                    runs[mode] = _run(engine, hole, path, settings, budget, seed, hints=repo)
                 else:
                     runs[mode] = _run(engine, hole, path, settings, budget, seed, repo, repo_path)
             results.append(HoleResult(language=hole.language, kind=hole.kind, path=hole.path, name=hole.name,
                                       seen=hole.seen, plain=runs["plain"], context=runs["context"],
-                                      rank_ms=rank_ms))
+                                      rank_ms=rank_ms, names=runs["names"]))
     finally:
         if package is not None:
             package.close()
@@ -496,7 +505,8 @@ SEEN, UNSEEN = "name in file before", "name only elsewhere"
 
 def table(results: list[HoleResult]) -> str:
     """Markdown, per language (and kind, all languages): exact match of the top suggestion and of one
-    raw sample without / with context, the share with a suggestion, how often a definition of the
+    raw sample without context / with it read only for names (where recorded) / with it in the prompt,
+    the share with a suggestion, how often a definition of the
     name reached the prompt, latency cold (p50, p95) and warm (p50), mean context tokens.
 
     Two more rows split the holes by whether the name already occurs before the cursor: there the
@@ -514,7 +524,10 @@ def table(results: list[HoleResult]) -> str:
             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def pair(group, value) -> str:
-        return f"{value([r.plain for r in group])} / {value([r.context for r in group])}"
+        """without / [names only /] in the prompt (records from before the names mode have two)"""
+        names = [r.names for r in group if r.names is not None]
+        middle = f" / {value(names)}" if len(names) == len(group) else ""
+        return f"{value([r.plain for r in group])}{middle} / {value([r.context for r in group])}"
 
     for (language, kind), group in sorted(groups.items(), key=lambda kv: (kv[0][0] == "all", kv[0])):
         rows.append(

@@ -445,6 +445,40 @@ async def test_a_definition_in_another_open_file_reaches_the_prompt(workspace):
         await editor.close()
 
 
+async def test_under_auto_a_checkpoint_without_the_layout_finishes_names_from_the_context(workspace):
+    """The shipped infill-small declares no layout: under "auto" its prompt stays as trained (no
+    context in it), but what was gathered still finishes the name being typed (names.py): a name
+    defined only in another open file, typed halfway in main.py, is the first suggestion."""
+    from lsprotocol import types
+    from lsp_harness import Editor, apply
+
+    from infill_lsp.engine import SHIPPED_MODEL
+
+    main = MAIN + "verify_ch"
+    editor = Editor()
+    try:
+        await editor.start("--model", str(SHIPPED_MODEL),
+                           init_options={"seed": 7, "candidates": 2, "steps": 2, "maxTokens": 8})
+        editor.client.workspace_did_change_workspace_folders(types.DidChangeWorkspaceFoldersParams(
+            event=types.WorkspaceFoldersChangeEvent(added=[types.WorkspaceFolder(uri(workspace), "ws")], removed=[])))
+        editor.open(uri(workspace / "checksum.py"), CHECKSUM)
+        editor.open(uri(workspace / "main.py"), main)
+        assert not (await editor.wait_ready())["engineError"]
+        line = main.count("\n")
+        items = (await editor.complete(uri(workspace / "main.py"), line, len(main.split("\n")[-1]), invoked=False)).items
+        stats = await editor.stats()
+        assert stats["repoContext"]["use"] == "names"
+        assert stats["lastContext"] == [] and stats["lastTimings"]["context_tokens"] == 0  # not in the prompt
+        assert items and apply(main, line, items[0]).split("\n")[line].startswith("    return verify_checksum")
+
+        editor.client.workspace_did_change_configuration(
+            types.DidChangeConfigurationParams(settings={"infill": {"completeNames": False}}))
+        await editor.complete(uri(workspace / "main.py"), line, len(main.split("\n")[-1]), invoked=True)
+        assert (await editor.stats())["repoContext"]["use"] == "off"
+    finally:
+        await editor.close()
+
+
 def test_the_server_selects_context_for_the_checkpoints_own_budget():
     """A checkpoint trained with at most N context tokens (infill_layout.repo_context_tokens) gets
     chunks chosen for N: chosen for the setting's larger budget, the engine would cut them from the

@@ -129,10 +129,12 @@ def test_with_context_the_prompt_holds_the_siblings_definition(package, engine):
     assert result.plain.context_tokens == 0 and result.plain.context_chunks == 0
     assert result.context.context_tokens > 0 and result.context.context_chunks >= 1
     assert result.context.reached and not result.plain.reached
+    assert result.names is not None and result.names.context_tokens == 0  # read for names, not in the prompt
     assert result.context.latency_ms > 0 and result.context.warm_ms > 0
     assert engine.stats["prefix_cache_hits"] > hits  # the warm repeat reused the encoded context and prefix
     rendered = repo_heldout.table(results)
     assert "| python | all | 1 |" in rendered and "| all | call | 1 |" in rendered
     seen = repo_heldout.SEEN if result.seen else repo_heldout.UNSEEN
     assert f"| all | {seen} | 1 |" in rendered
+    assert rendered.split("\n")[2].split(" | ")[3].count(" / ") == 2  # without / names only / in the prompt
     assert rendered.count("\n") == 5  # header, rule, python/all, all/call, all/<seen or not>, all/all

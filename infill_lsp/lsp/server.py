@@ -289,8 +289,9 @@ class InfillServer(LanguageServer):
         if self.settings.repo_context == "off":
             return False
         engine = self.holder.engine
-        if self.settings.repo_context == "auto" and engine is not None and not getattr(engine.info, "repo_context", ""):
-            return False  # a checkpoint without the layout (infill-small): nothing to gather it for
+        if (self.settings.repo_context == "auto" and engine is not None and not getattr(engine.info, "repo_context", "")
+                and not self.settings.complete_names):
+            return False  # a checkpoint without the layout (infill-small) and no names to finish from it
         cap = getattr(engine.info, "repo_context_tokens", 0) if engine is not None else 0
         tokens, files = self.settings.repo_context_limits(cap)
         folders = [to_fs_path(f.uri) for f in self.workspace.folders.values()]
@@ -387,12 +388,30 @@ class InfillServer(LanguageServer):
         except Exception:
             log.exception("ranking repository context failed")
 
+    def _repo_use(self) -> str:
+        """What the gathered context is for: "prompt" (the model reads it), "names" (only the name being
+        typed is finished from it), "off", or "" while the engine that decides is still loading."""
+        settings, engine = self.settings, self.holder.engine
+        if settings.repo_context == "off":
+            return "off"
+        if settings.repo_context == "on":
+            return "prompt"
+        if engine is None:
+            return ""
+        if settings.repo_context_enabled(getattr(engine.info, "repo_context", "")):
+            return "prompt"
+        return "names" if settings.complete_names else "off"
+
     def _repo_for(self, engine: Engine, uri: str, text: str, cursor: context.Cursor
-                  ) -> tuple[tuple[Any, ...], str]:
-        """(context chunks, the document's header path) for a completion; nothing when off."""
+                  ) -> tuple[tuple[Any, ...], str, bool]:
+        """(context chunks, the document's header path, whether the chunks go into the prompt) for a
+        completion; nothing when off. Under "auto" a checkpoint that declares no layout (infill-small)
+        does not get them in its prompt, but the name being typed is still finished from them (names.py)."""
         settings = self.settings
-        if not settings.repo_context_enabled(getattr(engine.info, "repo_context", "")) or not self._repo_gathering():
-            return (), ""
+        use = self._repo_use()
+        if use not in ("prompt", "names") or not self._repo_gathering():
+            return (), "", False
+        in_prompt = use == "prompt"
         try:
             window = repo_context.window_lines(text, cursor.line, settings.prefix_chars, settings.suffix_chars,
                                                cursor.line_start)
@@ -400,11 +419,11 @@ class InfillServer(LanguageServer):
                                            cursor.offset)
         except Exception:
             log.exception("repository context failed; completing without it")
-            return (), ""
+            return (), "", False
         if not chunks:
-            return (), ""
+            return (), "", False
         path = self.repo.admission.relative_path(uri) or os.path.basename(repo_context.uri_to_path(uri) or "") or ""
-        return chunks, path
+        return chunks, path, in_prompt
 
     # -- completion --------------------------------------------------------------------------
     async def inline_completion(self, params: types.InlineCompletionParams) -> types.InlineCompletionList:
@@ -451,7 +470,10 @@ class InfillServer(LanguageServer):
                 self.set_status("error", self.holder.error)
             return empty
 
-        repo, repo_path = self._repo_for(engine, uri, text, cursor)
+        repo, repo_path, in_prompt = self._repo_for(engine, uri, text, cursor)
+        hints = ()
+        if not in_prompt:
+            repo, repo_path, hints = (), "", repo
         token = CancelToken()
         self.inflight[uri] = token
         self.set_status("busy")
@@ -459,7 +481,7 @@ class InfillServer(LanguageServer):
         try:
             result = await loop.run_in_executor(
                 self.worker, self._complete_in_worker, engine, text, cursor.offset, language_id, uri, invoked, token,
-                repo, repo_path,
+                repo, repo_path, hints,
             )
         except asyncio.CancelledError:  # $/cancelRequest: stop the engine too, not only the reply
             token.cancel()
@@ -490,12 +512,13 @@ class InfillServer(LanguageServer):
         log.info("completed %s in %.1f ms (%d shown)", uri, self.last_timings["handler_ms"], len(result.items))
         return response
 
-    def _complete_in_worker(self, engine, text, offset, language_id, uri, invoked, token, repo=(), repo_path=""):
+    def _complete_in_worker(self, engine, text, offset, language_id, uri, invoked, token, repo=(), repo_path="",
+                            hints=()):
         try:
             return pipeline.complete(
                 engine, text, offset, language_id=language_id, path=unquote(uri),
                 settings=self.settings, budget=self.settings.budget(invoked), cancel=token, seed=self.settings.seed,
-                repo=repo, repo_path=repo_path,
+                repo=repo, repo_path=repo_path, hints=hints,
             )
         except Cancelled:
             self.stats["engine_cancelled"] += 1  # the model stopped early, not just the reply
@@ -561,7 +584,7 @@ class InfillServer(LanguageServer):
         report["openDocuments"] = len(self.workspace.text_documents)
         report["cachedSuggestions"] = len(self.typing)
         report["lastContext"] = self.last_context  # [{path, startLine, endLine}] the last prompt held, or None
-        report["repoContext"] = {"setting": self.settings.repo_context, "ring": len(self.repo.ring),
+        report["repoContext"] = {"setting": self.settings.repo_context, "use": self._repo_use(), "ring": len(self.repo.ring),
                                  "files": len(self.repo.pool), "edits": len(self.repo.edits), **self.repo.stats}
         if self.repo.definitions is not None:
             report["repoContext"]["definitions"] = self.repo.definitions.summary()
