@@ -29,6 +29,7 @@ from .repo_context import _DEFINES, name_uses
 from .types import Candidate, ContextChunk
 
 MIN_TYPED = 3  # as repo_context.TYPED_MIN: a shorter word is too ambiguous to finish
+MAX_WORKSPACE_NAMES = 32  # names asked of the definition index per request
 AGREEMENT_MIN = 2  # leading characters a model candidate must share with a completion to vote for it
 
 _TYPED = re.compile(r"\b[^\W\d]\w*$")
@@ -57,6 +58,15 @@ def typed_word(prefix: str, suffix: str) -> str:
     return match.group()
 
 
+def workspace_names(index, text: str, offset: int, limit: int = MAX_WORKSPACE_NAMES) -> tuple[str, ...]:
+    """The names a definition index (definitions.DefinitionIndex, or None) holds that finish the word
+    typed at `offset` of `text`; none while it is still being built or when nothing is typed."""
+    typed = typed_word(text[max(0, offset - 200):offset], text[offset:offset + 1])
+    if index is None or not typed:
+        return ()
+    return tuple(index.completions(typed, limit=limit))
+
+
 def _agreement(rest: str, candidates: Iterable[str]) -> int:
     best = 0
     for text in candidates:
@@ -70,11 +80,14 @@ def _agreement(rest: str, candidates: Iterable[str]) -> int:
 
 
 def complete(prefix: str, suffix: str, chunks: tuple[ContextChunk, ...] = (),
-             model_texts: Iterable[str] = ()) -> NameCompletion | None:
+             model_texts: Iterable[str] = (), workspace_names: Iterable[str] = ()) -> NameCompletion | None:
     """The known name finishing the word before the cursor, if the prompt holds one.
 
     `prefix`/`suffix`: the document's window around the cursor (what the model saw);
-    `chunks`: the repository context sent with it; `model_texts`: the model's candidates (votes)."""
+    `chunks`: the repository context sent with it; `model_texts`: the model's candidates (votes);
+    `workspace_names`: names the workspace's definition index has that start with the typed word
+    (definitions.DefinitionIndex.completions, asked at request time: the ring of chunks is ranked
+    again only once typing pauses)."""
     typed = typed_word(prefix, suffix)
     if not typed:
         return None
@@ -82,12 +95,14 @@ def complete(prefix: str, suffix: str, chunks: tuple[ContextChunk, ...] = (),
     uses = Counter()
     for text in texts:
         uses.update(name_uses(text))
-    known = frozenset(uses)
+    # definitions in the context (repo_context looks up those of the names completing a typed word)
+    # and in the workspace's index
+    defined = {name for chunk in chunks for pattern in (_DEFINES, _GO_METHODS) for name in pattern.findall(chunk.text)}
+    defined.update(workspace_names)
+    known = frozenset(uses) | defined
     options = [name for name in known if name.startswith(typed) and len(name) > len(typed)]
     if not options or typed in known:  # nothing to finish, or the word may be whole already
         return None
-    # definitions in the context: repo_context looks up those of the names completing a typed word
-    defined = {name for chunk in chunks for pattern in (_DEFINES, _GO_METHODS) for name in pattern.findall(chunk.text)}
     votes = list(model_texts)
     best = max(options, key=lambda name: (_agreement(name[len(typed):], votes), name in defined, uses[name],
                                           -len(name), name))

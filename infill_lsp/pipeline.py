@@ -56,11 +56,13 @@ def complete(
     repo: tuple[ContextChunk, ...] = (),
     repo_path: str = "",
     hints: tuple[ContextChunk, ...] = (),
+    workspace_names: tuple[str, ...] = (),
 ) -> Completions:
     """`repo`: repository context chunks, least relevant first (repo_context.py), laid out before the
     prefix with `repo_path` (the document's workspace-relative path) as the last header. `hints`:
     chunks read only to finish the name being typed (names.py), not sent to the model (the context
-    gathered for a checkpoint that was not trained with it)."""
+    gathered for a checkpoint that was not trained with it). `workspace_names`: names the workspace
+    defines that start with the word being typed (names.complete)."""
     cancel.raise_if_cancelled()  # superseded while it waited for the worker: no windowing, no model
     timings = StageTimings()
     t0 = time.perf_counter()
@@ -82,7 +84,7 @@ def complete(
 
     doc_prefix, doc_suffix = text[:offset], text[offset:]
     candidates = list(result.candidates)
-    name = (names.complete(win.prefix, win.suffix, repo + hints, [c.text for c in candidates])
+    name = (names.complete(win.prefix, win.suffix, repo + hints, [c.text for c in candidates], workspace_names)
             if settings.complete_names else None)
     if name is not None:  # the name being typed, finished with one the prompt holds (names.py)
         candidates.append(names.as_candidate(name, candidates))

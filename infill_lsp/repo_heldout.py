@@ -51,7 +51,7 @@ from pathlib import Path
 
 import msgspec
 
-from . import definitions, pipeline, rank, repo_context
+from . import definitions, names, pipeline, rank, repo_context
 from .bench import percentile
 from .config import Settings
 from .types import Budget, ContextChunk
@@ -430,11 +430,12 @@ def context_for(package: Package, hole: Hole, settings: Settings,
 
 # -- running ------------------------------------------------------------------------------------
 def _run(engine, hole: Hole, path: str, settings: Settings, budget: Budget, seed: int | None,
-         repo: tuple[ContextChunk, ...] = (), repo_path: str = "", hints: tuple[ContextChunk, ...] = ()) -> Run:
+         repo: tuple[ContextChunk, ...] = (), repo_path: str = "", hints: tuple[ContextChunk, ...] = (),
+         known: tuple[str, ...] = ()) -> Run:
     def once():
         return pipeline.complete(engine, hole.text, hole.offset, language_id=hole.language, path=path,
                                  settings=settings, budget=budget, seed=seed, repo=repo, repo_path=repo_path,
-                                 hints=hints)
+                                 hints=hints, workspace_names=known)
 
     result = once()
     warm = once().timings.total_ms
@@ -475,6 +476,7 @@ def run_holes(engine, holes: list[Hole], *, budget: Budget, settings: Settings =
             path = str(Path(package.root, os.path.basename(hole.path)))
             started = time.perf_counter()
             repo, repo_path = context_for(package, hole, settings, getattr(engine.info, "repo_context_tokens", 0))
+            known = names.workspace_names(package.index, hole.text, hole.offset)  # as the server asks per request
             rank_ms = (time.perf_counter() - started) * 1e3
             runs = {}
             modes = ("plain", "names", "context")
@@ -482,9 +484,9 @@ def run_holes(engine, holes: list[Hole], *, budget: Budget, settings: Settings =
                 if mode == "plain":
                     runs[mode] = _run(engine, hole, path, settings, budget, seed)
                 elif mode == "names":
-                    runs[mode] = _run(engine, hole, path, settings, budget, seed, hints=repo)
+                    runs[mode] = _run(engine, hole, path, settings, budget, seed, hints=repo, known=known)
                 else:
-                    runs[mode] = _run(engine, hole, path, settings, budget, seed, repo, repo_path)
+                    runs[mode] = _run(engine, hole, path, settings, budget, seed, repo, repo_path, known=known)
             results.append(HoleResult(language=hole.language, kind=hole.kind, path=hole.path, name=hole.name,
                                       seen=hole.seen, plain=runs["plain"], context=runs["context"],
                                       rank_ms=rank_ms, names=runs["names"]))

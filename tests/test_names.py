@@ -54,6 +54,27 @@ def test_a_name_the_prompt_defines_beats_a_name_it_only_uses():
     assert names.complete("x := r.Rea", "\n", (go, ContextChunk(path="b.go", text="Reader Reader Reader\n"))).name == "ReadRune"
 
 
+def test_names_the_workspace_index_defines_finish_the_word_at_request_time(tmp_path):
+    """The definition index answers at once, before the ring of chunks is ranked again on idle."""
+    from infill_lsp.definitions import DefinitionIndex
+
+    (tmp_path / "util.py").write_text("def verify_checksum(payload, expected):\n    return True\n\n\n"
+                                      "def verify_signature(blob):\n    return False\n")
+    index = DefinitionIndex()
+    index.watch([str(tmp_path)])
+    try:
+        assert index.wait(30)
+        text = "ok = verify_ch\n"
+        assert names.workspace_names(index, text, len("ok = verify_ch")) == ("verify_checksum",)
+        assert names.workspace_names(index, text, len("ok = ve")) == ()  # too short to ask
+        assert names.workspace_names(None, text, len("ok = verify_ch")) == ()
+        completion = names.complete("ok = verify_", "\n", workspace_names=names.workspace_names(
+            index, "ok = verify_\n", len("ok = verify_")), model_texts=["sig"])
+        assert completion.name == "verify_signature"  # the model's candidate voted for it
+    finally:
+        index.close()
+
+
 def test_a_word_that_is_a_known_name_already_is_left_alone():
     assert names.complete("data = 1\nx = data", "\n", (ContextChunk(path="a.py", text="database = 2\n"),)) is None
 

@@ -26,7 +26,7 @@ from pygls.exceptions import FeatureNotificationError
 from pygls.lsp.server import LanguageServer
 from pygls.uris import to_fs_path
 
-from .. import __version__, context, definitions, doctor, pipeline, repo_context
+from .. import __version__, context, definitions, doctor, names, pipeline, repo_context
 from ..config import Settings, merge
 from ..engine import Cancelled, CancelToken, Engine, EngineUnavailable, load_engine
 from ..rank import Ranked
@@ -474,6 +474,12 @@ class InfillServer(LanguageServer):
         hints = ()
         if not in_prompt:
             repo, repo_path, hints = (), "", repo
+        known = ()
+        if self.settings.complete_names and self._repo_use() in ("prompt", "names"):
+            try:
+                known = names.workspace_names(self.repo.definitions, text, cursor.offset)
+            except Exception:
+                log.exception("looking up the names being typed failed; completing without them")
         token = CancelToken()
         self.inflight[uri] = token
         self.set_status("busy")
@@ -481,7 +487,7 @@ class InfillServer(LanguageServer):
         try:
             result = await loop.run_in_executor(
                 self.worker, self._complete_in_worker, engine, text, cursor.offset, language_id, uri, invoked, token,
-                repo, repo_path, hints,
+                repo, repo_path, hints, known,
             )
         except asyncio.CancelledError:  # $/cancelRequest: stop the engine too, not only the reply
             token.cancel()
@@ -513,12 +519,12 @@ class InfillServer(LanguageServer):
         return response
 
     def _complete_in_worker(self, engine, text, offset, language_id, uri, invoked, token, repo=(), repo_path="",
-                            hints=()):
+                            hints=(), known=()):
         try:
             return pipeline.complete(
                 engine, text, offset, language_id=language_id, path=unquote(uri),
                 settings=self.settings, budget=self.settings.budget(invoked), cancel=token, seed=self.settings.seed,
-                repo=repo, repo_path=repo_path, hints=hints,
+                repo=repo, repo_path=repo_path, hints=hints, workspace_names=known,
             )
         except Cancelled:
             self.stats["engine_cancelled"] += 1  # the model stopped early, not just the reply

@@ -150,7 +150,7 @@ def as_user(tmp_path):
     then `nvim hello.py` in a terminal; the editor, read over its --listen socket (`.term`: the terminal)."""
     started = []
 
-    def start(checkout=ROOT, lazy=False):
+    def start(checkout=ROOT, lazy=False, files=None):
         home = tmp_path / "home"
         home.mkdir()
         env = {
@@ -177,6 +177,8 @@ def as_user(tmp_path):
         project = tmp_path / "project"
         project.mkdir()
         (project / "hello.py").write_text("def add(a, b):\n    return a + b\n")
+        for name, text in (files or {}).items():  # more of the user's project, never opened
+            (project / name).write_text(text)
         sockdir = tempfile.mkdtemp(prefix="nvim-as-user-")  # a short path: unix sockets allow ~100 bytes
         sock = os.path.join(sockdir, "nvim.sock")
         term = Terminal([NVIM, "--listen", sock, "hello.py"], project, env)
@@ -289,6 +291,29 @@ def type_a_comment_and_accept(nvim):
     after = until(nvim, lambda: (s := server_stats(nvim))["accepted"] > stats["accepted"] and s, 30,
                   "the server did not hear of the accept")
     assert after["accepted"] == stats["accepted"] + 1  # the item's infill.accept command reached the server
+
+
+def test_a_name_another_project_file_defines_is_finished_as_it_is_typed(as_user):
+    """No setup beyond the README's: the project holds checksum.py (never opened), the user types
+    `verify_c`, `h` in hello.py; the server's definition index knows `verify_checksum`, so the ghost
+    text finishes the name (names.py) and Alt-l writes it."""
+    if not SERVER.exists():
+        pytest.skip(f"{SERVER} is missing: run scripts/setup (the README's cmd points there)")
+    nvim = as_user(files={"checksum.py": "def verify_checksum(payload, expected):\n    return payload == expected\n"})
+    until(nvim, lambda: nvim.exec_lua("return vim.lsp.get_clients({bufnr = 0, name = 'infill'})[1] ~= nil"), 60,
+          "no infill client on the Python file")
+    until(nvim, lambda: server_stats(nvim).get("engineReady"), 300, "the server's model did not load")
+    nvim.term.type(b"Ox = verify_c")
+    until(nvim, lambda: nvim.current.line == "x = verify_c", 30, "typing did not arrive")
+    until(nvim, lambda: server_stats(nvim).get("repoContext", {}).get("definitions", {}).get("files", 0) >= 2, 60,
+          "the workspace's definitions were not indexed")
+    assert server_stats(nvim)["repoContext"]["use"] == "names"  # the default model: not in its prompt
+    nvim.term.type(b"h")
+    shown = until(nvim, lambda: nvim.current.line == "x = verify_ch" and drawn(nvim) and suggestion(nvim), 120,
+                  "no ghost text after verify_ch")
+    assert shown.startswith("ecksum"), shown
+    nvim.term.type(b"\x1bl")  # Alt-l
+    until(nvim, lambda: nvim.current.line.startswith("x = verify_checksum"), 30, "Alt-l did not write the name")
 
 
 def test_before_scripts_setup_one_message_says_how_to_install_the_server(as_user, tmp_path):

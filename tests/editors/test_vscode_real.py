@@ -39,6 +39,8 @@ def count_words(path):
     
 '''
 
+CHECKSUM_PY = "def verify_checksum(payload, expected):\n    return payload == expected\n"
+
 # Settings of the user profile: the server path as the README says; a seed so the suggestions are
 # the same on every run; no start page, and the chat panel hidden (it takes the focus at start).
 BASE_SETTINGS = {
@@ -173,12 +175,15 @@ def wait_for(predicate, timeout: float, what: str):
 
 
 @contextmanager
-def vscode(tmp_path: Path, vsix: Path, settings: dict, ready: bool = True):
-    """A fresh VS Code profile with the extension installed and main.py open (and the server ready)."""
+def vscode(tmp_path: Path, vsix: Path, settings: dict, ready: bool = True, files: dict[str, str] | None = None):
+    """A fresh VS Code profile with the extension installed and main.py open (and the server ready);
+    `files`: more files in the workspace folder, not opened."""
     from playwright.sync_api import sync_playwright
 
     code_server = CodeServer(tmp_path, {**BASE_SETTINGS, **settings})
     (code_server.workspace / "main.py").write_text(MAIN_PY)
+    for name, text in (files or {}).items():
+        (code_server.workspace / name).write_text(text)
     assert "successfully installed" in code_server.install_extension(vsix)
     url = code_server.start()
     try:
@@ -219,6 +224,24 @@ def test_default_model_ghost_text_accepted_with_tab(tmp_path, vsix):
         stats = bench.server_stats()
         assert stats["accepted"] == 1 and stats["shown"] >= 1
         assert stats["acceptedChars"] == len(ghost.encode("utf-16-le")) // 2
+
+
+def test_a_name_another_workspace_file_defines_is_finished_as_it_is_typed(tmp_path, vsix):
+    """The default model and no setting: checksum.py (never opened) defines `verify_checksum`; typing
+    `verify_ch` in main.py shows the rest of that name first (names.py, from the server's definition
+    index of the workspace) and Tab writes it."""
+    with vscode(tmp_path, vsix, {"infill.seed": 1}, files={"checksum.py": CHECKSUM_PY}) as bench:
+        bench.go_to(11, 5)
+        bench.type("ok = verify_c")
+        wait_for(lambda: bench.server_stats().get("repoContext", {}).get("definitions", {}).get("files", 0) >= 2,
+                 60, "the workspace's definitions indexed")
+        bench.type("h")
+        ghost = bench.wait_ghost_text()
+        assert ghost.startswith("ecksum"), ghost
+        bench.press("Tab")
+        wait_for(lambda: not bench.ghost_text(), 10, "the ghost text gone after Tab")
+        assert bench.save().splitlines()[10].startswith("    ok = verify_checksum")
+        assert bench.server_stats()["repoContext"]["use"] == "names"
 
 
 def test_cycle_accept_word_dismiss_and_status(tmp_path, vsix):
