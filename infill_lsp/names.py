@@ -9,11 +9,12 @@ candidate (`complete`), validated like the rest, and shown first unless the mode
 suggestion already finishes the word with a name the prompt holds (`put_first`).
 
 Known names are identifiers (less keywords and one-letter names, as repo_context reads them) of the
-document's window and the context chunks. Among several completions the one the model's candidates
-agree with most (common leading characters) wins, then one the context chunks define (`def
-create_dist` in a chunk beats `create` used ten times: repo_context puts the definitions of the names
-completing a typed word there), then the most used, then the shortest. Nothing is
-offered where a new name is being bound (`def comp|`, `let tot|`): there the model decides.
+document's window and the context chunks, and the names starting with the word that the workspace's
+definition index holds (`workspace_names`, asked per request). Among several completions the one the
+model's candidates agree with most (common leading characters) wins, then one the context chunks or
+the index define (`def create_dist` in a chunk beats `create` used ten times), then the most used,
+then the shortest. Nothing is offered where a new name is being bound (`def comp|`, `let tot|`):
+there the model decides.
 """
 
 from __future__ import annotations
