@@ -318,3 +318,35 @@ def test_batches_from_worker_processes_are_the_streams_own(tokenizer, tmp_path):
     config = TrainConfig(seed=0, data=data, optim=OptimConfig(steps=2, batch_size=2, lr=1e-3, warmup=1, log_every=1))
     history = train(config, tmp_path / "run", init=str(TINY_MODEL), shards=shards, device="cpu", data_workers=1)
     assert history[-1]["step"] == 2 and math.isfinite(history[-1]["loss"])
+
+
+def test_a_step_that_raises_still_ends_the_worker_processes(tokenizer, tmp_path, monkeypatch):
+    """Out of memory or Ctrl-C in a step: the batch workers are shut down, not left to process exit."""
+    from infill_lsp.train import loop
+
+    shards = tmp_path / "shards"
+    write_shards(_training_corpus(), tokenizer, shards, context_tokens=128)
+    started, closed = [], []
+    real_loss = loop.holes_loss
+
+    class Recorded(BatchWorkers):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            started.append(self.pool)
+
+        def close(self) -> None:
+            super().close()
+            closed.append(self.pool)
+
+    def boom(*args, **kwargs):
+        if started:  # a training step (the fit check before it runs the loss too)
+            raise RuntimeError("out of memory")
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "BatchWorkers", Recorded)
+    monkeypatch.setattr(loop, "holes_loss", boom)
+    config = TrainConfig(seed=0, data=DataConfig(sequence_tokens=64, holes_per_sequence=4, repo_context_tokens=60),
+                         optim=OptimConfig(steps=2, batch_size=2, lr=1e-3, warmup=1, log_every=1))
+    with pytest.raises(RuntimeError, match="out of memory"):
+        train(config, tmp_path / "run", init=str(TINY_MODEL), shards=shards, device="cpu", data_workers=1)
+    assert len(started) == 1 and closed == started and closed[0]._shutdown_thread

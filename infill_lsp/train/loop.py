@@ -481,59 +481,61 @@ def train(config: TrainConfig | None, out: Path, *, init: str | None = None, dat
         log.info("sampling batches in %d worker processes", workers)
         prefetch = BatchWorkers(workers, shards, config.data, seed=config.seed, batch_size=optim.batch_size,
                                 first_step=totals["step"])
-    while totals["step"] < optim.steps:
-        if prefetch is not None:
-            batch = prefetch.next().to(device)
-            count, encoded = batch.supervised_tokens, batch.encoder_ids.numel()
-        elif builder is not None:
-            batch = collate([next(stream) for _ in range(optim.batch_size)], tokenizer.pad_token_id).to(device)
-            count, encoded = int(batch.free.sum()), int(batch.prompt_mask.sum()) + batch.canvas.numel()
-        else:
-            batch = sampler.sample(draw(rng, optim.batch_size), rng).to(device)
-            count, encoded = batch.supervised_tokens, batch.encoder_ids.numel()
-        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
-            if builder is not None:
-                loss = infill_loss(model, batch, generator, self_condition=rng.random() < optim.self_condition_p)
+    try:
+        while totals["step"] < optim.steps:
+            if prefetch is not None:
+                batch = prefetch.next().to(device)
+                count, encoded = batch.supervised_tokens, batch.encoder_ids.numel()
+            elif builder is not None:
+                batch = collate([next(stream) for _ in range(optim.batch_size)], tokenizer.pad_token_id).to(device)
+                count, encoded = int(batch.free.sum()), int(batch.prompt_mask.sum()) + batch.canvas.numel()
             else:
-                loss = holes_loss(model, batch, generator, optim.self_condition_p)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), optim.grad_clip)
-        optimizer.step()
-        schedule.step()
-        totals["step"] += 1
-        totals["tokens_seen"] += encoded
-        totals["supervised_tokens"] += count
-        running += loss.item()
-        seen += 1
-        supervised += count
-        bar.update(1, loss=f"{running / seen:.4f}")
-        now = time.perf_counter()
-        totals["minutes"] = minutes_before + (now - started) / 60
-        if totals["step"] % optim.log_every == 0:
-            record = {"step": totals["step"], "loss": running / seen, "lr": schedule.get_last_lr()[0],
-                      "minutes": totals["minutes"], "supervised_tokens_per_s": supervised / (now - window_started),
-                      "supervised_tokens": totals["supervised_tokens"]}
-            history.append(record)
-            log_file.write(json.dumps(record) + "\n")
-            log_file.flush()
-            log.info("step %d loss %.4f lr %.2e %.1f min, %.0f supervised tokens/s", totals["step"], record["loss"],
-                     record["lr"], record["minutes"], record["supervised_tokens_per_s"])
-            running = seen = supervised = 0
-            window_started = time.perf_counter()
-        if now - last_save > optim.checkpoint_minutes * 60:
-            save()
-            last_save = time.perf_counter()
-        if now - started > optim.max_minutes * 60:
-            log.info("time budget reached at step %d", totals["step"])
-            break
-    bar.close()
-    if prefetch is not None:
-        prefetch.close()
+                batch = sampler.sample(draw(rng, optim.batch_size), rng).to(device)
+                count, encoded = batch.supervised_tokens, batch.encoder_ids.numel()
+            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
+                if builder is not None:
+                    loss = infill_loss(model, batch, generator, self_condition=rng.random() < optim.self_condition_p)
+                else:
+                    loss = holes_loss(model, batch, generator, optim.self_condition_p)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), optim.grad_clip)
+            optimizer.step()
+            schedule.step()
+            totals["step"] += 1
+            totals["tokens_seen"] += encoded
+            totals["supervised_tokens"] += count
+            running += loss.item()
+            seen += 1
+            supervised += count
+            bar.update(1, loss=f"{running / seen:.4f}")
+            now = time.perf_counter()
+            totals["minutes"] = minutes_before + (now - started) / 60
+            if totals["step"] % optim.log_every == 0:
+                record = {"step": totals["step"], "loss": running / seen, "lr": schedule.get_last_lr()[0],
+                          "minutes": totals["minutes"], "supervised_tokens_per_s": supervised / (now - window_started),
+                          "supervised_tokens": totals["supervised_tokens"]}
+                history.append(record)
+                log_file.write(json.dumps(record) + "\n")
+                log_file.flush()
+                log.info("step %d loss %.4f lr %.2e %.1f min, %.0f supervised tokens/s", totals["step"], record["loss"],
+                         record["lr"], record["minutes"], record["supervised_tokens_per_s"])
+                running = seen = supervised = 0
+                window_started = time.perf_counter()
+            if now - last_save > optim.checkpoint_minutes * 60:
+                save()
+                last_save = time.perf_counter()
+            if now - started > optim.max_minutes * 60:
+                log.info("time budget reached at step %d", totals["step"])
+                break
+    finally:  # worker processes and the log end here also when a step raises (out of memory, Ctrl-C)
+        bar.close()
+        if prefetch is not None:
+            prefetch.close()
+        log_file.close()
     if seen:
         history.append({"step": totals["step"], "loss": running / seen, "lr": schedule.get_last_lr()[0],
                         "minutes": totals["minutes"]})
-    log_file.close()
     save(final=True)
     model.eval()
     export_checkpoint(model, tokenizer, out, torch.float32)
