@@ -36,8 +36,9 @@ class Settings(msgspec.Struct, frozen=True, rename="camel", forbid_unknown_field
     fast: bool | None = None  # the static-shape decoder pass (engine/fast.py); None: on a CPU only
     engine_timeout: float = 15.0  # seconds an engine at engineAddress may take to answer before it counts as down
     seed: int | None = None  # fixed noise for reproducible suggestions (debugging, tests); None = fresh noise
-    # Repository context (repo_context.py): "auto" = on when the checkpoint declares a layout for it
-    # (the real DiffusionGemma does; infill-small, trained on single files, does not).
+    # Repository context (repo_context.py): "auto" = in the prompt when the checkpoint declares a layout
+    # for it (the real DiffusionGemma does; infill-small, trained on single files, does not: there it is
+    # gathered only for finishing typed names, names.py).
     repo_context: Literal["auto", "on", "off"] = "auto"
     repo_context_tokens: int = 512  # budget for it, before the prefix
     repo_context_files: int = 8  # most files it is drawn from
