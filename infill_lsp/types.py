@@ -71,6 +71,7 @@ class EngineInfo(msgspec.Struct, frozen=True):
     backend: str
     device: str = "cpu"
     dtype: str = "float32"
-    repo_context: str = ""  # the repository-context layout the checkpoint declares ("" = none: under "auto" only names.py reads it)
+    # the repository-context layout the checkpoint declares ("" = none: under "auto" only names.py reads it)
+    repo_context: str = ""
     repo_context_tokens: int = 0  # the most context tokens it was trained with (0: no cap of its own)
     suffix_window: int = 0  # tokens after the cursor the prompt holds (the checkpoint's layout; 0 = none)

@@ -590,7 +590,8 @@ class InfillServer(LanguageServer):
         report["openDocuments"] = len(self.workspace.text_documents)
         report["cachedSuggestions"] = len(self.typing)
         report["lastContext"] = self.last_context  # [{path, startLine, endLine}] the last prompt held, or None
-        report["repoContext"] = {"setting": self.settings.repo_context, "use": self._repo_use(), "ring": len(self.repo.ring),
+        report["repoContext"] = {"setting": self.settings.repo_context, "use": self._repo_use(),
+                                 "ring": len(self.repo.ring),
                                  "files": len(self.repo.pool), "edits": len(self.repo.edits), **self.repo.stats}
         if self.repo.definitions is not None:
             report["repoContext"]["definitions"] = self.repo.definitions.summary()
