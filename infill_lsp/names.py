@@ -1,6 +1,6 @@
 """Finishing the name being typed with one the prompt already holds.
 
-When the cursor ends a word of `MIN_TYPED` characters or more (`compute_ch|`), the name the user is
+When the cursor ends a word of `TYPED_MIN` (repo_context.py) characters or more (`compute_ch|`), the name the user is
 typing is usually one that stands in the code around the cursor or in the repository context
 (repo_context.py puts the definitions of names that complete such a word into the prompt). The
 small models copy it badly: they see `def compute_checksum` a few lines up and write
@@ -26,10 +26,9 @@ from collections.abc import Iterable
 import msgspec
 
 from .rank import Ranked
-from .repo_context import _DEFINES, name_uses
+from .repo_context import _DEFINES, TYPED_MIN, name_uses
 from .types import Candidate, ContextChunk
 
-MIN_TYPED = 3  # as repo_context.TYPED_MIN: a shorter word is too ambiguous to finish
 MAX_WORKSPACE_NAMES = 32  # names asked of the definition index per request
 AGREEMENT_MIN = 2  # leading characters a model candidate must share with a completion to vote for it
 
@@ -51,7 +50,7 @@ class NameCompletion(msgspec.Struct, frozen=True):
 def typed_word(prefix: str, suffix: str) -> str:
     """The name being typed at the cursor, or "" (too short, inside a word, or a name being bound)."""
     match = _TYPED.search(prefix[-200:])
-    if match is None or len(match.group()) < MIN_TYPED or _WORD_CHAR.match(suffix[:1]):
+    if match is None or len(match.group()) < TYPED_MIN or _WORD_CHAR.match(suffix[:1]):
         return ""
     before = prefix[: len(prefix) - len(match.group())]
     if _BINDING.search(before[-200:]):

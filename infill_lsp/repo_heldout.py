@@ -476,8 +476,8 @@ def run_holes(engine, holes: list[Hole], *, budget: Budget, settings: Settings =
             path = str(Path(package.root, os.path.basename(hole.path)))
             started = time.perf_counter()
             repo, repo_path = context_for(package, hole, settings, getattr(engine.info, "repo_context_tokens", 0))
-            known = names.workspace_names(package.index, hole.text, hole.offset)  # as the server asks per request
             rank_ms = (time.perf_counter() - started) * 1e3
+            known = names.workspace_names(package.index, hole.text, hole.offset)  # as the server asks per request
             runs = {}
             modes = ("plain", "names", "context")
             for mode in modes[number % 3:] + modes[:number % 3]:

@@ -286,18 +286,15 @@ class InfillServer(LanguageServer):
         return gathering
 
     def _configure_repo(self) -> bool:
-        if self.settings.repo_context == "off":
+        if self._repo_use() == "off":  # also a checkpoint without the layout with no names to finish
             return False
         engine = self.holder.engine
-        if (self.settings.repo_context == "auto" and engine is not None and not getattr(engine.info, "repo_context", "")
-                and not self.settings.complete_names):
-            return False  # a checkpoint without the layout (infill-small) and no names to finish from it
         cap = getattr(engine.info, "repo_context_tokens", 0) if engine is not None else 0
         tokens, files = self.settings.repo_context_limits(cap)
         folders = [to_fs_path(f.uri) for f in self.workspace.folders.values()]
         if not folders and self.workspace.root_path:
             folders = [self.workspace.root_path]
-        # definitions are indexed once it is known they will be used ("on", or a checkpoint with the layout)
+        # definitions are indexed once it is known they will be used ("on", or the engine loaded: prompt or names)
         self.repo.configure(budget_tokens=tokens, max_files=files, folders=[f for f in folders if f],
                             index=self.settings.repo_context == "on" or engine is not None)
         return True
@@ -403,15 +400,14 @@ class InfillServer(LanguageServer):
         return "names" if settings.complete_names else "off"
 
     def _repo_for(self, engine: Engine, uri: str, text: str, cursor: context.Cursor
-                  ) -> tuple[tuple[Any, ...], str, bool]:
-        """(context chunks, the document's header path, whether the chunks go into the prompt) for a
-        completion; nothing when off. Under "auto" a checkpoint that declares no layout (infill-small)
+                  ) -> tuple[tuple[Any, ...], str, str]:
+        """(context chunks, the document's header path, what they are for: `_repo_use`) for a
+        completion; no chunks when off. Under "auto" a checkpoint that declares no layout (infill-small)
         does not get them in its prompt, but the name being typed is still finished from them (names.py)."""
         settings = self.settings
         use = self._repo_use()
         if use not in ("prompt", "names") or not self._repo_gathering():
-            return (), "", False
-        in_prompt = use == "prompt"
+            return (), "", use
         try:
             window = repo_context.window_lines(text, cursor.line, settings.prefix_chars, settings.suffix_chars,
                                                cursor.line_start)
@@ -419,11 +415,11 @@ class InfillServer(LanguageServer):
                                            cursor.offset)
         except Exception:
             log.exception("repository context failed; completing without it")
-            return (), "", False
+            return (), "", use
         if not chunks:
-            return (), "", False
+            return (), "", use
         path = self.repo.admission.relative_path(uri) or os.path.basename(repo_context.uri_to_path(uri) or "") or ""
-        return chunks, path, in_prompt
+        return chunks, path, use
 
     # -- completion --------------------------------------------------------------------------
     async def inline_completion(self, params: types.InlineCompletionParams) -> types.InlineCompletionList:
@@ -470,12 +466,12 @@ class InfillServer(LanguageServer):
                 self.set_status("error", self.holder.error)
             return empty
 
-        repo, repo_path, in_prompt = self._repo_for(engine, uri, text, cursor)
+        repo, repo_path, use = self._repo_for(engine, uri, text, cursor)
         hints = ()
-        if not in_prompt:
+        if use != "prompt":
             repo, repo_path, hints = (), "", repo
         known = ()
-        if self.settings.complete_names and self._repo_use() in ("prompt", "names"):
+        if self.settings.complete_names and use in ("prompt", "names"):
             try:
                 known = names.workspace_names(self.repo.definitions, text, cursor.offset)
             except Exception:
