@@ -264,7 +264,9 @@ def _line_starts(data):
 
 
 def _top_level_starts(data):
-    return [i for i in _line_starts(data) if i < len(data) and not data[i : i + 1].isspace()]
+    """Lines that start at column 0 with something other than a closing bracket."""
+    return [i for i in _line_starts(data) if i < len(data) and not data[i : i + 1].isspace()
+            and data[i : i + 1] not in (b")", b"]", b"}")]
 
 
 REGION_SOURCES = [
@@ -272,6 +274,7 @@ REGION_SOURCES = [
     b"class C:\n    def m(self):\n        return " + b"x" * 40 + b"\n@dec\ndef g():\n    pass\n",
     b"\nY = 2\n    z = 3\n" + b"    w = 4\n" * 5 + b"    " + b"v" * 60,  # starts with a newline; long last line
     b"\n    " + b"q" * 80,  # one newline only, at the start; no top-level line at all
+    b"func f() {\n\tx := g(\n\t\t1,\n)\n\treturn\n}\n\nfunc h() {\n\ty := 2\n}\n]\n",  # closers at column 0
 ]
 
 
@@ -553,3 +556,32 @@ def test_a_cursor_deep_in_a_long_class_body_is_judged_on_the_whole_class():
     assert len(prefix) > 2 * validate_module.BEFORE
     verdicts = validate("typescript", prefix, suffix, ["  }", "this.nodes.push(node + 1)", "this.push(", "return"])
     assert [v.valid for v in verdicts] == [False, True, False, True]
+
+
+@pytest.mark.parametrize("language, head, body_line, tail", [
+    ("go", "package p\n\nfunc before() {\n}\n\nfunc long(x int) int {\n\ty := 0\n\tif x > 0 ", "\ty += x\n",
+     "\t}\n\treturn y\n}\n\nfunc after() {\n}\n"),
+    ("rust", "fn before() {\n}\n\nfn long(x: i32) -> i32 {\n    let mut y = 0;\n    if x > 0 ", "    y += x;\n",
+     "    }\n    y\n}\n\nfn after() {\n}\n"),
+    ("javascript", "function before() {\n}\n\nfunction long(x) {\n  let y = 0\n  if (x > 0) ", "  y += x\n",
+     "  }\n  return y\n}\n\nfunction after() {\n}\n"),
+])
+def test_a_cursor_in_a_function_longer_than_the_region_after_it_is_judged_on_the_whole_function(
+        language, head, body_line, tail):
+    """The cursor near the top of a function with more than AFTER bytes of it below: the region cut
+    inside the function leaves it unclosed, one ERROR spans the region and touches every candidate,
+    so the held-out check saw the file's own text refused (the right `{` of `if err != nil {` in Go).
+    Widened to the function's end (the next top-level line), the region parses with the right text,
+    and garbage is still refused; where the document parses without the hole, an extra `}` that
+    closes the function early is refused too. A closer at column 0 (`}` of the function before) is
+    no place to start a region either."""
+    body = body_line * (2 * validate_module.AFTER // len(body_line))
+    suffix = "\n" + body + tail
+    assert len(suffix) > 2 * validate_module.AFTER
+    assert [v.valid for v in validate(language, head, suffix, ["{", "{ ) ("])] == [True, False]
+    whole = head + "{\n" + body + tail
+    cursor = whole.index(body_line) + len(body_line)  # the second body line's code is the hole
+    indent = body_line[: len(body_line) - len(body_line.lstrip())]
+    candidates = [body_line.strip(), "}\n" + indent + "}", body_line.strip() + " ) ("]
+    verdicts = validate(language, whole[:cursor] + indent, whole[cursor + len(body_line) - 1:], candidates)
+    assert [v.valid for v in verdicts] == [True, False, False]

@@ -97,7 +97,11 @@ def _end_point(start: tuple[int, int], inserted: bytes) -> tuple[int, int]:
     return start[0] + newlines, len(inserted) - (inserted.rfind(b"\n") + 1)
 
 
-_TOP_LEVEL_LINE = re.compile(rb"\n(?=[^\s])")
+# A line that starts at column 0 with something other than a closing bracket: where a region may be
+# cut. A `}` (or `)`, `]`) at column 0 ends what the lines above opened (a Go or Rust function, a
+# Python call spread over lines): a region that starts there begins with an unmatched closer, and one
+# that ends just before it leaves the function open, so the right text at the cursor looked broken.
+_TOP_LEVEL_LINE = re.compile(rb"\n(?=[^\s)\]}])")
 
 
 def region_start(before: bytes, radius: int) -> int:
@@ -417,16 +421,29 @@ def checker_for(parser: tree_sitter.Parser, before: bytes, after: bytes, languag
     return checker
 
 
+def _ends_at_top_level(after: bytes, end: int) -> bool:
+    """Does a region cut `after` at `end` end where the document does, or right before a top-level
+    line (not in the middle of a function or bracket)?"""
+    return end >= len(after) or (after[end - 1:end] == b"\n" and _TOP_LEVEL_LINE.match(after, end - 1) is not None)
+
+
 def _widened(parser: tree_sitter.Parser, prefix: str, suffix: str, checker: RegionChecker,
-             language: str = "python") -> RegionChecker:
+             language: str = "python", end_cut: bool = False) -> RegionChecker:
     """A region cut inside a long function, class or bracket (it starts indented) is judged by the
     lenient rules: in Python it does not compile ("unexpected indent"), so CPython could not judge a
     candidate there (inside a 256-line tuple of strings, `__` between two of them parsed for
     tree-sitter as a statement of its own); in a brace language it starts in a method body of a
     class and its closers are unmatched, and there a `}` that ends the method early moved no error
     while the right line did. Cut wider, at top-level lines (Python: the brackets still open at its
-    end closed after it), the region may parse (and compile): then that one is the checker."""
-    if not checker.data[:1].isspace():
+    end closed after it), the region may parse (and compile): then that one is the checker.
+
+    In a brace language the region is also widened when it ends inside a function (`end_cut`: more
+    than AFTER bytes of it after the cursor): cut there, the function is unclosed, one ERROR spans
+    the region and touches every candidate, and even the right text was refused. The wider region,
+    cut at top-level lines at both ends, is the checker even when it does not parse: its errors are
+    then the document's own (the user's half-typed line), not the cut's."""
+    end_cut = end_cut and language != "python"
+    if not checker.data[:1].isspace() and not end_cut:
         return checker
     before = _encode(prefix[-WIDE_BEFORE * 4:])
     after = _encode(suffix[: WIDE_AFTER * 4])
@@ -436,11 +453,13 @@ def _widened(parser: tree_sitter.Parser, prefix: str, suffix: str, checker: Regi
         if not later:
             break
         start += later[0]
-    if before[start:][:1].isspace() or len(before) - start <= checker.at:
+    starts_clean, ends_clean = not before[start:][:1].isspace(), _ends_at_top_level(after, end)
+    wider = len(before) - start > checker.at or end > len(checker.data) - checker.at
+    if not wider or not (starts_clean or (end_cut and ends_clean)):
         return checker  # no top-level line in reach, or no wider than before
     wide = RegionChecker(parser, before[start:], after[:end], language)
     if language != "python":
-        return wide if not wide.errors else checker
+        return wide if not wide.errors or (starts_clean and ends_clean) else checker
     if wide.errors or wide.strict is None:  # it may end inside the bracket: closed there, it may compile
         head, tail = _unbalanced(wide.data, wide.tree)
         if tail and not head:
@@ -467,10 +486,11 @@ def validate(language: str | None, prefix: str, suffix: str, middles: list[str],
                 return unchecked
             before = _encode(prefix[-before_bytes * 4:])  # characters are at most 4 bytes
             after = _encode(suffix[: after_bytes * 4])
-            checker = checker_for(parser, before[region_start(before, before_bytes):],
-                                  after[: region_end(after, after_bytes)], language)
+            end = region_end(after, after_bytes)
+            checker = checker_for(parser, before[region_start(before, before_bytes):], after[:end], language)
             if (checker.strict is None and language == "python") or (checker.errors and language != "python"):
-                checker = _widened(parser, prefix, suffix, checker, language)
+                checker = _widened(parser, prefix, suffix, checker, language,
+                                   end_cut=not _ends_at_top_level(after, end))
             return [checker.check(middle, truncate) for middle in middles]
     except Exception:  # a grammar bug must not cost the user their suggestions
         log.exception("syntax validation failed for %s; showing candidates unchecked", language)
