@@ -55,6 +55,28 @@ def test_token_healing_backs_off_the_partial_token(engine):
     assert all(t.startswith(healed) for t in texts) and texts
 
 
+@pytest.mark.parametrize("model", ["tiny", "shipped"])
+@pytest.mark.parametrize("prefix", ["def f():\n    ", "def f():\n\t\t", "x = ", "a  ", " ", "def f():\n        return 1\n    "])
+def test_after_spaces_the_prompt_is_cut_where_the_files_own_tokens_are(engine, model, prefix):
+    """A prefix ending in spaces or tabs: the prompt is the file's own tokens of `prefix + word` up to
+    the first token that reaches past the cursor, and `healed` is the rest of the prefix, which that
+    token starts with. (The shipped tokenizer has `\n    ` as one token, but a file has `\n   ` +
+    ` x` there: backing off `\n    ` left rows that could only end or garble.)"""
+    if model == "shipped":
+        from infill_lsp.engine import SHIPPED_MODEL
+
+        engine = TransformersEngine(str(SHIPPED_MODEL), device="cpu", dtype="float32")
+    prompt_ids, healed = engine._prompt(prefix)
+    ids = prompt_ids[1:] if prompt_ids[:1] == [engine.bos_id] else prompt_ids
+    assert engine.tokenizer.decode(ids) + healed == prefix
+    for word in ["x", "return", "self", "value"] if model == "shipped" else ["x"]:  # the shipped one: any word
+        files_own = engine._encode_text(prefix + word)
+        assert files_own[: len(ids)] == ids, word
+        assert engine.healer_text(files_own[len(ids)]).startswith(healed), word
+    if model == "shipped" and prefix == "def f():\n    ":
+        assert healed == " " and engine.healer_text(ids[-1]) == "\n   "
+
+
 def test_empty_file_and_empty_suffix(engine):
     result = engine.infill(InfillRequest(prefix="", suffix="", budget=Budget(candidates=2, max_middle_tokens=4, steps=2)))
     assert len(result.candidates) == 2

@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message="`past_key_values` is deprecated", category=FutureWarning)
 
 WINDOW_STEP = 128  # the prefix window's start moves in steps of this many tokens
+HEALING_PROBE = "x"  # a word character put after a prefix that ends in whitespace, to find its cut
 CHECKPOINT_STEP = 64  # the encoded-prefix checkpoint sits on a multiple of this many tokens
 
 
@@ -384,16 +385,10 @@ class TransformersEngine:
         context (`context`, `path`) goes between BOS and the window, tokenized apart from it, so
         its tokens do not depend on the prefix.
         """
-        ids = self._encode_text(prefix)
+        ids, healed = self._healing_cut(prefix)
         if len(ids) > self.prefix_tokens:
             start = -(-(len(ids) - self.prefix_tokens) // WINDOW_STEP) * WINDOW_STEP
             ids = ids[start:]
-        healed = ""
-        if ids:
-            last = self.healer_text(ids[-1])
-            if last and prefix.endswith(last):
-                healed = last
-                ids = ids[:-1]
         context_ids, kept = self._context_ids(context, path)
         self._last_context = (len(context_ids), kept)
         ids = context_ids + ids
@@ -402,6 +397,33 @@ class TransformersEngine:
         if not ids:  # an empty file: the encoder needs at least one token
             ids = [self.pad_id]
         return ids, healed
+
+    def _healing_cut(self, prefix: str) -> tuple[list[int], str]:
+        """The prefix's ids up to the token-healing cut, and the text after the cut (`healed`: the
+        middle's first token must start with it).
+
+        The cut is where the file's own tokenization would put a token boundary: the last token is
+        backed off. After whitespace that token depends on what follows: a byte-level BPE splits a
+        run of spaces before a word (`\n   ` + ` x`), so `\n    ` alone is one token that the file
+        never has there, and a model trained on the file's tokens, forced to restart with it, ends
+        the row or garbles it (most rows of a hole after a line's indentation were empty). So a
+        prefix ending in spaces or tabs is tokenized with a word character after it, and cut before
+        the first token that reaches past the cursor. (At a line's start the newline is backed off as
+        before: the line's first token, `\n   ` in an indented block, starts with it.)
+        """
+        if prefix[-1:] not in (" ", "\t"):
+            ids = self._encode_text(prefix)
+            last = self.healer_text(ids[-1]) if ids else ""
+            if last and prefix.endswith(last):
+                return ids[:-1], last
+            return ids, ""
+        probed = self.tokenizer(prefix + HEALING_PROBE, add_special_tokens=False, return_offsets_mapping=True)
+        keep = 0
+        for keep, (_, end) in enumerate(probed["offset_mapping"]):
+            if end > len(prefix):
+                break
+        cut = probed["offset_mapping"][keep - 1][1] if keep else 0
+        return probed["input_ids"][:keep], prefix[cut:]
 
     def _suffix_window_ids(self, suffix: str) -> list[int]:
         """The suffix window: <= `suffix_window` tokens from the cursor on, cut at a line's end."""
