@@ -75,3 +75,4 @@ class EngineInfo(msgspec.Struct, frozen=True):
     repo_context: str = ""
     repo_context_tokens: int = 0  # the most context tokens it was trained with (0: no cap of its own)
     suffix_window: int = 0  # tokens after the cursor the prompt holds (the checkpoint's layout; 0 = none)
+    threads: int = 0  # torch's CPU threads the engine chose (engine/transformers_backend.py); 0: not on a CPU

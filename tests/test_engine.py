@@ -1,6 +1,7 @@
 import math
 
 import pytest
+import torch
 
 from infill_lsp.engine import CancelToken, Cancelled, EngineConfig, load_engine
 from infill_lsp.engine.transformers_backend import ModelNotFound, TransformersEngine
@@ -228,3 +229,25 @@ def test_a_checkpoint_declares_its_sampler_temperatures(tiny_model_path, tmp_pat
     declared.infill(InfillRequest(prefix="def f(x):\n    return ", suffix="\n",
                                   budget=Budget(candidates=2, max_middle_tokens=8, steps=5), seed=1))
     assert [(s.t_max, s.t_min, s.steps) for s in seen] == [(0.4, 0.1, 5)]
+
+
+def test_on_a_cpu_the_engine_keeps_the_faster_thread_count(tiny_model_path, monkeypatch):
+    """Torch's default (a thread per core) or one thread, whichever answered the calibration request
+    sooner; an explicit count is taken as given; the choice is in the engine's info (infill/stats)."""
+    import time as time_module
+
+    saved = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        clock = iter(range(1000))
+        # a fake clock: each request takes 5 "seconds" at 2 threads and 1 at 1 thread
+        monkeypatch.setattr(time_module, "perf_counter",
+                            lambda: next(clock) * (5 if torch.get_num_threads() == 2 else 1))
+        engine = TransformersEngine(str(tiny_model_path), device="cpu", dtype="float32")
+        monkeypatch.undo()
+        assert torch.get_num_threads() == 1 and engine.info.threads == 1
+        torch.set_num_threads(2)
+        given = TransformersEngine(str(tiny_model_path), device="cpu", dtype="float32", threads=2)
+        assert torch.get_num_threads() == 2 and given.info.threads == 2
+    finally:
+        torch.set_num_threads(saved)

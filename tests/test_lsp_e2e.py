@@ -82,6 +82,7 @@ async def test_full_round_trip_open_change_complete_accept(editor):
     stats = await editor.stats()
     assert stats["accepted"] == 1 and stats["shown"] == 1 and stats["partiallyAccepted"] == 1
     assert stats["requests"] == 1
+    assert stats["threads"] >= 1  # the CPU threads the engine chose at start
 
 
 async def test_python_suggestions_shown_all_parse(editor):
