@@ -125,8 +125,8 @@ async def test_utf8_positions_when_the_client_offers_utf8():
 async def test_two_hundred_open_documents_are_held_then_freed(editor):
     uris = [f"file:///tmp/many/doc_{i}.txt" for i in range(200)]
     for i, uri in enumerate(uris):
-        editor.open(uri, f"document {i} says ", "plaintext")
-    results = await asyncio.gather(*(answer(editor, uri, 0, 9 + len(str(i)) + 6) for i, uri in enumerate(uris[-20:], 180)))
+        editor.open(uri, f"document {i} says", "plaintext")
+    results = await asyncio.gather(*(answer(editor, uri, 0, 9 + len(str(i)) + 5) for i, uri in enumerate(uris[-20:], 180)))
     assert results[-1][0].items  # the newest request wins; the older ones may be superseded (empty)
     assert (await editor.stats())["openDocuments"] == 200
     for uri in uris:
