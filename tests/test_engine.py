@@ -237,6 +237,7 @@ def test_on_a_cpu_the_engine_keeps_the_faster_thread_count(tiny_model_path, monk
     import time as time_module
 
     saved = torch.get_num_threads()
+    real_infill = TransformersEngine.infill
     try:
         torch.set_num_threads(2)
         clock = iter(range(1000))
@@ -249,5 +250,11 @@ def test_on_a_cpu_the_engine_keeps_the_faster_thread_count(tiny_model_path, monk
         torch.set_num_threads(2)
         given = TransformersEngine(str(tiny_model_path), device="cpu", dtype="float32", threads=2)
         assert torch.get_num_threads() == 2 and given.info.threads == 2
+        # a big model is not timed (four more requests of a 26B on a CPU would cost minutes)
+        monkeypatch.setattr("infill_lsp.engine.transformers_backend.CALIBRATE_MAX_PARAMETERS", 10)
+        monkeypatch.setattr(TransformersEngine, "infill", lambda *a, **k: pytest.fail("timed a big model")
+                            if a[1].prefix.startswith("def step_") else real_infill(*a, **k))
+        big = TransformersEngine(str(tiny_model_path), device="cpu", dtype="float32")
+        assert torch.get_num_threads() == 2 and big.info.threads == 2
     finally:
         torch.set_num_threads(saved)

@@ -53,6 +53,7 @@ WINDOW_STEP = 128  # the prefix window's start moves in steps of this many token
 # A typical automatic request's prompt (a few hundred tokens of code) for choosing CPU threads.
 CALIBRATION_PREFIX = "".join(f"def step_{i}(state, value):\n    total = state.get({i}, 0) + value\n"
                              f"    return total * {i}\n\n" for i in range(12)) + "def main(state):\n    return "
+CALIBRATE_MAX_PARAMETERS = 200_000_000  # larger models keep torch's default threads, untimed
 HEALING_PROBE = "x"  # a word character put after a prefix that ends in whitespace, to find its cut
 CHECKPOINT_STEP = 64  # the encoded-prefix checkpoint sits on a multiple of this many tokens
 
@@ -350,8 +351,8 @@ class TransformersEngine:
         (`infill-lsp bench`: 307 vs 403 ms p50 for 4 candidates), while a bigger model or machine
         may gain from more. Costs a few requests' time at start."""
         cores = torch.get_num_threads()
-        if cores <= 1:
-            return
+        if cores <= 1 or self.model.num_parameters() > CALIBRATE_MAX_PARAMETERS:
+            return  # a big model on a CPU (the 26B forced there): four more requests would cost minutes
         request = InfillRequest(prefix=CALIBRATION_PREFIX, suffix="\n\n", seed=0)
         best = {}
         for threads in (cores, 1):
