@@ -584,7 +584,7 @@ class InfillServer(LanguageServer):
         report["lastTimings"] = self.last_timings
         report["model"] = self.holder.engine.info.model if self.holder.engine is not None else None
         # torch CPU threads the in-process engine chose at start (0: not on a CPU or not in process)
-        report["threads"] = getattr(self.holder.engine.info, "threads", 0) if self.holder.engine is not None else None
+        report["threads"] = self.holder.engine.info.threads if self.holder.engine is not None else None
         report["openDocuments"] = len(self.workspace.text_documents)
         report["cachedSuggestions"] = len(self.typing)
         report["lastContext"] = self.last_context  # [{path, startLine, endLine}] the last prompt held, or None

@@ -40,11 +40,11 @@ AFTER bytes after it; smaller documents are checked whole. (In a brace language 
 ends inside a long function is widened to its end, up to WIDE_AFTER: see `_widened`.)
 tree-sitter's error recovery is local, so the verdicts agree, and checking 8 candidates stays
 cheap in a file of any size (Python's indentation scanner defeats most subtree reuse, so a
-whole-file incremental reparse still costs milliseconds per candidate). The region's baseline is parsed once per request (a broken one a few more times,
-to narrow it); each candidate is an insertion edit on a copy of that tree plus an incremental
-reparse, and errors are looked for only inside subtrees flagged `has_error`. Rule 3 parses the
-region's text up to the cut twice more, only for a candidate that passed rule 2 with an error
-right after it.
+whole-file incremental reparse still costs milliseconds per candidate). The region's baseline
+is parsed once per request (a broken one a few more times, to narrow it); each candidate is an
+insertion edit on a copy of that tree plus an incremental reparse, and errors are looked for only
+inside subtrees flagged `has_error`. Rule 3 parses the region's text up to the cut twice more,
+only for a candidate that passed rule 2 with an error right after it.
 """
 
 from __future__ import annotations
