@@ -247,6 +247,8 @@ def test_on_a_cpu_the_engine_keeps_the_faster_thread_count(tiny_model_path, monk
         engine = TransformersEngine(str(tiny_model_path), device="cpu", dtype="float32")
         monkeypatch.undo()
         assert torch.get_num_threads() == 1 and engine.info.threads == 1
+        # the timing runs leave no trace in the counters: only the warm-up request's encoder pass
+        assert engine.stats["prefix_cache_hits"] == 0 and engine.stats["prefix_cache_misses"] == 1
         torch.set_num_threads(2)
         given = TransformersEngine(str(tiny_model_path), device="cpu", dtype="float32", threads=2)
         assert torch.get_num_threads() == 2 and given.info.threads == 2

@@ -354,6 +354,7 @@ class TransformersEngine:
         if cores <= 1 or self.model.num_parameters() > CALIBRATE_MAX_PARAMETERS:
             return  # a big model on a CPU (the 26B forced there): four more requests would cost minutes
         request = InfillRequest(prefix=CALIBRATION_PREFIX, suffix="\n\n", seed=0)
+        stats, checkpoint = self.stats.copy(), self._checkpoint  # timing runs are no user's requests
         best = {}
         for threads in (cores, 1):
             torch.set_num_threads(threads)
@@ -363,6 +364,7 @@ class TransformersEngine:
                 self.infill(request, NEVER)
                 runs.append(time.perf_counter() - start)
             best[threads] = min(runs)
+        self.stats, self._checkpoint = stats, checkpoint
         chosen = min(best, key=best.get)
         torch.set_num_threads(chosen)
         log.info("CPU threads: %d (a typical request took %s)", chosen,
