@@ -5,7 +5,9 @@
 
 "single": one hole per example behind its own prefix (the objective before many-holes training);
 "holes": many holes per causally encoded sequence (block-causal mask). Both run fwd+bwd+AdamW
-with self-conditioning on half the rows/batches; the first step of each is a warm-up, not timed.
+with self-conditioning on half the rows/batches; the first step of each is a warm-up, not timed,
+then the two take turns step by step, so a machine that speeds up or slows down meanwhile (a shared
+CPU does) weighs on both alike.
 """
 
 from __future__ import annotations
@@ -48,13 +50,10 @@ def main() -> None:
     documents = [np.asarray(ids) for ids in tokenizer(corpus.texts, add_special_tokens=False)["input_ids"]
                  if len(ids) >= 8]
 
-    def run(name, step):
-        step()  # warm-up
-        supervised, started = 0, time.perf_counter()
-        for _ in range(args.steps):
-            supervised += step()
-        elapsed = time.perf_counter() - started
-        return name, supervised / elapsed, elapsed / args.steps
+    def timed(step):
+        started = time.perf_counter()
+        supervised = step()
+        return supervised, time.perf_counter() - started
 
     def single_step():
         batch = collate([next(stream) for _ in range(args.single_batch)], tokenizer.pad_token_id)
@@ -75,16 +74,24 @@ def main() -> None:
     params = sum(p.numel() for p in model.parameters())
     print(f"model {params:,} parameters, {torch.get_num_threads()} threads, prefix/sequence "
           f"{config.data.sequence_tokens} tokens, {config.data.holes_per_sequence} holes per sequence")
-    rows = []
-    if args.only != "holes":
-        rows.append(run("single (one hole per example)", single_step))
-    if args.only != "single":
-        rows.append(run("holes (many per sequence)", holes_step))
+    objectives = {"single (one hole per example)": single_step, "holes (many per sequence)": holes_step}
+    if args.only:
+        objectives = {name: step for name, step in objectives.items() if name.startswith(args.only)}
+    for step in objectives.values():
+        step()  # warm-up, not timed
+    totals = {name: [0, 0.0] for name in objectives}
+    for _ in range(args.steps):  # the objectives take turns, so the machine's drift falls on both alike
+        for name, step in objectives.items():
+            supervised, elapsed = timed(step)
+            totals[name][0] += supervised
+            totals[name][1] += elapsed
     print("| objective | supervised tokens/s | s/step |\n|---|---|---|")
-    for name, rate, per_step in rows:
-        print(f"| {name} | {rate:,.0f} | {per_step:.2f} |")
-    if len(rows) == 2:
-        print(f"speed-up: {rows[1][1] / rows[0][1]:.1f}x")
+    rates = []
+    for name, (supervised, elapsed) in totals.items():
+        rates.append(supervised / elapsed)
+        print(f"| {name} | {rates[-1]:,.0f} | {elapsed / args.steps:.2f} |")
+    if len(rates) == 2:
+        print(f"speed-up: {rates[1] / rates[0]:.1f}x")
 
 
 if __name__ == "__main__":

@@ -131,3 +131,74 @@ def test_shards_round_trip_and_hold_files_out(tmp_path):
     drawn = data.draw(random.Random(0), 5)
     assert len(drawn) == 5 and all(d.tokens.dtype == np.uint16 and not d.chunks for d in drawn)
     assert AutoTokenizer.from_pretrained(tmp_path).vocab_size == tokenizer.vocab_size
+
+
+def test_fused_vocabulary_loss_is_the_head_and_cross_entropy():
+    """The chunked soft-capped cross-entropy gives vocabulary_head + F.cross_entropy's value and gradients
+    (rows not a multiple of the chunk, with and without soft-capping, a scaled loss)."""
+    import torch.nn.functional as F
+
+    from infill_lsp.train.vocab_loss import softcapped_cross_entropy
+
+    generator = torch.Generator().manual_seed(0)
+    for cap in (30.0, None):
+        hidden = torch.randn((37, 24), generator=generator).requires_grad_()
+        weight = (torch.randn((300, 24), generator=generator) * 2).requires_grad_()
+        targets = torch.randint(0, 300, (37,), generator=generator)
+        logits = hidden @ weight.T
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        expected = F.cross_entropy(logits, targets)
+        (expected * 3).backward()
+        expected_grads = hidden.grad.clone(), weight.grad.clone()
+        hidden.grad = weight.grad = None
+        loss = softcapped_cross_entropy(hidden, weight, targets, cap, chunk=8)
+        (loss * 3).backward()
+        assert torch.allclose(loss, expected, atol=1e-6)
+        assert torch.allclose(hidden.grad, expected_grads[0], atol=1e-6)
+        assert torch.allclose(weight.grad, expected_grads[1], atol=1e-6)
+        assert hidden.grad.abs().sum() > 0 and weight.grad.abs().sum() > 0
+
+
+def test_holes_loss_is_the_unfused_objective(monkeypatch):
+    """holes_loss with its two speed-ups (the fused vocabulary loss; sdpa on grouped key/value heads,
+    no per-head copy) has the loss and gradients of the plain path: vocabulary_head + cross_entropy,
+    transformers' own sdpa choice (the tiny model has 2 query heads on 1 key/value head)."""
+    import contextlib
+
+    import torch.nn.functional as F
+
+    from infill_lsp.train import holes
+
+    tokenizer = AutoTokenizer.from_pretrained(TINY_MODEL)
+    model = DiffusionGemmaForBlockDiffusion.from_pretrained(TINY_MODEL).train()
+    assert model.config.text_config.num_attention_heads > model.config.text_config.num_key_value_heads
+    batch = HoleSampler(tokenizer, sequence_tokens=100, holes_per_sequence=4).sample(
+        _documents(tokenizer)[:3], random.Random(5))
+    seen_gqa = []
+    real_sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        seen_gqa.append(bool(kwargs.get("enable_gqa")))
+        return real_sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+
+    def run():
+        model.zero_grad()
+        loss = holes.holes_loss(model, batch, torch.Generator().manual_seed(0), self_condition_p=0.5)
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    loss, grads = run()
+    fused_gqa = sum(seen_gqa)
+    seen_gqa.clear()
+    monkeypatch.setattr(holes, "grouped_query_sdpa", lambda device: contextlib.nullcontext())
+    monkeypatch.setattr(holes, "softcapped_cross_entropy", lambda hidden, weight, targets, cap: F.cross_entropy(
+        vocabulary_head(model, hidden), targets))
+    expected, expected_grads = run()
+    assert fused_gqa > sum(seen_gqa), "the masked decoder passes run sdpa on grouped key/value heads"
+    assert torch.allclose(loss, expected, atol=1e-5)
+    assert len(grads) == len(expected_grads) > 10
+    for grad, reference in zip(grads, expected_grads):
+        assert torch.allclose(grad, reference, atol=1e-5, rtol=1e-3)

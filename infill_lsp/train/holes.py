@@ -18,7 +18,8 @@ backed-off last token and the middle restarts it, so the middle's first token is
 of the file's own tokenization, as here. Self-conditioning is trained as at inference: a no-grad
 first pass, its logits (divided by a temperature from the sampler's schedule) fed back, with
 clamped positions one-hot on their known token (the engine's logits processor makes them so).
-The vocabulary head runs only on the supervised (free) positions.
+The vocabulary head runs only on the supervised (free) positions, its soft-capped cross-entropy
+fused chunk by chunk (vocab_loss.py).
 
 Suffix window (`suffix_window: N`, the layout in engine/transformers_backend.py): at inference
 the prompt is `[BOS] + prefix + [SEP] + <= N tokens after the cursor, cut at a line's end`. Here
@@ -44,18 +45,20 @@ still completes files whose context is empty.
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .. import repo_context
 from ..engine.canvas import build_canvas, middle_lengths, suffix_window
 from ..engine.denoise import vocabulary_head
 from .shards import Document
+from .vocab_loss import softcapped_cross_entropy
 
 
 @dataclass
@@ -72,6 +75,12 @@ class HoleBatch:
         return HoleBatch(*(t.to(device) if t is not None else None
                            for t in (self.encoder_ids, self.row_sequence, self.row_start, self.canvas, self.free,
                                      self.window, self.window_length)))
+
+    def select(self, rows: torch.Tensor) -> "HoleBatch":
+        """These canvas rows, in this order (the encoded sequences are shared, unchanged)."""
+        return HoleBatch(self.encoder_ids, self.row_sequence[rows], self.row_start[rows], self.canvas[rows],
+                         self.free[rows], None if self.window is None else self.window[rows],
+                         None if self.window_length is None else self.window_length[rows])
 
     @property
     def supervised_tokens(self) -> int:
@@ -212,16 +221,17 @@ class HoleSampler:
                          window=window, window_length=window_length)
 
 
-def _rows_cache(cache, rows: torch.Tensor, length: int):
-    """The encoded sequences' KV cache gathered per canvas row (a view the decoder reads, never writes)."""
+def _rows_cache(cache, rows: torch.Tensor, length: int, limit: int | None = None):
+    """The encoded sequences' KV cache gathered per canvas row (a view the decoder reads, never writes),
+    only its first `limit` keys when given."""
     from ..engine.transformers_backend import _snapshot
 
     view = _snapshot(cache)
     for layer in view.layers:
         if layer.keys.shape[-2] != length:
             raise ValueError("training sequences must fit the sliding window (config sliding_window > sequence)")
-        layer.keys = layer.keys.index_select(0, rows)
-        layer.values = layer.values.index_select(0, rows)
+        layer.keys = layer.keys[..., :limit, :].index_select(0, rows)
+        layer.values = layer.values[..., :limit, :].index_select(0, rows)
     return view
 
 
@@ -267,6 +277,7 @@ class RowKeys:
     length: int
     mask: torch.Tensor
     positions: torch.Tensor
+    row_start: torch.Tensor | None = None  # set when a row's keys are its sequence's first s_k: a group may cut them
 
     def cache(self, rows: torch.Tensor | None = None):
         if self.index is None:
@@ -276,6 +287,19 @@ class RowKeys:
     def masks(self, rows: torch.Tensor | None = None) -> dict:
         mask = self.mask if rows is None else self.mask[rows]
         return {"full_attention": mask, "sliding_attention": mask}
+
+    def group(self, rows: torch.Tensor) -> dict:
+        """The decoder's key inputs for these rows. Where the keys are a prefix of the sequence, only
+        the first max(s_k) are gathered: the keys every row of the group masks out are not copied
+        or attended at all (the same values: a masked key adds exp(-inf) = 0)."""
+        if self.row_start is None:
+            return {"past_key_values": self.cache(rows), "decoder_attention_mask": self.masks(rows),
+                    "decoder_position_ids": self.positions[rows]}
+        limit = int(self.row_start[rows].max())
+        mask = block_causal_mask(self.row_start[rows], limit, self.mask.shape[-2], self.mask.dtype)
+        return {"past_key_values": _rows_cache(self.source, self.index[rows], self.length, limit),
+                "decoder_attention_mask": {"full_attention": mask, "sliding_attention": mask},
+                "decoder_position_ids": self.positions[rows]}
 
 
 def row_keys(model, batch: HoleBatch) -> RowKeys:
@@ -288,7 +312,8 @@ def row_keys(model, batch: HoleBatch) -> RowKeys:
     offsets = torch.arange(width, device=device)[None, :]
     if batch.window is None:
         mask = block_causal_mask(batch.row_start, length, width, model.dtype)
-        return RowKeys(encoded, batch.row_sequence, length, mask, batch.row_start[:, None] + offsets)
+        return RowKeys(encoded, batch.row_sequence, length, mask, batch.row_start[:, None] + offsets,
+                       row_start=batch.row_start)
     block = batch.window.shape[1]
     encoder_mask, mask = window_masks(batch.row_start, batch.window_length, length, block, width, model.dtype)
     cache = _rows_cache(encoded, batch.row_sequence, length)
@@ -319,43 +344,82 @@ def self_conditioning_input(embed, canvas: torch.Tensor, chosen_rows: torch.Tens
     return base.index_put((chosen_rows[:, None] & free,), mixed.to(base.dtype))
 
 
+@contextmanager
+def grouped_query_sdpa(device: torch.device):
+    """On the CPU, let sdpa read the key/value heads as they are (`enable_gqa`) although a mask is given.
+
+    transformers asks for that only without a mask (CUDA's fused kernels need it so) and otherwise
+    copies keys and values once per query head (repeat_kv): in training that is a (rows, keys,
+    heads, head_dim) copy per layer and pass, and its zero-filled gradient, ~10% of a CPU step.
+    The CPU kernel takes grouped heads with a mask; the values are the same.
+    """
+    if device.type != "cpu" or os.environ.get(_FORCE_GQA) is not None:
+        yield
+        return
+    os.environ[_FORCE_GQA] = "1"
+    try:
+        yield
+    finally:
+        os.environ.pop(_FORCE_GQA, None)
+
+
+_FORCE_GQA = "TRANSFORMERS_SDPA_FORCE_GQA"  # read by transformers' sdpa_attention at every call
+
+
 def holes_loss(model, batch: HoleBatch, generator: torch.Generator | None = None,
                self_condition_p: float = 0.5) -> torch.Tensor:
     """Cross-entropy on the middle slots of all holes, against one causal encoding per sequence."""
+    with grouped_query_sdpa(batch.canvas.device):
+        return _holes_loss(model, batch, generator, self_condition_p)
+
+
+GROUP_ROWS = 64  # canvas rows per decoder call: rows sorted by hole start, each group reads only the keys it needs
+
+
+def _holes_loss(model, batch: HoleBatch, generator: torch.Generator | None, self_condition_p: float) -> torch.Tensor:
     device = batch.canvas.device
     vocab = model.config.text_config.vocab_size
+    batch = batch.select(torch.argsort(batch.row_start, stable=True))
     rows, width = batch.canvas.shape
     keys = row_keys(model, batch)
-    cache, masks, positions = keys.cache(), keys.masks(), keys.positions
+    groups = torch.arange(rows, device=device).split(GROUP_ROWS)
 
     rate = torch.rand((rows, 1), device=device, generator=generator).clamp(min=0.05)
     noise = torch.randint(0, vocab, batch.canvas.shape, device=device, generator=generator)
     corrupt = (torch.rand(batch.canvas.shape, device=device, generator=generator) < rate) & batch.free
     noisy = torch.where(corrupt, noise, batch.canvas)
     free = batch.free
-
     decoder = model.model.decoder
-    soft = None  # the self-conditioning input (rows, width, H); None: zeros, as at the first step
+    soft = {}  # the self-conditioning input of the rows being decoded; none: zeros, as at the first step
+
+    def decode(subset: torch.Tensor | None = None) -> torch.Tensor:
+        """Hidden states of all rows (or of the `subset` rows), group by group, in row order."""
+        hidden = []
+        for group in groups:
+            if subset is not None:
+                group = group[subset[group]]
+            if len(group):
+                if "all" in soft:
+                    soft["rows"] = soft["all"][group]
+                hidden.append(decoder(decoder_input_ids=noisy[group], **keys.group(group)).last_hidden_state)
+        return torch.cat(hidden)
+
     if self_condition_p > 0:
         chosen_rows = torch.rand(rows, device=device, generator=generator) < self_condition_p
         chosen = chosen_rows.nonzero().squeeze(-1)
         if len(chosen):
             with torch.no_grad():  # the first pass, for the chosen rows only: what the previous step would give
                 sub_free = free[chosen]
-                hidden = decoder(decoder_input_ids=noisy[chosen], past_key_values=keys.cache(chosen),
-                                 decoder_attention_mask=keys.masks(chosen),
-                                 decoder_position_ids=positions[chosen]).last_hidden_state
-                first = vocabulary_head(model, hidden[sub_free])
+                first = vocabulary_head(model, decode(chosen_rows)[sub_free])
                 temperature = 0.4 + 0.4 * torch.rand((len(chosen), 1), device=device, generator=generator)
-                scaled = (first / temperature.expand(-1, width)[sub_free][:, None]).to(model.dtype)
+                scaled = first.div_(temperature.expand(-1, width)[sub_free][:, None]).to(model.dtype)
                 probs = scaled.softmax(-1, dtype=torch.float32).to(decoder.embed_tokens.weight.dtype)
-            soft = self_conditioning_input(decoder.embed_tokens, batch.canvas, chosen_rows, free, probs)
+            soft["all"] = self_conditioning_input(decoder.embed_tokens, batch.canvas, chosen_rows, free, probs)
     hook = decoder.self_conditioning.register_forward_pre_hook(
-        lambda module, args: (args[0], soft.to(args[0].dtype)) if soft is not None else None)
+        lambda module, args: (args[0], soft["rows"].to(args[0].dtype)) if "rows" in soft else None)
     try:
-        hidden = decoder(decoder_input_ids=noisy, past_key_values=cache, decoder_attention_mask=masks,
-                         decoder_position_ids=positions).last_hidden_state
+        hidden = decode()
     finally:
         hook.remove()
-    logits = vocabulary_head(model, hidden[free])
-    return F.cross_entropy(logits, batch.canvas[free])
+    return softcapped_cross_entropy(hidden[free], model.lm_head.weight, batch.canvas[free],
+                                    model.final_logit_softcapping)
