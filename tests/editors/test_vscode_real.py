@@ -116,14 +116,16 @@ class Workbench:
         return wait_for(shown, timeout, "ghost text" + (f" other than {other_than!r}" if other_than else ""))
 
     def buffer(self) -> str:
-        """The editor's lines on screen (the end of these short files), ghost text left out."""
+        """The editor's lines on screen (the end of these short files), ghost text left out. The
+        document's own text that a suggestion re-renders after itself (the rest of the line, class
+        `ghost-text-hidden`: transparent, zero-sized) stays: it is in the file."""
         return self.page.evaluate("""() => {
             const editor = document.querySelector('.monaco-editor.focused') || document.querySelector('.monaco-editor');
             const lines = [...editor.querySelectorAll('.view-lines .view-line')]
                 .sort((a, b) => parseFloat(a.style.top) - parseFloat(b.style.top));
             return lines.map((line) => {
                 const copy = line.cloneNode(true);
-                copy.querySelectorAll('[class*="ghost-text"]').forEach((ghost) => ghost.remove());
+                copy.querySelectorAll('[class*="ghost-text"]:not(.ghost-text-hidden)').forEach((ghost) => ghost.remove());
                 return copy.textContent.replace(/\u00a0/g, ' ');
             }).join('\\n');
         }""")
