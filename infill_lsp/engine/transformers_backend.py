@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import os
 import random
 import threading
@@ -370,7 +371,7 @@ class TransformersEngine:
 
     def _choose_threads(self) -> None:
         """Keep torch's default of a thread per core, or one thread, whichever answers a typical
-        automatic request sooner here (the best of two runs each). A small model's matrices are too
+        automatic request sooner here (the best of three runs each, the two taking turns). A small model's matrices are too
         small to split well: on the 2-core CI-class machine one thread was ~25% faster end to end
         (`infill-lsp bench`: 307 vs 403 ms p50 for 4 candidates), while a bigger model or machine
         may gain from more. Costs a few requests' time at start."""
@@ -379,15 +380,13 @@ class TransformersEngine:
             return  # a big model on a CPU (the 26B forced there): four more requests would cost minutes
         request = InfillRequest(prefix=CALIBRATION_PREFIX, suffix="\n\n", seed=0)
         stats, checkpoint = self.stats.copy(), self._checkpoint  # timing runs are no user's requests
-        best = {}
-        for threads in (cores, 1):
-            torch.set_num_threads(threads)
-            runs = []
-            for _ in range(2):
+        best = {cores: math.inf, 1: math.inf}
+        for _ in range(3):  # taking turns, so a machine that slows down meanwhile weighs on both alike
+            for threads in (cores, 1):
+                torch.set_num_threads(threads)
                 start = time.perf_counter()
                 self.infill(request, NEVER)
-                runs.append(time.perf_counter() - start)
-            best[threads] = min(runs)
+                best[threads] = min(best[threads], time.perf_counter() - start)
         self.stats, self._checkpoint = stats, checkpoint
         chosen = min(best, key=best.get)
         torch.set_num_threads(chosen)
