@@ -289,3 +289,50 @@ def test_the_cpu_flags_decide_bf16(monkeypatch, tmp_path):
         monkeypatch.setattr("builtins.open", lambda path, *a, **k: real_open(cpuinfo if path == "/proc/cpuinfo"
                                                                               else path, *a, **k))
         assert transformers_backend.cpu_multiplies_bf16() is expected
+
+
+def test_requests_run_on_one_thread_while_other_processes_use_the_cpu(monkeypatch, tiny_model_path):
+    """Two threads (chosen at start) while the rest of the machine is quiet, one while others use
+    more than OTHERS_BUSY cores; an unknown reading keeps the last choice."""
+    import msgspec
+
+    saved = torch.get_num_threads()
+    try:
+        engine = TransformersEngine(str(tiny_model_path), device="cpu", dtype="float32", threads=1)
+        engine.info = msgspec.structs.replace(engine.info, threads=2)  # as if two threads won at start
+        torch.set_num_threads(2)
+        engine._threads = 2
+        readings = iter([0.0, 0.9, None, 0.1])
+        engine._others = type("Fake", (), {"sample": lambda self: next(readings)})()
+        seen = []
+        real = TransformersEngine._infill
+        monkeypatch.setattr(TransformersEngine, "_infill",
+                            lambda self, *a: seen.append(torch.get_num_threads()) or real(self, *a))
+        for _ in range(4):
+            engine.infill(InfillRequest(prefix="def f(x):\n    return ", suffix="\n", budget=Budget(candidates=1, steps=2)))
+        assert seen == [2, 1, 1, 2]
+        assert engine.stats["requests_on_one_thread"] == 1
+    finally:
+        torch.set_num_threads(saved)
+
+
+def test_others_cpu_is_the_machines_busy_time_minus_this_process(monkeypatch):
+    import os
+
+    from infill_lsp.engine.transformers_backend import OthersCpu
+
+    tick = os.sysconf("SC_CLK_TCK")
+    reads = iter([(10.0, 1000, 100), (10.05, 1010, 105), (11.0, 1000 + 2 * tick, 100 + tick // 2)])
+    monkeypatch.setattr(OthersCpu, "_read", staticmethod(lambda: next(reads)))
+    monitor = OthersCpu()
+    assert monitor.sample() is None  # 50 ms: too soon to tell, the first look is kept
+    assert abs(monitor.sample() - 1.5) < 1e-9  # 2 cores' worth busy over 1 s, half a core of it ours
+
+
+def test_others_cpu_reads_this_machine():
+    from infill_lsp.engine.transformers_backend import OthersCpu
+
+    reading = OthersCpu._read()
+    if reading is None:
+        pytest.skip("no /proc here")
+    assert reading[1] > 0 and reading[2] >= 0

@@ -55,6 +55,7 @@ WINDOW_STEP = 128  # the prefix window's start moves in steps of this many token
 CALIBRATION_PREFIX = "".join(f"def step_{i}(state, value):\n    total = state.get({i}, 0) + value\n"
                              f"    return total * {i}\n\n" for i in range(12)) + "def main(state):\n    return "
 CALIBRATE_MAX_PARAMETERS = 200_000_000  # larger models keep torch's default threads, untimed
+OTHERS_BUSY = 0.25  # cores the rest of the machine may use before a request drops to one CPU thread
 HEALING_PROBE = "x"  # a word character put after a prefix that ends in whitespace, to find its cut
 CHECKPOINT_STEP = 64  # the encoded-prefix checkpoint sits on a multiple of this many tokens
 
@@ -215,6 +216,42 @@ class _CountingSlice:
         return getattr(self._real, name)
 
 
+class OthersCpu:
+    """CPU the rest of the machine used since the last look, in cores (Linux /proc; None elsewhere).
+
+    The machine's busy time (/proc/stat: user, nice, system, irq, softirq, steal) minus this
+    process's own (/proc/self/stat: utime, stime), over the wall time between two looks. Cheap (two
+    small reads), so the engine looks before every request; steal counts, as a hypervisor that takes
+    the CPU is contention too."""
+
+    def __init__(self):
+        self._last = self._read()
+
+    @staticmethod
+    def _read() -> tuple[float, int, int] | None:
+        try:
+            with open("/proc/stat", encoding="ascii") as stat:
+                fields = [int(x) for x in stat.readline().split()[1:9]]
+            with open("/proc/self/stat", encoding="ascii", errors="replace") as own:
+                after_name = own.read().rsplit(")", 1)[1].split()
+            return time.monotonic(), sum(fields[:3]) + sum(fields[5:8]), int(after_name[11]) + int(after_name[12])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def sample(self, min_interval: float = 0.1) -> float | None:
+        """Cores used by others since the last sample; None when unknown or too soon to tell (the
+        counters tick in 1/100 s: the last look is kept until `min_interval` has passed)."""
+        now, last = self._read(), self._last
+        if now is None or last is None:
+            self._last = now
+            return None
+        wall = now[0] - last[0]
+        if wall < min_interval:
+            return None
+        self._last = now
+        return max(0.0, ((now[1] - last[1]) - (now[2] - last[2])) / os.sysconf("SC_CLK_TCK") / wall)
+
+
 class ModelNotFound(Exception):
     """The model is neither a local directory nor in the local Hugging Face cache."""
 
@@ -367,6 +404,8 @@ class TransformersEngine:
             else:
                 torch.set_num_threads(max(1, threads))
             self.info = msgspec.structs.replace(self.info, threads=torch.get_num_threads())
+            self._threads = torch.get_num_threads()  # what this request runs on (_threads_for)
+            self._others = OthersCpu() if threads is None and self._threads > 1 else None
         progress("ready", 100)
 
     def _choose_threads(self) -> None:
@@ -506,9 +545,28 @@ class TransformersEngine:
     # -- the request ------------------------------------------------------------------------
     def infill(self, request: InfillRequest, cancel: CancelToken = NEVER) -> InfillResult:
         with self._lock:
+            self._threads_for_this_request()
             result = self._infill(request, cancel)
             result.timings.context_tokens, result.timings.context_chunks = self._last_context
             return result
+
+    def _threads_for_this_request(self) -> None:
+        """The chosen thread count while the rest of the machine is quiet, one thread while it is not.
+
+        Several threads win only on an idle machine: with a 20,000-iteration OpenMP spin (cli.py) two
+        threads answered the automatic request in 146-162 ms p50 on the idle 2-core machine against
+        216 ms on one, but 764 ms with one core taken by another process, where one thread still
+        took 216 ms. So each request looks at what others used since the last one (OthersCpu) and
+        runs on one thread when that is more than OTHERS_BUSY cores."""
+        others = self._others.sample() if getattr(self, "_others", None) is not None else None
+        if others is None:
+            return  # unknown, or too soon after the last look: keep the last choice
+        wanted = self.info.threads if others < OTHERS_BUSY else 1
+        if wanted != self._threads:
+            torch.set_num_threads(wanted)
+            self._threads = wanted
+        if wanted < self.info.threads:
+            self.stats["requests_on_one_thread"] += 1
 
     def _prepare(self, request: InfillRequest):
         """Tokenize and lay out one request: prompt, healed text, slot lengths, canvas rows, healing mask, steps."""
