@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from infill_lsp.engine import SHIPPED_MODEL, CancelToken, Cancelled, EngineConfig, load_engine
+from infill_lsp.engine import CancelToken, Cancelled, EngineConfig, load_engine
 from infill_lsp.engine.transformers_backend import ModelNotFound, TransformersEngine
 from infill_lsp.types import Budget, InfillRequest
 
@@ -260,35 +260,6 @@ def test_on_a_cpu_the_engine_keeps_the_faster_thread_count(tiny_model_path, monk
         assert torch.get_num_threads() == 2 and big.info.threads == 2
     finally:
         torch.set_num_threads(saved)
-
-
-def test_a_16_bit_checkpoint_runs_in_bf16_on_a_cpu_that_multiplies_bf16(monkeypatch, tiny_model_path):
-    """dtype auto on a CPU: bf16 for a checkpoint stored in 16 bits (the shipped model) where the CPU
-    has bf16 matrix instructions, float32 otherwise; an explicit dtype is kept."""
-    from infill_lsp.engine import transformers_backend
-
-    for native, expected in ((True, "bfloat16"), (False, "float32")):
-        monkeypatch.setattr(transformers_backend, "cpu_multiplies_bf16", lambda: native)
-        shipped = TransformersEngine(str(SHIPPED_MODEL), device="cpu", threads=1)
-        assert shipped.info.dtype == expected and shipped.model.dtype == getattr(torch, expected)
-        assert shipped.infill(InfillRequest(prefix="def add(a, b):\n    return ", suffix="\n",
-                                            budget=Budget(candidates=2, steps=4), seed=0)).candidates
-    monkeypatch.setattr(transformers_backend, "cpu_multiplies_bf16", lambda: True)
-    assert TransformersEngine(str(tiny_model_path), device="cpu", threads=1).info.dtype == "float32"  # stored fp32
-    assert TransformersEngine(str(SHIPPED_MODEL), device="cpu", dtype="float32", threads=1).info.dtype == "float32"
-
-
-def test_the_cpu_flags_decide_bf16(monkeypatch, tmp_path):
-    from infill_lsp.engine import transformers_backend
-
-    real_open = open
-    for flags, expected in (("fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni", True), ("fpu sse2 avx2 avx512f", False),
-                            ("fpu amx_bf16 amx_tile", True)):
-        cpuinfo = tmp_path / "cpuinfo"
-        cpuinfo.write_text(f"processor\t: 0\nmodel name\t: X\nflags\t\t: {flags}\n")
-        monkeypatch.setattr("builtins.open", lambda path, *a, **k: real_open(cpuinfo if path == "/proc/cpuinfo"
-                                                                              else path, *a, **k))
-        assert transformers_backend.cpu_multiplies_bf16() is expected
 
 
 def test_requests_run_on_one_thread_while_other_processes_use_the_cpu(monkeypatch, tiny_model_path):

@@ -262,29 +262,6 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def cpu_multiplies_bf16() -> bool:
-    """Whether this CPU has bf16 matrix instructions (AVX512-BF16 or AMX-BF16; Linux reports them).
-
-    There a bf16 matrix product takes less than half the time of a float32 one (measured on the
-    project's 2-core AMD EPYC: 0.95-1.07 vs 2.2-2.4 ms for the 8,192-token head); without them
-    bf16 is emulated and slower than float32."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
-    except OSError:
-        pass
-    return False
-
-
-def stored_in_16_bits(config) -> bool:
-    """The checkpoint's weights are stored as float16 or bfloat16 (its config's dtype)."""
-    stored = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
-    return str(stored).removeprefix("torch.") in ("float16", "bfloat16")
-
-
 def resolve_dtype(dtype: str, device: str) -> torch.dtype:
     if dtype == "auto":
         return torch.bfloat16 if device.startswith("cuda") else torch.float32
@@ -325,7 +302,6 @@ class TransformersEngine:
         progress = progress or (lambda message, percent: None)
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
-        self._auto_dtype = dtype == "auto"  # _load_weights may pick bf16 on a CPU that multiplies it natively
         self.prefix_tokens = prefix_tokens
         self.suffix_head_tokens = suffix_head_tokens
         self.suffix_window = 0  # tokens of the text after the cursor in the prompt (the checkpoint's layout)
@@ -442,13 +418,6 @@ class TransformersEngine:
         transformers_logging.disable_progress_bar()
         progress("loading tokenizer", None)
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
-        if self._auto_dtype and self.device == "cpu":
-            # A checkpoint stored in 16 bits (the shipped model) runs in bf16 where the CPU has bf16
-            # matrix instructions: the same held-out numbers, a third less time per denoising step.
-            from transformers import AutoConfig
-
-            if stored_in_16_bits(AutoConfig.from_pretrained(source, local_files_only=True)) and cpu_multiplies_bf16():
-                self.dtype = torch.bfloat16
         progress("loading weights", None)
         with WeightsMeter(progress).measure():  # the percent from here on: bytes of weights read
             model = DiffusionGemmaForBlockDiffusion.from_pretrained(source, dtype=self.dtype, local_files_only=True)
