@@ -272,7 +272,6 @@ def test_requests_run_on_one_thread_while_other_processes_use_the_cpu(monkeypatc
         engine = TransformersEngine(str(tiny_model_path), device="cpu", dtype="float32", threads=1)
         engine.info = msgspec.structs.replace(engine.info, threads=2)  # as if two threads won at start
         torch.set_num_threads(2)
-        engine._threads = 2
         readings = iter([0.0, 0.9, None, 0.1])
         engine._others = type("Fake", (), {"sample": lambda self: next(readings)})()
         seen = []

@@ -307,6 +307,7 @@ class TransformersEngine:
         self.suffix_window = 0  # tokens of the text after the cursor in the prompt (the checkpoint's layout)
         self.denoise_settings = denoise_settings or DenoiseSettings()
         self._lock = threading.Lock()
+        self._others: OthersCpu | None = None  # other processes' CPU use, when requests may change threads
         self._checkpoint: tuple[tuple[int, ...], object] | None = None  # (prompt head, its KV cache)
         self.stats: Counter[str] = Counter()
         self._chunk_ids: OrderedDict[str, list[int]] = OrderedDict()  # rendered context chunk -> its ids
@@ -380,16 +381,16 @@ class TransformersEngine:
             else:
                 torch.set_num_threads(max(1, threads))
             self.info = msgspec.structs.replace(self.info, threads=torch.get_num_threads())
-            self._threads = torch.get_num_threads()  # what this request runs on (_threads_for)
-            self._others = OthersCpu() if threads is None and self._threads > 1 else None
+            if threads is None and self.info.threads > 1:  # chosen here: requests may drop to one thread
+                self._others = OthersCpu()
         progress("ready", 100)
 
     def _choose_threads(self) -> None:
         """Keep torch's default of a thread per core, or one thread, whichever answers a typical
-        automatic request sooner here (the best of three runs each, the two taking turns). A small model's matrices are too
-        small to split well: on the 2-core CI-class machine one thread was ~25% faster end to end
-        (`infill-lsp bench`: 307 vs 403 ms p50 for 4 candidates), while a bigger model or machine
-        may gain from more. Costs a few requests' time at start."""
+        automatic request sooner here (the best of three runs each, the two taking turns). With
+        threads that sleep while they wait one thread was ~25% faster on the 2-core CI-class machine
+        (`infill-lsp bench`: 307 vs 403 ms p50 for 4 candidates); with the CLI's short spin two win
+        there when it is idle. Costs a few requests' time at start."""
         cores = torch.get_num_threads()
         if cores <= 1 or self.model.num_parameters() > CALIBRATE_MAX_PARAMETERS:
             return  # a big model on a CPU (the 26B forced there): four more requests would cost minutes
@@ -527,13 +528,12 @@ class TransformersEngine:
         216 ms on one, but 764 ms with one core taken by another process, where one thread still
         took 216 ms. So each request looks at what others used since the last one (OthersCpu) and
         runs on one thread when that is more than OTHERS_BUSY cores."""
-        others = self._others.sample() if getattr(self, "_others", None) is not None else None
+        others = self._others.sample() if self._others is not None else None
         if others is None:
             return  # unknown, or too soon after the last look: keep the last choice
         wanted = self.info.threads if others < OTHERS_BUSY else 1
-        if wanted != self._threads:
+        if wanted != torch.get_num_threads():
             torch.set_num_threads(wanted)
-            self._threads = wanted
         if wanted < self.info.threads:
             self.stats["requests_on_one_thread"] += 1
 

@@ -344,6 +344,9 @@ def self_conditioning_input(embed, canvas: torch.Tensor, chosen_rows: torch.Tens
     return base.index_put((chosen_rows[:, None] & free,), mixed.to(base.dtype))
 
 
+_FORCE_GQA = "TRANSFORMERS_SDPA_FORCE_GQA"  # read by transformers' sdpa_attention at every call
+
+
 @contextmanager
 def grouped_query_sdpa(device: torch.device):
     """On the CPU, let sdpa read the key/value heads as they are (`enable_gqa`) although a mask is given.
@@ -361,9 +364,6 @@ def grouped_query_sdpa(device: torch.device):
         yield
     finally:
         os.environ.pop(_FORCE_GQA, None)
-
-
-_FORCE_GQA = "TRANSFORMERS_SDPA_FORCE_GQA"  # read by transformers' sdpa_attention at every call
 
 
 def holes_loss(model, batch: HoleBatch, generator: torch.Generator | None = None,
@@ -390,20 +390,22 @@ def _holes_loss(model, batch: HoleBatch, generator: torch.Generator | None, self
     noisy = torch.where(corrupt, noise, batch.canvas)
     free = batch.free
     decoder = model.model.decoder
-    soft = {}  # the self-conditioning input of the rows being decoded; none: zeros, as at the first step
+    current = None  # the self-conditioning input of the group being decoded; None: zeros, as at the first step
 
-    def decode(subset: torch.Tensor | None = None) -> torch.Tensor:
-        """Hidden states of all rows (or of the `subset` rows), group by group, in row order."""
+    def decode(subset: torch.Tensor | None = None, soft: torch.Tensor | None = None) -> torch.Tensor:
+        """Hidden states of all rows (or of the `subset` rows), group by group, in row order; `soft`
+        (rows, width, H): the self-conditioning input of every row."""
+        nonlocal current
         hidden = []
         for group in groups:
             if subset is not None:
                 group = group[subset[group]]
             if len(group):
-                if "all" in soft:
-                    soft["rows"] = soft["all"][group]
+                current = None if soft is None else soft[group]
                 hidden.append(decoder(decoder_input_ids=noisy[group], **keys.group(group)).last_hidden_state)
         return torch.cat(hidden)
 
+    soft = None
     if self_condition_p > 0:
         chosen_rows = torch.rand(rows, device=device, generator=generator) < self_condition_p
         chosen = chosen_rows.nonzero().squeeze(-1)
@@ -414,11 +416,11 @@ def _holes_loss(model, batch: HoleBatch, generator: torch.Generator | None, self
                 temperature = 0.4 + 0.4 * torch.rand((len(chosen), 1), device=device, generator=generator)
                 scaled = first.div_(temperature.expand(-1, width)[sub_free][:, None]).to(model.dtype)
                 probs = scaled.softmax(-1, dtype=torch.float32).to(decoder.embed_tokens.weight.dtype)
-            soft["all"] = self_conditioning_input(decoder.embed_tokens, batch.canvas, chosen_rows, free, probs)
+            soft = self_conditioning_input(decoder.embed_tokens, batch.canvas, chosen_rows, free, probs)
     hook = decoder.self_conditioning.register_forward_pre_hook(
-        lambda module, args: (args[0], soft["rows"].to(args[0].dtype)) if "rows" in soft else None)
+        lambda module, args: (args[0], current.to(args[0].dtype)) if current is not None else None)
     try:
-        hidden = decode()
+        hidden = decode(soft=soft)
     finally:
         hook.remove()
     return softcapped_cross_entropy(hidden[free], model.lm_head.weight, batch.canvas[free],
