@@ -23,6 +23,7 @@ from .canvas import CanvasBatch
 from .cancel import NEVER, CancelToken
 
 
+BLOCKED = -1e4  # additive bias where a token may not go (finite, so 0 * bias stays 0 in the entropy)
 EXP_FLOOR = -87.0  # e**-87 = 1.6e-38, still a normal float32 (see `distribution`)
 
 
@@ -39,6 +40,12 @@ class DenoiseSettings:
     # the bound: without this a long slot ends as the argmax of a still-noisy canvas (the same junk
     # for every request with one seed). Off for the real model, whose confident rows stop early.
     linear_commit: bool = False
+    # A renoised position's token is a uniform draw that says nothing about the answer, yet a model
+    # that learned to copy clean tokens (its training canvases keep part of the middle) may copy it:
+    # a small model then shows the same junk for every prompt with one seed. The loop knows which
+    # positions it renoised, so their current token is ruled out there (the answer is that token
+    # with probability 1/vocabulary).
+    ignore_noise: bool = True
 
 
 @dataclass
@@ -109,6 +116,13 @@ def vocabulary_head(model, hidden: torch.Tensor) -> torch.Tensor:
     return logits.div_(cap).tanh_().mul_(cap)  # the same values, no new (F, V) tensors
 
 
+def rule_out_noise(raw: torch.Tensor, noise_tokens: torch.Tensor, renoised: torch.Tensor) -> None:
+    """In place: the free positions' logits `raw` (F, V) lose their current noise token (F,) where
+    `renoised` (F,) bool; every free position is noise before the first step."""
+    index = renoised.nonzero().squeeze(-1)
+    raw[index, noise_tokens[index]] = BLOCKED
+
+
 def accepted_positions(entropy: torch.Tensor, free: torch.Tensor, settings: DenoiseSettings,
                        step: int) -> torch.Tensor:
     """(R, W) bool: the free positions whose sample is kept at `step` (1-based); the rest are renoised.
@@ -157,7 +171,7 @@ def denoise(
 
     # Additive bias on the free positions where a token may not go (control tokens; token healing). A large
     # finite negative rather than -inf: exp() still gives exactly 0, and 0 * bias stays 0 in the entropy.
-    blocked = -1e4
+    blocked = BLOCKED
     bias = torch.zeros((int(free.sum()), vocab), device=device)
     if banned_tokens is not None:
         bias[:, banned_tokens.to(device)] = blocked
@@ -182,6 +196,7 @@ def denoise(
         return (args[0], soft.to(args[0].dtype)) if soft_ready else None
 
     canvas = torch.where(clamped, known, noise())
+    renoised = free.clone()  # (B, L) positions whose token is noise: all free ones before the first step
     argmax = canvas
     finished = torch.zeros(rows, dtype=torch.bool, device=device)
     history = torch.full((max(settings.stability, 1), rows, width), -1, dtype=torch.long, device=device)
@@ -196,6 +211,8 @@ def denoise(
             hidden = model.model(decoder_input_ids=canvas, past_key_values=cache).last_hidden_state
             steps_run += 1
             raw = vocabulary_head(model, hidden[free]) + bias
+            if settings.ignore_noise:
+                rule_out_noise(raw, canvas[free], renoised[free])
             temperature = settings.t_min + (settings.t_max - settings.t_min) * remaining / settings.steps
             processed = raw / temperature
 
@@ -219,6 +236,7 @@ def denoise(
             # Finished rows keep what they had; the rest move on.
             keep = finished[:, None]
             canvas = torch.where(keep, canvas, new_canvas)
+            renoised = torch.where(keep, renoised, free & ~accepted)
             argmax = torch.where(keep, argmax, new_argmax)
             keep_free = finished[free_rows][:, None]
             logits = raw if logits is None else torch.where(keep_free, logits, raw)

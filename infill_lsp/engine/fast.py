@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from ..types import EngineTimings, InfillRequest, InfillResult
 from .cancel import NEVER, CancelToken
 from .canvas import CanvasBatch
-from .denoise import (DenoiseOutput, DenoiseSettings, accepted_positions, distribution, sample_inverse_cdf,
+from .denoise import (DenoiseOutput, DenoiseSettings, accepted_positions, distribution, rule_out_noise, sample_inverse_cdf,
                       vocabulary_head)
 from .transformers_backend import Progress, TransformersEngine
 
@@ -377,6 +377,7 @@ class StaticDecoder:
             return torch.randint(0, vocab, (rows, width), device=device, generator=generator)
 
         canvas = torch.where(clamped, known, noise())
+        renoised = free.clone()  # positions whose token is noise (denoise.py)
         argmax = canvas.clone()
         # Self-conditioning input, as denoise.py builds it: soft embeddings softmax(logits) @ E (float32),
         # a clamped position's one-hot distribution being its own embedding; zeros before the first pass.
@@ -402,6 +403,8 @@ class StaticDecoder:
                 raw += banned_bias
             if heal_bias is not None:
                 raw[is_first[in_pass][a_free]] += heal_bias
+            if settings.ignore_noise:
+                rule_out_noise(raw, canvas[in_pass][a_free], renoised[in_pass][a_free])
             temperature = settings.t_min + (settings.t_max - settings.t_min) * remaining / settings.steps
             processed = raw / temperature
 
@@ -422,6 +425,7 @@ class StaticDecoder:
             # Rows that finished earlier keep what they had; the rest move on.
             moving = in_pass[live]
             canvas[moving] = new_canvas[live]
+            renoised[moving] = (a_free & ~accepted)[live]
             argmax[moving] = new_argmax[live]
             past = history[:, in_pass]
             stable = (past == new_argmax[None]).all(-1).all(0)

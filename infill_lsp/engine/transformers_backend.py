@@ -24,9 +24,11 @@ train/holes.py trains exactly this layout.
 from __future__ import annotations
 
 import copy
+import ctypes
 import logging
 import math
 import os
+import platform
 import random
 import threading
 import time
@@ -252,6 +254,30 @@ class OthersCpu:
         return max(0.0, ((now[1] - last[1]) - (now[2] - last[2])) / os.sysconf("SC_CLK_TCK") / wall)
 
 
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+KEPT_FREE_BYTES = 64 << 20
+
+
+def keep_freed_memory(limit: int = KEPT_FREE_BYTES) -> bool:
+    """Let glibc keep up to `limit` bytes of freed heap instead of handing it back at once.
+
+    A denoising step allocates and frees a few (free positions x vocabulary) float tensors of
+    2-9 MB (logits, probabilities, the sampler's temporaries). By default glibc serves such blocks
+    with mmap or trims them off the heap when freed, so every step touched ~600 fresh pages: ~4,800
+    page faults per automatic request on the shipped model, ~10 ms of its ~160. With blocks up to
+    `limit` served from the heap and up to `limit` of free heap kept, a request takes no page
+    fault; the process's peak memory is unchanged (measured 416 vs 418 MB). Returns whether it
+    applied (glibc only)."""
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL(None)
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, limit)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, limit))
+    except (OSError, AttributeError):
+        return False
+
+
 class ModelNotFound(Exception):
     """The model is neither a local directory nor in the local Hugging Face cache."""
 
@@ -373,6 +399,8 @@ class TransformersEngine:
         for special in self.tokenizer.all_special_ids:
             if special < vocab and special not in self.stop_ids:
                 self.banned[special] = True
+        if self.device == "cpu":
+            keep_freed_memory()
         progress("warming up", None)
         self.infill(InfillRequest(prefix="def f(x):\n    return", suffix="\n"), NEVER)
         if self.device == "cpu":
