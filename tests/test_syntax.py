@@ -585,3 +585,16 @@ def test_a_cursor_in_a_function_longer_than_the_region_after_it_is_judged_on_the
     candidates = [body_line.strip(), "}\n" + indent + "}", body_line.strip() + " ) ("]
     verdicts = validate(language, whole[:cursor] + indent, whole[cursor + len(body_line) - 1:], candidates)
     assert [v.valid for v in verdicts] == [True, False, False]
+
+
+def test_a_region_cut_inside_a_long_function_does_not_refuse_the_right_line():
+    """The line being typed is unfinished, so the region around it is broken; cut 2,000 bytes
+    before the cursor it starts inside the function, and there the right text was refused with
+    the wrong (32 of 535 held-out holes refused their removed text). The document, small enough,
+    is checked whole: what finishes the line passes, what leaves it broken does not."""
+    body = "".join(f"    value_{i} = argument + {i}  # padding that makes the function long\n" for i in range(60))
+    doc = ("import math\n\n\ndef long_function(argument):\n" + body
+           + "    if argument is None:\n        y = \n    else:\n        y = 1\n    return y\n\n\ndef other():\n    return 2\n")
+    cursor = doc.index("        y = \n") + len("        y = ")
+    verdicts = [v.valid for v in validate("python", doc[:cursor], doc[cursor:], ["x = 0", "value_1", "(", "0)"])]
+    assert verdicts == [True, True, False, False]
