@@ -71,8 +71,7 @@ def distribution(processed: torch.Tensor):
     where most of the vocabulary sits hundreds below the top). Floored, such a token weighs
     1.6e-38 instead of 0: eight thousand of them add 1e-34 to a partition function >= 1.
     """
-    top = processed.amax(-1, keepdim=True)
-    best = first_argmax(processed)
+    best, top = first_argmax(processed, with_max=True)
     shifted = processed.sub_(top)
     weights = shifted.clamp(min=EXP_FLOOR).exp_()
     total = weights.sum(-1, keepdim=True)
@@ -82,8 +81,9 @@ def distribution(processed: torch.Tensor):
 ARGMAX_GROUP = 128
 
 
-def first_argmax(values: torch.Tensor) -> torch.Tensor:
-    """(F,) index of each row's first maximum of (F, V): what `values.max(-1)` returns, in two levels.
+def first_argmax(values: torch.Tensor, with_max: bool = False):
+    """(F,) index of each row's first maximum of (F, V): what `values.max(-1)` returns, in two levels
+    (with `with_max`, also the (F, 1) maxima, read off the group maxima: no second pass over V).
 
     A CPU's max-with-index over a row is a scalar loop (1.3 ms for 128 x 8,192 on 2-core AVX2);
     the maximum of each group of 128 is vectorised, so finding the first group holding the row's
@@ -91,11 +91,14 @@ def first_argmax(values: torch.Tensor) -> torch.Tensor:
     """
     rows, vocab = values.shape
     if vocab % ARGMAX_GROUP or vocab <= ARGMAX_GROUP:
-        return values.argmax(-1)
+        top, index = values.max(-1, keepdim=True)
+        return (index.squeeze(-1), top) if with_max else index.squeeze(-1)
     groups = values.view(rows, vocab // ARGMAX_GROUP, ARGMAX_GROUP)
-    group = groups.amax(-1).argmax(-1)
+    group_max = groups.amax(-1)
+    group = group_max.argmax(-1)
     inside = groups[torch.arange(rows, device=values.device), group].argmax(-1)
-    return group * ARGMAX_GROUP + inside
+    index = group * ARGMAX_GROUP + inside
+    return (index, group_max.amax(-1, keepdim=True)) if with_max else index
 
 
 def sample_inverse_cdf(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
@@ -105,15 +108,17 @@ def sample_inverse_cdf(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tens
     return torch.searchsorted(probs.cumsum(-1), uniform).squeeze(-1).clamp(max=probs.shape[-1] - 1)
 
 
-def vocabulary_head(model, hidden: torch.Tensor) -> torch.Tensor:
-    """DiffusionGemmaForBlockDiffusion's head (projection + logit soft-capping) on chosen positions only."""
+def vocabulary_head(model, hidden: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """DiffusionGemmaForBlockDiffusion's head (projection + logit soft-capping) on chosen positions
+    only, divided by the sampling `temperature` (at inference, in the soft-capping's last pass)."""
     logits = model.lm_head(hidden).float()
     cap = model.final_logit_softcapping
-    if not cap:
-        return logits
     if torch.is_grad_enabled():  # training: out of place, autograd keeps tanh's output
-        return torch.tanh(logits / cap) * cap
-    return logits.div_(cap).tanh_().mul_(cap)  # the same values, no new (F, V) tensors
+        logits = torch.tanh(logits / cap) * cap if cap else logits
+        return logits / temperature if temperature != 1.0 else logits
+    if not cap:
+        return logits.div_(temperature) if temperature != 1.0 else logits
+    return logits.div_(cap).tanh_().mul_(cap / temperature)  # no new (F, V) tensors
 
 
 def rule_out_noise(raw: torch.Tensor, noise_tokens: torch.Tensor, renoised: torch.Tensor) -> None:
@@ -201,7 +206,7 @@ def denoise(
     finished = torch.zeros(rows, dtype=torch.bool, device=device)
     history = torch.full((max(settings.stability, 1), rows, width), -1, dtype=torch.long, device=device)
     free_count = free.sum(-1).clamp(min=1)
-    logits = None  # (F, V) raw logits of the free positions at each row's last step
+    logits = None  # (F, V) logits (temperature 1, shifted) of the free positions at each row's last step
     steps_run = 0
 
     hook = model.model.decoder.self_conditioning.register_forward_pre_hook(inject)
@@ -210,11 +215,10 @@ def denoise(
             cancel.raise_if_cancelled(steps_run=steps_run, steps_left=remaining)
             hidden = model.model(decoder_input_ids=canvas, past_key_values=cache).last_hidden_state
             steps_run += 1
-            raw = vocabulary_head(model, hidden[free]) + bias
-            if settings.ignore_noise:
-                rule_out_noise(raw, canvas[free], renoised[free])
             temperature = settings.t_min + (settings.t_max - settings.t_min) * remaining / settings.steps
-            processed = raw / temperature
+            processed = vocabulary_head(model, hidden[free], temperature) + bias
+            if settings.ignore_noise:
+                rule_out_noise(processed, canvas[free], renoised[free])
 
             best, shifted, total, probs = distribution(processed)
             uniform = torch.rand((rows, width, 1), device=device, generator=generator)[free]
@@ -239,6 +243,7 @@ def denoise(
             renoised = torch.where(keep, renoised, free & ~accepted)
             argmax = torch.where(keep, argmax, new_argmax)
             keep_free = finished[free_rows][:, None]
+            raw = shifted * temperature  # the logits at temperature 1, up to a shift (the score's softmax ignores it)
             logits = raw if logits is None else torch.where(keep_free, logits, raw)
             moving = ~keep_free.squeeze(-1)
             weight = embed.weight  # in its own dtype: a float32 copy of a 262k-row table each step would dominate

@@ -398,15 +398,14 @@ class StaticDecoder:
             hidden = self.step(canvas[in_pass], first_soft[in_pass] if steps_run == 0 else soft[in_pass], width)
             marks.append(self._mark())
             steps_run += 1
-            raw = vocabulary_head(model, hidden[a_free])
-            if banned_bias is not None:
-                raw += banned_bias
-            if heal_bias is not None:
-                raw[is_first[in_pass][a_free]] += heal_bias
-            if settings.ignore_noise:
-                rule_out_noise(raw, canvas[in_pass][a_free], renoised[in_pass][a_free])
             temperature = settings.t_min + (settings.t_max - settings.t_min) * remaining / settings.steps
-            processed = raw / temperature
+            processed = vocabulary_head(model, hidden[a_free], temperature)
+            if banned_bias is not None:
+                processed += banned_bias
+            if heal_bias is not None:
+                processed[is_first[in_pass][a_free]] += heal_bias
+            if settings.ignore_noise:
+                rule_out_noise(processed, canvas[in_pass][a_free], renoised[in_pass][a_free])
 
             best, shifted, total, probs = distribution(processed)  # one softmax, as in denoise.py
             uniform = torch.rand((rows, width, 1), device=device, generator=generator)[in_pass][a_free]
@@ -439,7 +438,7 @@ class StaticDecoder:
             final = live if last else done
             if last or bool(done.any()):  # the score: each row's final tokens under its last logits
                 position_final = final[:, None].expand_as(a_free)[a_free]
-                picked = torch.log_softmax(raw[position_final], -1).gather(
+                picked = torch.log_softmax(shifted[position_final] * temperature, -1).gather(
                     -1, new_argmax[a_free][position_final][:, None]).squeeze(-1)
                 logprob = torch.zeros_like(entropy)
                 logprob[final[:, None] & a_free] = picked
