@@ -598,3 +598,18 @@ def test_a_region_cut_inside_a_long_function_does_not_refuse_the_right_line():
     cursor = doc.index("        y = \n") + len("        y = ")
     verdicts = [v.valid for v in validate("python", doc[:cursor], doc[cursor:], ["x = 0", "value_1", "(", "0)"])]
     assert verdicts == [True, True, False, False]
+
+
+@pytest.mark.parametrize("suffix, right", [
+    # the try's block ends at `return` with no `except`
+    ("\n        if n % i == 0:\n            return False\n    return True\n", "    for i in range(2, n):"),
+    # the body dedents to a depth no block opened
+    ("\n            if n == i:\n                return 1\n        return n\n", "    for i in range(n):\n        for j in range(i):"),
+])
+def test_a_block_opener_at_the_wrong_depth_over_an_indented_suffix_is_refused(suffix, right):
+    """A random-span hole removed the loop header over an indented body. `    try:` makes the body
+    legal where it stands but leaves no `except` (CPython stops where the block ends) or dedents to
+    a depth no block opened ("unindent does not match"): both errors are below the candidate, and
+    both were shown (HumanEval-Infilling random-span-light, 2 of 94 shown). The right header passes."""
+    prompt = 'def f(n):\n    """Doc."""\n'
+    assert [v.valid for v in validate("python", prompt, suffix, ["    try:", right])] == [False, True]

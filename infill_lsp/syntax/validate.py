@@ -191,8 +191,19 @@ def python_blamed_lines(source: bytes) -> tuple[int, int] | None:
     if not isinstance(error, SyntaxError) or error.lineno is None:
         return None
     first = error.lineno
+    lines = source.split(b"\n")
+    if error.msg.startswith("expected 'except' or 'finally' block"):
+        # Reported where the `try` block ends, but the fault is the `try:` that opened it: blame
+        # from the nearest `try:` above at that line's indentation or shallower.
+        here = lines[error.lineno - 1] if error.lineno <= len(lines) else b""
+        depth = len(here) - len(here.lstrip())
+        for number in range(error.lineno - 1, 0, -1):
+            text = lines[number - 1]
+            stripped = text.strip()
+            if stripped.startswith(b"try") and stripped[3:].lstrip().startswith(b":") and len(text) - len(text.lstrip()) <= depth:
+                first = number
+                break
     if isinstance(error, IndentationError):
-        lines = source.split(b"\n")
         for number in range(error.lineno - 1, 0, -1):
             text = lines[number - 1].strip() if number <= len(lines) else b""
             if text and not text.startswith(b"#"):
@@ -243,6 +254,7 @@ def _adds_error_over(errors: list[tuple[str, int, int]], before: list[tuple[str,
 # and the unclosed function becomes one ERROR that ends at the last token or at the cut, whatever
 # the candidate is. The cut check is skipped for them.
 UNCUT = frozenset({"lua", "ruby"})
+_UNSET = object()
 
 
 class RegionChecker:
@@ -264,6 +276,7 @@ class RegionChecker:
         strict = STRICT_PARSERS.get(language, ())
         self.repair_check = strict[-1] if strict else None  # a broken region is "repaired" only if this accepts it
         self.strict = next((check for check in strict if check(self.data)), None)  # the strictest that accepts it
+        self._baseline_compile_error = _UNSET
 
     def _edited(self, inserted: bytes) -> tuple[bytes, tree_sitter.Tree]:
         tree = self.tree.copy()
@@ -285,14 +298,15 @@ class RegionChecker:
                 return not errors and self.strict(data)
             # tree-sitter took it, CPython did not (an indentation tree-sitter lets pass): the
             # candidate must at least not be where CPython stops
-            return not errors and not self._error_on_its_lines(data, lo, hi)
+            return not errors and not self._error_on_its_lines(data, lo, hi) and not self._mismatched_unindent(data, lo, hi)
         if not errors:  # it makes the region parse: a repair (when CPython agrees, for Python)
             return self.repair_check is None or self.repair_check(data)
         # Still broken: no error may touch the inserted text (tree-sitter folds garbage into the
         # ERROR node that was there), and each must be one the region had, where it was: a
         # candidate that moves the error recovery elsewhere has added an error too.
         return (len(errors) <= self.errors and all(self._kept(error, lo, hi) for error in errors)
-                and not self._unfinished(data, tree, errors, lo, hi) and not self._error_on_its_lines(data, lo, hi))
+                and not self._unfinished(data, tree, errors, lo, hi) and not self._error_on_its_lines(data, lo, hi)
+                and not self._mismatched_unindent(data, lo, hi))
 
     def _error_on_its_lines(self, data: bytes, lo: int, hi: int) -> bool:
         """Does the language's own parser (Python: CPython) stop first on a line the candidate at
@@ -305,6 +319,23 @@ class RegionChecker:
             return False
         first, last = blamed
         return first <= data.count(b"\n", 0, hi) + 1 and last > data.count(b"\n", 0, lo)
+
+    def _mismatched_unindent(self, data: bytes, lo: int, hi: int) -> bool:
+        """Python: does CPython now stop on a dedent that matches no outer block below the candidate,
+        where it did not before? A `try:` or `if x:` written at the wrong depth over the suffix's
+        indented lines fixes the "unexpected indent" the hole left and breaks the block structure
+        further down, where `_error_on_its_lines` does not look."""
+        if self.language != "python":
+            return False
+        after = _compile_error(data, top_level_await=True)
+        if not isinstance(after, IndentationError) or not str(after.msg).startswith("unindent does not match"):
+            return False
+        if self._baseline_compile_error is _UNSET:
+            self._baseline_compile_error = _compile_error(self.data, top_level_await=True)
+        before = self._baseline_compile_error
+        shift = data.count(b"\n", lo, hi)
+        return not (isinstance(before, IndentationError) and before.msg == after.msg
+                    and before.lineno is not None and after.lineno == before.lineno + shift)
 
     def _kept(self, error: tuple[str, int, int], lo: int, hi: int) -> bool:
         kind, start, end = error
