@@ -343,13 +343,28 @@ def test_the_encoded_prefix_cache_keeps_hitting_across_keystrokes(engine):
     assert engine.stats["prefix_cache_hits"] == hits + 4
 
 
-def test_a_checkpoint_without_a_declared_layout_is_off_under_auto():
+SINGLE_FILES = {"name": "single-files", "max_middle": 32, "prefix_tokens": 511, "suffix_head": 16}  # no repo_context
+
+
+def test_a_checkpoint_without_a_declared_layout_is_off_under_auto(tmp_path):
+    from conftest import with_layout
+
+    from infill_lsp.engine.transformers_backend import TransformersEngine
+
+    plain = TransformersEngine(str(with_layout(tmp_path / "single", SINGLE_FILES)), device="cpu", dtype="float32")
+    assert plain.info.repo_context == ""  # a checkpoint trained on single files declares no context layout
+    assert not Settings().repo_context_enabled(plain.info.repo_context)
+
+
+def test_the_shipped_model_declares_the_context_layout_it_was_trained_with():
+    """infill-small continues the repository-context run (configs/repo-context.toml): under "auto"
+    the server puts context in its prompt, up to the 256 tokens it was trained with."""
     from infill_lsp.engine import SHIPPED_MODEL
     from infill_lsp.engine.transformers_backend import TransformersEngine
 
     small = TransformersEngine(str(SHIPPED_MODEL), device="cpu", dtype="float32")
-    assert small.info.repo_context == ""  # infill-small was trained on single files
-    assert not Settings().repo_context_enabled(small.info.repo_context)
+    assert small.info.repo_context == "path-comment" and small.info.repo_context_tokens == 256
+    assert Settings().repo_context_enabled(small.info.repo_context)
 
 
 def test_a_checkpoint_declaring_the_layout_gets_it(tiny_model_path, tmp_path):
@@ -445,19 +460,20 @@ async def test_a_definition_in_another_open_file_reaches_the_prompt(workspace):
         await editor.close()
 
 
-async def test_under_auto_a_checkpoint_without_the_layout_finishes_names_from_the_context(workspace):
-    """The shipped infill-small declares no layout: under "auto" its prompt stays as trained (no
-    context in it), but what was gathered still finishes the name being typed (names.py): a name
-    defined only in another open file, typed halfway in main.py, is the first suggestion."""
+async def test_under_auto_a_checkpoint_without_the_layout_finishes_names_from_the_context(workspace, tmp_path):
+    """A checkpoint that declares no context layout (trained on single files): under
+    "auto" its prompt stays as trained (no context in it), but what was gathered still finishes the
+    name being typed (names.py): a name defined only in another open file, typed halfway in
+    main.py, is the first suggestion."""
     from lsprotocol import types
     from lsp_harness import Editor, apply
-
-    from infill_lsp.engine import SHIPPED_MODEL
 
     main = MAIN + "verify_ch"
     editor = Editor()
     try:
-        await editor.start("--model", str(SHIPPED_MODEL),
+        from conftest import with_layout
+
+        await editor.start("--model", str(with_layout(tmp_path / "single", SINGLE_FILES)),
                            init_options={"seed": 7, "candidates": 2, "steps": 2, "maxTokens": 8})
         editor.client.workspace_did_change_workspace_folders(types.DidChangeWorkspaceFoldersParams(
             event=types.WorkspaceFoldersChangeEvent(added=[types.WorkspaceFolder(uri(workspace), "ws")], removed=[])))

@@ -307,7 +307,7 @@ def test_a_name_another_project_file_defines_is_finished_as_it_is_typed(as_user)
     until(nvim, lambda: nvim.current.line == "x = verify_c", 30, "typing did not arrive")
     until(nvim, lambda: server_stats(nvim).get("repoContext", {}).get("definitions", {}).get("files", 0) >= 2, 60,
           "the workspace's definitions were not indexed")
-    assert server_stats(nvim)["repoContext"]["use"] == "names"  # the default model: not in its prompt
+    assert server_stats(nvim)["repoContext"]["use"] == "prompt"  # the default model was trained with context
     nvim.term.type(b"h")
     shown = until(nvim, lambda: nvim.current.line == "x = verify_ch" and drawn(nvim) and suggestion(nvim), 120,
                   "no ghost text after verify_ch")

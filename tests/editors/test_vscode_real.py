@@ -243,7 +243,7 @@ def test_a_name_another_workspace_file_defines_is_finished_as_it_is_typed(tmp_pa
         bench.press("Tab")
         wait_for(lambda: not bench.ghost_text(), 10, "the ghost text gone after Tab")
         assert bench.save().splitlines()[10].startswith("    ok = verify_checksum")
-        assert bench.server_stats()["repoContext"]["use"] == "names"
+        assert bench.server_stats()["repoContext"]["use"] == "prompt"  # the default model was trained with context
 
 
 def test_cycle_accept_word_dismiss_and_status(tmp_path, vsix):
