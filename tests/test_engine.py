@@ -346,7 +346,8 @@ if sys.argv[1] == "keep":
     applied = keep_freed_memory()
 else:  # glibc's starting point, held fixed (its threshold adapts to what was freed: sometimes 0 faults)
     applied = bool(ctypes.CDLL(None).mallopt(-3, 128 * 1024))
-for _ in range(3):  # what a denoising step does: a few (free positions x vocabulary) tensors, then freed
+for _ in range(10):  # what a denoising step does: a few (free positions x vocabulary) tensors, then freed;
+    # the heap takes 2-4 such steps to grow to what they need, then serves them from what it kept
     held = [torch.empty(264, 8192).fill_(1.0) for _ in range(4)]
     del held
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt

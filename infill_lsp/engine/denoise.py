@@ -176,14 +176,13 @@ def denoise(
 
     # Additive bias on the free positions where a token may not go (control tokens; token healing). A large
     # finite negative rather than -inf: exp() still gives exactly 0, and 0 * bias stays 0 in the entropy.
-    blocked = BLOCKED
     bias = torch.zeros((int(free.sum()), vocab), device=device)
     if banned_tokens is not None:
-        bias[:, banned_tokens.to(device)] = blocked
+        bias[:, banned_tokens.to(device)] = BLOCKED
     if first_token_allowed is not None:
         first = free.clone()
         first[:, 1:] = False
-        bias[first[free], :] += torch.where(first_token_allowed.to(device), 0.0, blocked)
+        bias[first[free], :] += torch.where(first_token_allowed.to(device), 0.0, BLOCKED)
 
     def noise() -> torch.Tensor:
         return torch.randint(0, vocab, (rows, width), device=device, generator=generator)

@@ -47,14 +47,13 @@ import torch.nn.functional as F
 from ..types import EngineTimings, InfillRequest, InfillResult
 from .cancel import NEVER, CancelToken
 from .canvas import CanvasBatch
-from .denoise import (DenoiseOutput, DenoiseSettings, accepted_positions, distribution, rule_out_noise, sample_inverse_cdf,
-                      vocabulary_head)
+from .denoise import (BLOCKED, DenoiseOutput, DenoiseSettings, accepted_positions, distribution, rule_out_noise,
+                      sample_inverse_cdf, vocabulary_head)
 from .transformers_backend import Progress, TransformersEngine
 
 log = logging.getLogger(__name__)
 
 ROW_BUCKETS = (1, 4, 8)
-BLOCKED = -1e4  # denoise.py's additive bias where a token may not go (finite, so 0 * bias stays 0)
 WIDTH_STEP = 16
 # Prompt sizes a pass is shaped for: a power of two plus room for the BOS token and a little more, so a
 # full `contextTokens` window (1024 tokens + BOS) lands in the 1088 bucket, not the next power of two.

@@ -54,6 +54,7 @@ import logging
 import re
 import threading
 import warnings
+from functools import cached_property
 
 import msgspec
 import tree_sitter
@@ -182,12 +183,12 @@ def python_cell_compiles(source: bytes) -> bool:
     return python_compiles(source, top_level_await=True)
 
 
-def python_blamed_lines(source: bytes) -> tuple[int, int] | None:
-    """The 1-based lines (first, last) CPython's first syntax error can be blamed on, or None when
-    it compiles. An indentation error is also the fault of the code line before it (the previous
-    line is what decides whether an indented block may follow): an unexpected indent under a
-    candidate's line means the candidate is not the block opener the code below needs."""
-    error = _compile_error(source, top_level_await=True)
+def python_blamed_lines(source: bytes, error: Exception | None) -> tuple[int, int] | None:
+    """The 1-based lines (first, last) CPython's first syntax error in `source` (`error`, what
+    `_compile_error` gave) can be blamed on, or None when it compiled. An indentation error is also
+    the fault of the code line before it (the previous line is what decides whether an indented
+    block may follow): an unexpected indent under a candidate's line means the candidate is not the
+    block opener the code below needs."""
     if not isinstance(error, SyntaxError) or error.lineno is None:
         return None
     first = error.lineno
@@ -210,12 +211,6 @@ def python_blamed_lines(source: bytes) -> tuple[int, int] | None:
                 first = number
                 break
     return first, error.lineno
-
-
-# Where a broken region's errors can be located by a stricter parser: a candidate is refused when the
-# first error that parser finds is blamed on a line the candidate wrote (tree-sitter can leave
-# indentation and assignment-target mistakes unflagged: `next, dbuf, balance += op`, a body at column 1).
-ERROR_LINES = {"python": python_blamed_lines}
 
 
 # A language's stricter parsers, strictest first. A region that parses is held to the strictest
@@ -254,7 +249,6 @@ def _adds_error_over(errors: list[tuple[str, int, int]], before: list[tuple[str,
 # and the unclosed function becomes one ERROR that ends at the last token or at the cut, whatever
 # the candidate is. The cut check is skipped for them.
 UNCUT = frozenset({"lua", "ruby"})
-_UNSET = object()
 
 
 class RegionChecker:
@@ -276,7 +270,6 @@ class RegionChecker:
         strict = STRICT_PARSERS.get(language, ())
         self.repair_check = strict[-1] if strict else None  # a broken region is "repaired" only if this accepts it
         self.strict = next((check for check in strict if check(self.data)), None)  # the strictest that accepts it
-        self._baseline_compile_error = _UNSET
 
     def _edited(self, inserted: bytes) -> tuple[bytes, tree_sitter.Tree]:
         tree = self.tree.copy()
@@ -298,40 +291,40 @@ class RegionChecker:
                 return not errors and self.strict(data)
             # tree-sitter took it, CPython did not (an indentation tree-sitter lets pass): the
             # candidate must at least not be where CPython stops
-            return not errors and not self._error_on_its_lines(data, lo, hi) and not self._mismatched_unindent(data, lo, hi)
+            return not errors and not self._error_on_its_lines(data, lo, hi)
         if not errors:  # it makes the region parse: a repair (when CPython agrees, for Python)
             return self.repair_check is None or self.repair_check(data)
         # Still broken: no error may touch the inserted text (tree-sitter folds garbage into the
         # ERROR node that was there), and each must be one the region had, where it was: a
         # candidate that moves the error recovery elsewhere has added an error too.
         return (len(errors) <= self.errors and all(self._kept(error, lo, hi) for error in errors)
-                and not self._unfinished(data, tree, errors, lo, hi) and not self._error_on_its_lines(data, lo, hi)
-                and not self._mismatched_unindent(data, lo, hi))
+                and not self._unfinished(data, tree, errors, lo, hi) and not self._error_on_its_lines(data, lo, hi))
 
     def _error_on_its_lines(self, data: bytes, lo: int, hi: int) -> bool:
-        """Does the language's own parser (Python: CPython) stop first on a line the candidate at
-        [lo, hi) wrote (or, for an indentation error, right under it)? Its first error elsewhere
-        (before the cursor, or further below) says nothing about the candidate, and then
-        tree-sitter's verdict stands."""
-        locate = ERROR_LINES.get(self.language)
-        blamed = locate(data) if locate else None
-        if blamed is None:
-            return False
-        first, last = blamed
-        return first <= data.count(b"\n", 0, hi) + 1 and last > data.count(b"\n", 0, lo)
-
-    def _mismatched_unindent(self, data: bytes, lo: int, hi: int) -> bool:
-        """Python: does CPython now stop on a dedent that matches no outer block below the candidate,
-        where it did not before? A `try:` or `if x:` written at the wrong depth over the suffix's
-        indented lines fixes the "unexpected indent" the hole left and breaks the block structure
-        further down, where `_error_on_its_lines` does not look."""
+        """Python, where tree-sitter can leave indentation and assignment-target mistakes unflagged
+        (`next, dbuf, balance += op`, a body at column 1): does CPython stop first on a line the
+        candidate at [lo, hi) wrote (or, for an indentation error, right under it), or newly on a
+        dedent that matches no outer block? Its first error elsewhere (before the cursor, or further
+        below) says nothing about the candidate, and then tree-sitter's verdict stands."""
         if self.language != "python":
             return False
-        after = _compile_error(data, top_level_await=True)
+        error = _compile_error(data, top_level_await=True)
+        blamed = python_blamed_lines(data, error)
+        if blamed is not None and blamed[0] <= data.count(b"\n", 0, hi) + 1 and blamed[1] > data.count(b"\n", 0, lo):
+            return True
+        return self._mismatched_unindent(error, data, lo, hi)
+
+    @cached_property
+    def _baseline_compile_error(self) -> Exception | None:
+        return _compile_error(self.data, top_level_await=True)
+
+    def _mismatched_unindent(self, after: Exception | None, data: bytes, lo: int, hi: int) -> bool:
+        """Does CPython (`after`: its error with the candidate in) now stop on a dedent that matches
+        no outer block below the candidate, where it did not before? A `try:` or `if x:` written at
+        the wrong depth over the suffix's indented lines fixes the "unexpected indent" the hole left
+        and breaks the block structure further down, below the lines blamed on it."""
         if not isinstance(after, IndentationError) or not str(after.msg).startswith("unindent does not match"):
             return False
-        if self._baseline_compile_error is _UNSET:
-            self._baseline_compile_error = _compile_error(self.data, top_level_await=True)
         before = self._baseline_compile_error
         shift = data.count(b"\n", lo, hi)
         return not (isinstance(before, IndentationError) and before.msg == after.msg
@@ -507,6 +500,8 @@ def _whole(parser: tree_sitter.Parser, prefix: str, suffix: str, checker: Region
     cursor refused every candidate, the removed text included (32 of 535 held-out holes, in files
     that parse). A document up to WHOLE bytes is then checked whole: its errors, if it has any,
     are its own (the line being typed), not a cut's."""
+    if len(prefix) + len(suffix) > WHOLE:  # at least as many bytes: too big, whatever the encoding
+        return checker
     before, after = _encode(prefix), _encode(suffix)
     if len(before) + len(after) > WHOLE or len(before) + len(after) == len(checker.data):
         return checker
