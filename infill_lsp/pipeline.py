@@ -38,7 +38,7 @@ class StageTimings(msgspec.Struct):
 
 class Completions(msgspec.Struct):
     items: list[Ranked]
-    raw: list[Candidate]  # what the engine returned, before cleaning/validation (for `complete -v`)
+    raw: list[Candidate]  # the engine's rows as the document takes them, before cleaning/validation (`complete -v`)
     timings: StageTimings
 
 
@@ -70,7 +70,7 @@ def complete(
     win = context.window(text, offset, settings.prefix_chars, settings.suffix_chars)
     request = InfillRequest(
         prefix=win.prefix,
-        suffix=win.suffix,
+        suffix=win.line_break + win.suffix,
         language=language or language_id,
         budget=budget or settings.budget(invoked=False),
         seed=seed,
@@ -83,7 +83,10 @@ def complete(
     cancel.raise_if_cancelled()
 
     doc_prefix, doc_suffix = text[:offset], text[offset:]
-    candidates = list(result.candidates)
+    rows = list(result.candidates)
+    if win.line_break:  # whole lines above the cursor's line (context.Window)
+        rows = [msgspec.structs.replace(c, text=c.text + win.line_break) if c.text.strip() else c for c in rows]
+    candidates = list(rows)
     name = (names.complete(win.prefix, win.suffix, repo + hints, [c.text for c in candidates], workspace_names)
             if settings.complete_names else None)
     if name is not None:  # the name being typed, finished with one the prompt holds (names.py)
@@ -106,4 +109,4 @@ def complete(
     timings.prompt_tokens = engine_timings.prompt_tokens
     timings.context_tokens = engine_timings.context_tokens
     timings.context_chunks = engine_timings.context_chunks
-    return Completions(items=items, raw=result.candidates, timings=timings)
+    return Completions(items=items, raw=rows, timings=timings)

@@ -133,7 +133,24 @@ def test_cursor_at_uses_the_negotiated_encoding():
 def test_a_short_file_is_seen_whole():
     text = "import os\n\ndef f():\n    return 1\n"
     for offset in range(len(text) + 1):
-        assert context.window(text, offset) == context.Window(prefix=text[:offset], suffix=text[offset:])
+        assert context.window(text, offset) == context.Window(prefix=text[:offset], suffix=text[offset:],
+                                                              line_break=context.window(text, offset).line_break)
+
+
+def test_at_the_start_of_a_line_with_text_the_suggestion_is_lines_above_it():
+    # HumanEval single-line's cursor: the hole's line is gone, the cursor sits before the next line's
+    # indentation. The engine sees the line break before the suffix (a BPE merges it with that
+    # indentation in the file), and the pipeline ends each candidate with it.
+    text = "def f(xs):\n    total = 0\n    return total\n"
+    at = text.index("    return")
+    win = context.window(text, at)
+    assert (win.prefix, win.suffix, win.line_break) == (text[:at], text[at:], "\n")
+    assert context.window(text, 0).line_break == "\n"  # the file's first line
+    crlf = text.replace("\n", "\r\n")
+    assert context.window(crlf, crlf.index("    return")).line_break == "\r\n"
+    # Not on an empty line, mid-line, after a lone CR, or at the end of the file.
+    for doc, offset in [("a\n\nb\n", 2), (text, at + 2), (text, text.index("total")), ("a\rb", 2), (text, len(text))]:
+        assert context.window(doc, offset).line_break == "", (doc, offset)
 
 
 def test_the_prefix_keeps_the_files_first_line_when_the_window_reaches_the_start():

@@ -201,3 +201,50 @@ async def test_unreadable_candidates_are_never_shown_over_stdio():
             assert SHOWN_CLEAN <= set(shown), (language, shown)
     finally:
         await editor.close()
+
+
+class RecordingEngine(FakeEngine):
+    def __init__(self, texts: list[str]):
+        super().__init__(texts)
+        self.requests = []
+
+    def infill(self, request, cancel=None):
+        self.requests.append(request)
+        return super().infill(request, cancel)
+
+
+LINE_ABOVE = "def total(xs):\n    result = 0\n    return result\n"  # the cursor: before `    return`
+
+
+def test_at_a_line_start_before_text_suggestions_are_whole_lines_above_it():
+    """HumanEval single-line's cursor. The engine sees the suffix after a line break (the hole ends
+    before the break, as in the file's tokens), and each candidate gets the break back: what is
+    shown inserts whole lines above the cursor's line; one that would not parse there is refused."""
+    offset = LINE_ABOVE.index("    return")
+    engine = RecordingEngine(["    for x in xs:", "    result += sum(xs)", "   "])
+    result = pipeline.complete(engine, LINE_ABOVE, offset, language_id="python", budget=Budget(candidates=3))
+    assert engine.requests[0].suffix == "\n" + LINE_ABOVE[offset:]
+    assert engine.requests[0].prefix == LINE_ABOVE[:offset]
+    # a `for` with no body above `return` does not parse; whitespace is nothing to show
+    assert [item.text for item in result.items] == ["    result += sum(xs)\n"]
+    assert [row.text for row in result.raw] == ["    for x in xs:\n", "    result += sum(xs)\n", "   "]
+    # mid-line, the request is the document's own split
+    pipeline.complete(engine, LINE_ABOVE, offset + 4, language_id="python", budget=Budget(candidates=3))
+    assert engine.requests[1].suffix == LINE_ABOVE[offset + 4:]
+
+
+async def test_over_stdio_a_suggestion_at_a_line_start_inserts_a_whole_line():
+    """The server as an editor drives it, its model a stub: the cursor at column 0 of `    return`."""
+    editor = Editor()
+    uri = "file:///tmp/line_above.py"
+    try:
+        await editor.start(stub=["    result += sum(xs)"], init_options={"showInvalid": False})
+        assert (await editor.wait_ready())["engineReady"]
+        editor.open(uri, LINE_ABOVE, "python")
+        items = (await editor.complete(uri, 2, 0)).items
+        assert len(items) == 1, items
+        edited = apply(LINE_ABOVE, 2, items[0])
+        assert edited == "def total(xs):\n    result = 0\n    result += sum(xs)\n    return result\n"
+        assert compiles(edited)
+    finally:
+        await editor.close()

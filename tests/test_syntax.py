@@ -375,6 +375,16 @@ def test_a_cell_compiles_with_top_level_await_and_nothing_else_a_module_refuses(
     assert python_cell_compiles(b"x = 1\n") and python_compiles(b"x = 1\n", top_level_await=True)
 
 
+def test_truncating_whole_lines_keeps_their_line_break():
+    # The cursor at the start of `    return y` (lines above it): without its break, the kept line
+    # would run into that line (`    for v in x:    return y` even parses).
+    prefix, suffix = "def f(x):\n    y = 0\n", "    return y\n"
+    kept = validate("python", prefix, suffix, ["    y += 1\n    for v in x:\n"])[0]
+    assert (kept.text, kept.valid, kept.truncated) == ("    y += 1\n", True, True)
+    alone = validate("python", prefix, suffix, ["    for v in x:\n"])[0]
+    assert not alone.valid  # never `    for v in x:` joined to the line below
+
+
 def test_a_region_compiles_as_a_file_of_its_own():
     # the validator's own `from __future__ import annotations` must not leak into the check
     assert python_compiles(b"def f():\n    x: (yield) = 1\n")
