@@ -156,3 +156,18 @@ def test_the_layout_is_written_only_when_on_and_the_config_file_sets_it():
     assert config.data.suffix_window > 0
     assert config.model.sliding_window > config.data.sequence_tokens + config.data.suffix_window + 1
     assert infill_layout(config)["suffix_window"] == config.data.suffix_window
+
+
+def test_the_ablation_arms_differ_only_in_the_window_and_fit_the_shipped_model():
+    """training/suffix-window-ablation: both arms fine-tune the shipped checkpoint, so their model
+    shape is its own, and the only difference between them is the window."""
+    import msgspec
+
+    folder = ROOT / "training" / "suffix-window-ablation"
+    plain, window = (load_config(folder / name) for name in ("no-window.toml", "window-64.toml"))
+    assert plain.data.suffix_window == 0 and window.data.suffix_window == 64
+    assert msgspec.structs.replace(window, data=msgspec.structs.replace(window.data, suffix_window=0)) == plain
+    shipped = json.loads((ROOT / "infill_lsp" / "models" / "infill-small" / "config.json").read_text())["text_config"]
+    assert (plain.model.hidden_size, plain.model.layers) == (shipped["hidden_size"], shipped["num_hidden_layers"])
+    data = window.data
+    assert data.sequence_tokens + data.repo_context_tokens + data.suffix_window + 1 <= shipped["sliding_window"]
