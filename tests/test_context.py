@@ -133,8 +133,8 @@ def test_cursor_at_uses_the_negotiated_encoding():
 def test_a_short_file_is_seen_whole():
     text = "import os\n\ndef f():\n    return 1\n"
     for offset in range(len(text) + 1):
-        assert context.window(text, offset) == context.Window(prefix=text[:offset], suffix=text[offset:],
-                                                              line_break=context.window(text, offset).line_break)
+        win = context.window(text, offset)
+        assert (win.prefix, win.suffix) == (text[:offset], text[offset:]), offset
 
 
 def test_at_the_start_of_a_line_with_text_the_suggestion_is_lines_above_it():

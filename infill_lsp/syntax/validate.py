@@ -360,9 +360,11 @@ class RegionChecker:
             # A middle of whole lines (it ends with a line break: the text after it starts a line)
             # keeps the break, or its last kept line would run into the line below.
             ending = "\n" if lines[-1] == "" else ""
+            if ending:
+                lines.pop()
             for keep in range(len(lines) - 1, 0, -1):
                 head = "\n".join(lines[:keep]) + ending
-                if head.strip() and head != middle and ok(head):
+                if head.strip() and ok(head):
                     return Validation(text=head, valid=True, truncated=True)
         return Validation(text=middle, valid=False)
 
