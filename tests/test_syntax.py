@@ -623,3 +623,30 @@ def test_a_block_opener_at_the_wrong_depth_over_an_indented_suffix_is_refused(su
     both were shown (HumanEval-Infilling random-span-light, 2 of 94 shown). The right header passes."""
     prompt = 'def f(n):\n    """Doc."""\n'
     assert [v.valid for v in validate("python", prompt, suffix, ["    try:", right])] == [False, True]
+
+
+def test_a_new_comment_is_not_shown_in_a_broken_region():
+    # HumanEval/20 without its `if distance is None:` line: `else:` below matches no block, and a
+    # comment in the hole leaves the region exactly as broken, so no rule could tell it from
+    # garbage. The line that repairs the region is shown.
+    prefix = "def f(xs):\n    best = None\n    for a in xs:\n        for b in xs:\n            if a != b:\n"
+    suffix = "                    best = a\n                else:\n                    best = b\n    return best\n"
+    comment, repair = validate("python", prefix, suffix, ["                # test it:\n",
+                                                          "                if best is None:\n"])
+    assert not comment.valid and comment.checked
+    assert repair.valid and python_compiles((prefix + repair.text + suffix).encode())
+
+
+@pytest.mark.parametrize("language, prefix, suffix, continued", [
+    ("python", "def f(:\n    x = 1  # the", "\n    return x\n", " answer"),
+    ("javascript", "function f( {\n  let x = 1; // the", "\n  return x;\n}\n", " answer"),
+])
+def test_a_comment_the_user_began_may_be_continued_in_a_broken_region(language, prefix, suffix, continued):
+    (shown,) = validate(language, prefix, suffix, [continued])
+    assert shown.valid and shown.text == continued
+
+
+def test_a_new_comment_is_shown_where_the_region_parses():
+    prefix, suffix = "def f(x):\n", "    return x\n"
+    (shown,) = validate("python", prefix, suffix, ["    # the identity\n"])
+    assert shown.valid

@@ -232,6 +232,23 @@ def _only_extras(node: tree_sitter.Node, lo: int, hi: int) -> bool:
     return True
 
 
+def _opens_only_comments(root: tree_sitter.Node, data: bytes, lo: int, hi: int) -> bool:
+    """Is the text inserted at [lo, hi) nothing but whitespace and comments it opens itself?
+
+    In a broken region such a candidate is refused: no parser can tell it from garbage (a comment
+    moves no error), and it cannot be the code the region lacks. In HumanEval/20 a removed `if`
+    line left `else:` unmatched, and `# test_raises(n2:` in its place kept the region exactly as
+    broken, so the rules below let it through. A comment the user already began (the candidate
+    continues it) is not refused: the inserted bytes then lie inside a comment that starts before
+    them."""
+    text = data[lo:hi]
+    first = lo + (len(text) - len(text.lstrip()))
+    if first >= hi or not _only_extras(root, lo, hi):
+        return False
+    node = root.descendant_for_byte_range(first, first + 1)
+    return node is not None and node.is_extra and node.start_byte >= lo
+
+
 def _adds_error_over(errors: list[tuple[str, int, int]], before: list[tuple[str, int, int]],
                      lo: int, hi: int) -> bool:
     """Is one of `errors` (of a text with bytes [lo, hi) inserted) over the inserted bytes, and not
@@ -282,10 +299,17 @@ class RegionChecker:
     def errors_with(self, inserted: bytes) -> int:
         return count_errors(self._edited(inserted)[1].root_node)
 
+    @property
+    def broken(self) -> bool:
+        """Is the region broken without any candidate (tree-sitter or, for Python, CPython says so)?"""
+        return bool(self.errors) or (self.repair_check is not None and self.strict is None)
+
     def accepts(self, inserted: bytes) -> bool:
         data, tree = self._edited(inserted)
         errors = error_nodes(tree.root_node)
         lo, hi = self.at, self.at + len(inserted)
+        if self.broken and _opens_only_comments(tree.root_node, data, lo, hi):
+            return False
         if not self.errors:  # the region parsed: it must still parse (and compile, where it compiled)
             if self.strict is not None:
                 return not errors and self.strict(data)
