@@ -650,3 +650,45 @@ def test_a_new_comment_is_shown_where_the_region_parses():
     prefix, suffix = "def f(x):\n", "    return x\n"
     (shown,) = validate("python", prefix, suffix, ["    # the identity\n"])
     assert shown.valid
+
+
+_GO_TEST_WITH_PROGRAMS = '''// Issue {i}
+func TestAlign{i}(t *testing.T) {{
+	const src = `
+package main
+
+import "sync/atomic"
+
+var s struct {{
+	x *int
+	y []byte
+	z atomic.Int64
+}}
+`
+	ts := findStructType(t, src)
+	sizes := &types2.StdSizes{{WordSize: 4, MaxAlign: 8}}
+	var fields []*types2.Var
+	for i := 0; i < ts.NumFields(); i++ {{
+		fields = append(fields, ts.Field(i))
+	}}
+	offsets := sizes.Offsetsof(fields)
+	if offsets[0] != 0 || offsets[1] != 4 {{
+		t.Errorf("OffsetsOf(%v) = %v want %v", ts, offsets, []int{{0, 4}})
+	}}
+}}
+
+'''
+
+
+def test_a_region_narrowed_inside_out_is_not_trusted():
+    # Go's sizes_test.go keeps whole programs in raw strings, so `package main` looks like a top-level
+    # line: the region cut there ends inside a raw string, is broken, and was narrowed to one that
+    # parsed inside out (code as string content). Every candidate passed, a `}` that ends the test
+    # function early too.
+    source = "package types2_test\n\n" + "".join(_GO_TEST_WITH_PROGRAMS.format(i=i) for i in range(6))
+    line = "\toffsets := sizes.Offsetsof(fields)"
+    at = source.index(line, source.index("TestAlign2"))
+    prefix, suffix = source[:at] + "\t", source[at + len(line):]
+    closer, right = validate("go", prefix, suffix, ["}", line.strip()])
+    assert not closer.valid and closer.checked
+    assert right.valid

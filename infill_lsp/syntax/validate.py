@@ -288,6 +288,20 @@ class RegionChecker:
         self.repair_check = strict[-1] if strict else None  # a broken region is "repaired" only if this accepts it
         self.strict = next((check for check in strict if check(self.data)), None)  # the strictest that accepts it
 
+    def in_long_literal(self) -> bool:
+        """Is the cursor inside a string or comment that spans lines? A broken region narrowed to lines
+        that only look top-level (Go tests keep whole programs in raw strings: `package main` at column
+        0) may parse inside out, its code a string and the string's text code; then every candidate
+        is string content and passes (a `}` that closed the function early, in sizes_test.go). Such a
+        narrowing is not taken."""
+        node = self.tree.root_node.descendant_for_byte_range(self.at, self.at)
+        while node is not None:
+            if (("string" in node.type or "comment" in node.type) and node.start_byte < self.at < node.end_byte
+                    and node.start_point[0] < node.end_point[0]):
+                return True
+            node = node.parent
+        return False
+
     def _edited(self, inserted: bytes) -> tuple[bytes, tree_sitter.Tree]:
         tree = self.tree.copy()
         start = _point(self.data, self.at)
@@ -472,7 +486,9 @@ def checker_for(parser: tree_sitter.Parser, before: bytes, after: bytes, languag
             data = before[start:] + after[:end]
             tree = parser.parse(data)
             if not tree.root_node.has_error and (strict is None or strict(data)):
-                return RegionChecker(parser, before[start:], after[:end], language, tree)
+                narrowed = RegionChecker(parser, before[start:], after[:end], language, tree)
+                if not narrowed.in_long_literal():
+                    return narrowed
     return checker
 
 
