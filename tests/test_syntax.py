@@ -692,3 +692,19 @@ def test_a_region_narrowed_inside_out_is_not_trusted():
     closer, right = validate("go", prefix, suffix, ["}", line.strip()])
     assert not closer.valid and closer.checked
     assert right.valid
+
+
+def test_a_big_declaration_file_is_checked_whole_outside_python():
+    # A 112 KB TypeScript declaration file (azure-devops-node-api's GitInterfaces.d.ts): one
+    # declaration spans the cursor for more than 12 KB, so every region cut around it starts inside
+    # it and reads its members as labelled statements; `None:;` passed as one. Over Python's 100 KB
+    # limit, a language that reparses incrementally is still checked whole.
+    members = "".join(f"    field{i}: {{\n        enumValues: {{\n            \"a{i}\": number;\n        }};\n    }};\n"
+                      f"    Plain{i}: any;\n" for i in range(1500))
+    source = "export declare var TypeInfo: {\n" + members + "};\n"
+    assert 100_000 < len(source) < 256_000
+    at = source.index("    Plain750: any;\n") + 4
+    prefix, suffix = source[:at], source[at + len("Plain750: any;"):]
+    missing_type, member = validate("typescript", prefix, suffix, ["None:;", "None: any;"])
+    assert not missing_type.valid and missing_type.checked
+    assert member.valid
