@@ -8,13 +8,16 @@ When it is already broken (the user is typing, or half-written code sits elsewhe
 errors is not enough: tree-sitter's recovery folds garbage into an ERROR node that was there
 anyway, so the count does not move. There:
   1. the region is first narrowed to the nearest top-level lines around the cursor whose text
-     parses; the broken code is then outside, and the strict rule above applies;
+     parses; the broken code is then outside, and the strict rule above applies (not to a
+     narrowing that puts the cursor in a string over several lines: it may parse inside out);
   2. failing that, a candidate is valid when it makes the region parse (and compile), or when
      no ERROR or MISSING node of the edited region touches the inserted bytes and every one of
      them is an error the region already had, in the same place. An error that already covered
      the cursor covers every candidate too, and one whose recovery the candidate moves (it
      consumed the candidate to close something earlier) cannot tell a good candidate from
-     garbage: then only a candidate that repairs the region is shown.
+     garbage: then only a candidate that repairs the region is shown. Nor can a candidate that
+     only opens a comment (it moves no error): it is refused there, unless it continues a
+     comment the user began.
   3. an error that begins right after the candidate (nothing but whitespace or comments between)
      may be the hole at the cursor's own: in `y = |` above `return y` tree-sitter skips `return`,
      and `x +` leaves that error where it was. So the text is also cut where that error begins,
