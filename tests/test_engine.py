@@ -339,6 +339,60 @@ def test_rule_out_noise_blocks_only_the_renoised_positions_own_token():
     assert torch.equal(raw, expected)
 
 
+
+def test_blank_so_far_marks_positions_after_nothing_but_whitespace():
+    from infill_lsp.engine.denoise import blank_so_far
+
+    blank = torch.tensor([False, True, False, False])  # token 1 is whitespace
+    previous = torch.tensor([[1, 1, 2, 1], [2, 1, 1, 0], [1, 3, 3, 3]])
+    free = torch.tensor([[True, True, True, True], [True, True, True, False], [True, True, False, False]])
+    assert blank_so_far(previous, free, blank).tolist() == [True, True, True, False,  # row 0
+                                                           True, False, False,  # row 1
+                                                           True, True]  # row 2: its free slot is 2 long
+
+
+def test_a_row_never_ends_a_middle_of_whitespace(engine, monkeypatch):
+    """A head that wants a line break's indentation and then the end marker (the shipped small model at
+    a line start) is made to write on: the end marker may not follow whitespace alone."""
+    import infill_lsp.engine.denoise as denoise_module
+
+    request = InfillRequest(prefix="def f(x):\n    return ", suffix="\n",
+                            budget=Budget(candidates=2, max_middle_tokens=8, steps=4), seed=3)
+    prompt_ids, _, lengths, batch, _, settings = engine._prepare(request)
+    vocab = engine.model.config.text_config.vocab_size
+    blank_id = int(engine.blank.nonzero()[0])
+    word_id = next(i for i in range(vocab) if not engine.blank[i] and i not in engine.stop_ids
+                   and not engine.banned[i])
+    columns = batch.free.nonzero()[:, 1]
+
+    def head(model, hidden, temperature=1.0):
+        logits = torch.zeros(hidden.shape[0], vocab)
+        logits[columns == 0, blank_id] = 30.0
+        logits[columns > 0, engine.end_id] = 30.0
+        logits[columns > 0, word_id] = 20.0
+        return logits / temperature
+
+    monkeypatch.setattr(denoise_module, "vocabulary_head", head)
+    second = {}
+    for rule in (False, True):
+        cache = engine._encode(prompt_ids)
+        cache.batch_repeat_interleave(len(lengths))
+        out = denoise_module.denoise(engine.model, cache, batch, settings, banned_tokens=engine.banned,
+                                     blank_tokens=engine.blank if rule else None, stop_ids=engine.blank_stops,
+                                     generator=torch.Generator().manual_seed(3))
+        assert out.tokens[:, 0].tolist() == [blank_id] * len(lengths)
+        second[rule] = out.tokens[:, 1].tolist()
+    assert second[False] == [engine.end_id] * len(lengths)
+    assert second[True] == [word_id] * len(lengths)
+
+
+def test_the_engine_knows_its_whitespace_tokens(engine):
+    texts = engine.tokenizer.backend_tokenizer.decode_batch([[i] for i in range(len(engine.blank))],
+                                                            skip_special_tokens=False)
+    assert engine.blank.any()
+    assert all(not texts[i].strip() for i in engine.blank.nonzero().squeeze(-1).tolist())
+    assert not any(engine.blank[i] for i in engine.stop_ids)
+
 _FAULTS = """
 import ctypes, resource, sys, torch
 from infill_lsp.engine.transformers_backend import keep_freed_memory

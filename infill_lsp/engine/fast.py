@@ -47,8 +47,8 @@ import torch.nn.functional as F
 from ..types import EngineTimings, InfillRequest, InfillResult
 from .cancel import NEVER, CancelToken
 from .canvas import CanvasBatch
-from .denoise import (BLOCKED, DenoiseOutput, DenoiseSettings, accepted_positions, distribution, rule_out_noise,
-                      sample_inverse_cdf, vocabulary_head)
+from .denoise import (BLOCKED, DenoiseOutput, DenoiseSettings, accepted_positions, blank_so_far, distribution,
+                      forbid_blank_end, rule_out_noise, sample_inverse_cdf, vocabulary_head)
 from .transformers_backend import Progress, TransformersEngine
 
 log = logging.getLogger(__name__)
@@ -356,7 +356,8 @@ class StaticDecoder:
     # -- the denoising loop --------------------------------------------------------------------
     @torch.inference_mode()
     def denoise(self, batch: CanvasBatch, settings: DenoiseSettings, *, first_token_allowed=None,
-                banned_bias: torch.Tensor | None = None, cancel: CancelToken = NEVER,
+                banned_bias: torch.Tensor | None = None, blank_tokens: torch.Tensor | None = None,
+                stop_ids: tuple[int, ...] = (), cancel: CancelToken = NEVER,
                 generator: torch.Generator | None = None) -> DenoiseOutput:
         """`denoise.denoise` over the static pass; finished rows leave the batch (see the module docstring)."""
         device, vocab = self.device, self.vocab
@@ -366,6 +367,7 @@ class StaticDecoder:
         free = batch.free.to(device)
         rows, width = known.shape
         free_count = free.sum(-1).clamp(min=1)
+        blank = blank_tokens.to(device) if blank_tokens is not None and stop_ids else None
         heal_bias = None
         if first_token_allowed is not None:
             heal_bias = torch.where(first_token_allowed.to(device), 0.0, BLOCKED)
@@ -405,6 +407,8 @@ class StaticDecoder:
                 processed[is_first[in_pass][a_free]] += heal_bias
             if settings.ignore_noise:
                 rule_out_noise(processed, canvas[in_pass][a_free], renoised[in_pass][a_free])
+            if blank is not None:
+                forbid_blank_end(processed, blank_so_far(argmax[in_pass], a_free, blank), stop_ids)
 
             best, shifted, total, probs = distribution(processed)  # one softmax, as in denoise.py
             uniform = torch.rand((rows, width, 1), device=device, generator=generator)[in_pass][a_free]
@@ -592,7 +596,7 @@ class FastEngine(TransformersEngine):
         seed = request.seed if request.seed is not None else random.randrange(2**63)
         generator = torch.Generator(device=self.device).manual_seed(seed)
         out = static.denoise(batch, settings, first_token_allowed=allowed, banned_bias=self._banned_bias,
-                             cancel=cancel, generator=generator)
+                             blank_tokens=self.blank, stop_ids=self.blank_stops, cancel=cancel, generator=generator)
         self._sync()
         timings.denoise_ms = (time.perf_counter() - t2) * 1e3
         timings.steps = out.steps
@@ -616,10 +620,11 @@ class FastEngine(TransformersEngine):
             cache = self._encode(prompt_ids)
             static.load_prefix(cache)
             fast = static.denoise(batch, settings, first_token_allowed=allowed, banned_bias=self._banned_bias,
+                                  blank_tokens=self.blank, stop_ids=self.blank_stops,
                                   generator=torch.Generator(device=self.device).manual_seed(seed))
             cache.batch_repeat_interleave(len(lengths))
             reference = denoise(self.model, cache, batch, settings, first_token_allowed=allowed,
-                                banned_tokens=self.banned,
+                                banned_tokens=self.banned, blank_tokens=self.blank, stop_ids=self.blank_stops,
                                 generator=torch.Generator(device=self.device).manual_seed(seed))
         return reference, fast, batch
 

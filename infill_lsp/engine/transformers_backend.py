@@ -395,6 +395,10 @@ class TransformersEngine:
         self.end_id = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else 1
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self.stop_ids = {self.end_id, self.pad_id}
+        # Whitespace-only tokens: a row may not end after nothing but these (denoise.forbid_blank_end).
+        self.blank = torch.tensor([not text.strip() for text in texts], dtype=torch.bool)
+        self.blank[sorted(self.stop_ids)] = False
+        self.blank_stops = tuple(sorted(self.stop_ids))
         self.banned = torch.zeros(vocab, dtype=torch.bool)
         for special in self.tokenizer.all_special_ids:
             if special < vocab and special not in self.stop_ids:
@@ -597,7 +601,8 @@ class TransformersEngine:
         generator = torch.Generator(device=self.device).manual_seed(seed)
         out = denoise(
             self.model, cache, batch, settings,
-            first_token_allowed=allowed, banned_tokens=self.banned, cancel=cancel, generator=generator,
+            first_token_allowed=allowed, banned_tokens=self.banned, blank_tokens=self.blank,
+            stop_ids=self.blank_stops, cancel=cancel, generator=generator,
         )
         timings.denoise_ms = (time.perf_counter() - t2) * 1e3
         timings.steps = out.steps
