@@ -378,7 +378,7 @@ def test_a_row_never_ends_a_middle_of_whitespace(engine, monkeypatch):
         cache = engine._encode(prompt_ids)
         cache.batch_repeat_interleave(len(lengths))
         out = denoise_module.denoise(engine.model, cache, batch, settings, banned_tokens=engine.banned,
-                                     blank_tokens=engine.blank if rule else None, stop_ids=engine.blank_stops,
+                                     blank_tokens=engine.blank if rule else None, stop_ids=engine.stop_ids,
                                      generator=torch.Generator().manual_seed(3))
         assert out.tokens[:, 0].tolist() == [blank_id] * len(lengths)
         second[rule] = out.tokens[:, 1].tolist()

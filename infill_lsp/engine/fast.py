@@ -596,7 +596,7 @@ class FastEngine(TransformersEngine):
         seed = request.seed if request.seed is not None else random.randrange(2**63)
         generator = torch.Generator(device=self.device).manual_seed(seed)
         out = static.denoise(batch, settings, first_token_allowed=allowed, banned_bias=self._banned_bias,
-                             blank_tokens=self.blank, stop_ids=self.blank_stops, cancel=cancel, generator=generator)
+                             blank_tokens=self.blank, stop_ids=self.stop_ids, cancel=cancel, generator=generator)
         self._sync()
         timings.denoise_ms = (time.perf_counter() - t2) * 1e3
         timings.steps = out.steps
@@ -620,11 +620,11 @@ class FastEngine(TransformersEngine):
             cache = self._encode(prompt_ids)
             static.load_prefix(cache)
             fast = static.denoise(batch, settings, first_token_allowed=allowed, banned_bias=self._banned_bias,
-                                  blank_tokens=self.blank, stop_ids=self.blank_stops,
+                                  blank_tokens=self.blank, stop_ids=self.stop_ids,
                                   generator=torch.Generator(device=self.device).manual_seed(seed))
             cache.batch_repeat_interleave(len(lengths))
             reference = denoise(self.model, cache, batch, settings, first_token_allowed=allowed,
-                                banned_tokens=self.banned, blank_tokens=self.blank, stop_ids=self.blank_stops,
+                                banned_tokens=self.banned, blank_tokens=self.blank, stop_ids=self.stop_ids,
                                 generator=torch.Generator(device=self.device).manual_seed(seed))
         return reference, fast, batch
 

@@ -394,11 +394,10 @@ class TransformersEngine:
         self.bos_id = self.tokenizer.bos_token_id
         self.end_id = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else 1
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        self.stop_ids = {self.end_id, self.pad_id}
+        self.stop_ids = tuple(sorted({self.end_id, self.pad_id}))
         # Whitespace-only tokens: a row may not end after nothing but these (denoise.forbid_blank_end).
         self.blank = torch.tensor([not text.strip() for text in texts], dtype=torch.bool)
-        self.blank[sorted(self.stop_ids)] = False
-        self.blank_stops = tuple(sorted(self.stop_ids))
+        self.blank[list(self.stop_ids)] = False
         self.banned = torch.zeros(vocab, dtype=torch.bool)
         for special in self.tokenizer.all_special_ids:
             if special < vocab and special not in self.stop_ids:
@@ -602,7 +601,7 @@ class TransformersEngine:
         out = denoise(
             self.model, cache, batch, settings,
             first_token_allowed=allowed, banned_tokens=self.banned, blank_tokens=self.blank,
-            stop_ids=self.blank_stops, cancel=cancel, generator=generator,
+            stop_ids=self.stop_ids, cancel=cancel, generator=generator,
         )
         timings.denoise_ms = (time.perf_counter() - t2) * 1e3
         timings.steps = out.steps
