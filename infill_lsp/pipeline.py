@@ -10,7 +10,7 @@ import time
 
 import msgspec
 
-from . import context, names, rank, syntax
+from . import context, names, rank, repeats, syntax
 from .config import Settings
 from .engine import NEVER, CancelToken, Engine
 from .rank import Ranked
@@ -91,10 +91,15 @@ def complete(
             if settings.complete_names else None)
     if name is not None:  # the name being typed, finished with one the prompt holds (names.py)
         candidates.append(names.as_candidate(name, candidates))
+    repeat = repeats.find(text, offset) if settings.complete_repeats else None
+    if repeat is not None:  # what stands between the same neighbours elsewhere in the document (repeats.py)
+        candidates.append(repeats.as_candidate(repeat, candidates))
     cleaned = [msgspec.structs.replace(c, text=rank.clean(c.text, doc_suffix, rank.line_before_cursor(doc_prefix))) for c in candidates]
     validations = syntax.validate(language, doc_prefix, doc_suffix, [c.text for c in cleaned])
     t3 = time.perf_counter()
-    items = names.put_first(rank.rank(cleaned, validations, show_invalid=settings.show_invalid), name)
+    items = rank.rank(cleaned, validations, show_invalid=settings.show_invalid)
+    items = repeats.put_first(items, validations[-1].text if repeat is not None else None)
+    items = names.put_first(items, name)
     t4 = time.perf_counter()
 
     engine_timings = result.timings
