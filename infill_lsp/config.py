@@ -43,7 +43,8 @@ class Settings(msgspec.Struct, frozen=True, rename="camel", forbid_unknown_field
     repo_context_tokens: int = 512  # budget for it, before the prefix
     repo_context_files: int = 8  # most files it is drawn from
     complete_names: bool = True  # also offer the name being typed finished with one the prompt holds (names.py)
-    complete_repeats: bool = True  # also offer, first, what stands between the same neighbours elsewhere in the document (repeats.py)
+    # also offer, first, what stands between the same neighbours elsewhere in the document (repeats.py)
+    complete_repeats: bool = True
 
     def repo_context_enabled(self, engine_layout: str) -> bool:
         return self.repo_context == "on" or (self.repo_context == "auto" and bool(engine_layout))

@@ -92,7 +92,7 @@ def complete(
     if name is not None:  # the name being typed, finished with one the prompt holds (names.py)
         candidates.append(names.as_candidate(name, candidates))
     repeat = repeats.find(text, offset) if settings.complete_repeats else None
-    if repeat is not None:  # what stands between the same neighbours elsewhere in the document (repeats.py)
+    if repeat is not None:  # what stands between the same neighbours elsewhere in the document
         candidates.append(repeats.as_candidate(repeat, candidates))
     cleaned = [msgspec.structs.replace(c, text=rank.clean(c.text, doc_suffix, rank.line_before_cursor(doc_prefix))) for c in candidates]
     validations = syntax.validate(language, doc_prefix, doc_suffix, [c.text for c in cleaned])

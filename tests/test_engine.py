@@ -208,11 +208,12 @@ def test_a_checkpoint_declares_its_sampler_temperatures(tiny_model_path, tmp_pat
     checkpoint = tmp_path / "model"
     shutil.copytree(tiny_model_path, checkpoint)
     config = json.loads((checkpoint / "config.json").read_text())
-    config["infill_decoding"] = {"t_max": 0.4, "t_min": 0.1, "steps": 3, "no_such_knob": 1}
+    config["infill_decoding"] = {"t_max": 0.4, "t_min": 0.1, "straggler_steps": 1, "steps": 3, "no_such_knob": 1}
     (checkpoint / "config.json").write_text(json.dumps(config))
 
     declared = TransformersEngine(str(checkpoint), device="cpu", dtype="float32")
     assert (declared.denoise_settings.t_max, declared.denoise_settings.t_min) == (0.4, 0.1)
+    assert declared.denoise_settings.straggler_steps == 1
     assert declared.denoise_settings.steps == DenoiseSettings().steps
     assert declared.denoise_settings.entropy_bound == DenoiseSettings().entropy_bound
     plain = TransformersEngine(str(tiny_model_path), device="cpu", dtype="float32")

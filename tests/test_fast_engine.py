@@ -361,3 +361,37 @@ def test_the_prefix_buffers_hold_a_prompt_with_repository_context(tmp_path, decl
     window, _ = engine._prompt(request.prefix)
     assert result.timings.prompt_tokens == len(window) + result.timings.context_tokens
     assert engine.static.prefix_capacity == capacity
+
+
+def test_the_last_unfinished_row_gets_at_most_straggler_steps_more_in_both_loops(reference, fast):
+    """`straggler_steps` (a checkpoint's infill_decoding): once all rows but one are done, the request
+    waits at most that many more steps; both loops stop at the same step with the same candidates."""
+    cut = DenoiseSettings(confidence=1e9, straggler_steps=1)
+    saved = reference.denoise_settings, fast.denoise_settings
+    shortened = 0
+    try:
+        for request in FINISHING:
+            with stopping_when_stable(reference):
+                unlimited = reference.infill(request)
+            reference.denoise_settings = fast.denoise_settings = cut
+            limited = reference.infill(request)
+            same_answers(limited, fast.infill(request))
+            reference.denoise_settings, fast.denoise_settings = saved
+            assert limited.timings.steps <= unlimited.timings.steps
+            shortened += limited.timings.steps < unlimited.timings.steps
+    finally:
+        reference.denoise_settings, fast.denoise_settings = saved
+    assert shortened, "no request had a straggler: nothing shown"
+
+
+def test_one_row_is_never_a_straggler(reference):
+    request = InfillRequest(prefix=SOURCE[:500], suffix=SOURCE[2000:2200], seed=0,
+                            budget=Budget(candidates=1, max_middle_tokens=1, steps=12))
+    saved = reference.denoise_settings
+    try:
+        reference.denoise_settings = STABLE_IS_DONE
+        alone = reference.infill(request)
+        reference.denoise_settings = DenoiseSettings(confidence=1e9, straggler_steps=1)
+        assert reference.infill(request).timings.steps == alone.timings.steps
+    finally:
+        reference.denoise_settings = saved

@@ -390,6 +390,7 @@ class StaticDecoder:
         in_pass = torch.arange(rows, device=device)  # the rows this pass computes
         live = torch.ones(rows, dtype=torch.bool, device=device)  # per row in the pass: not finished yet
         steps_run = 0
+        straggler_left = None  # steps the last unfinished row has left (settings.straggler_steps)
         marks = []  # (before the pass, after it) per step: where a step's time goes
 
         for remaining in range(settings.steps, 0, -1):
@@ -437,7 +438,7 @@ class StaticDecoder:
             confident = entropy.sum(-1) / free_count[in_pass] < settings.confidence
             done = stable & confident & live
 
-            last = remaining == 1
+            last = remaining == 1 or straggler_left == 1
             final = live if last else done
             if last or bool(done.any()):  # the score: each row's final tokens under its last logits
                 position_final = final[:, None].expand_as(a_free)[a_free]
@@ -447,6 +448,10 @@ class StaticDecoder:
                 logprob[final[:, None] & a_free] = picked
                 token_logprobs[in_pass[final]] = logprob[final]
             live = live & ~done
+            if straggler_left is not None:
+                straggler_left -= 1
+            elif settings.straggler_steps > 0 and rows > 1 and int(live.sum()) == 1:
+                straggler_left = settings.straggler_steps
             if last or not bool(live.any()):
                 break
             self.stats["rows_finished_early"] += int(done.sum())

@@ -299,9 +299,9 @@ def resolve_dtype(dtype: str, device: str) -> torch.dtype:
 
 
 def decoding_settings(decoding: dict, name: str = "") -> DenoiseSettings:
-    """A checkpoint's `infill_decoding` (t_max, t_min, entropy_bound, stability, confidence) over the
-    defaults; the step count stays the request budget's, and keys this version does not know are
-    ignored with a warning."""
+    """A checkpoint's `infill_decoding` (t_max, t_min, entropy_bound, stability, confidence,
+    straggler_steps, ...) over the defaults; the step count stays the request budget's, and keys this
+    version does not know are ignored with a warning."""
     defaults = DenoiseSettings()
     known = {key: value for key, value in decoding.items() if key in defaults.__dict__ and key != "steps"}
     if len(known) < len(decoding):
