@@ -25,6 +25,7 @@ from collections.abc import Iterable
 
 import msgspec
 
+from . import rank
 from .rank import Ranked
 from .repo_context import _DEFINES, TYPED_MIN, name_uses
 from .types import Candidate, ContextChunk
@@ -111,8 +112,7 @@ def complete(prefix: str, suffix: str, chunks: tuple[ContextChunk, ...] = (),
 
 def as_candidate(completion: NameCompletion, candidates: list[Candidate]) -> Candidate:
     """The completion as one more candidate, scored as the model's best (it is ordered by `put_first`)."""
-    score = max((c.score for c in candidates), default=0.0)
-    return Candidate(text=completion.text, score=score, tokens=0)
+    return rank.extra_candidate(completion.text, candidates)
 
 
 def _finishes_a_known_name(text: str, completion: NameCompletion) -> bool:
@@ -123,9 +123,6 @@ def _finishes_a_known_name(text: str, completion: NameCompletion) -> bool:
 def put_first(items: list[Ranked], completion: NameCompletion | None) -> list[Ranked]:
     """`items` (ranked, the completion among them if it validated) with the completion first, unless
     the model's top suggestion already finishes the word with a known name (then the model's order)."""
-    if completion is None:
+    if completion is None or (items and items[0].valid and _finishes_a_known_name(items[0].text, completion)):
         return items
-    mine = [item for item in items if item.text == completion.text]
-    if not mine or not mine[0].valid or (items[0].valid and _finishes_a_known_name(items[0].text, completion)):
-        return items
-    return [mine[0]] + [item for item in items if item is not mine[0]]
+    return rank.put_first(items, completion.text)

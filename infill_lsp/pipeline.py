@@ -93,12 +93,12 @@ def complete(
         candidates.append(names.as_candidate(name, candidates))
     repeat = repeats.find(text, offset) if settings.complete_repeats else None
     if repeat is not None:  # what stands between the same neighbours elsewhere in the document
-        candidates.append(repeats.as_candidate(repeat, candidates))
+        candidates.append(rank.extra_candidate(repeat.text, candidates))
     cleaned = [msgspec.structs.replace(c, text=rank.clean(c.text, doc_suffix, rank.line_before_cursor(doc_prefix))) for c in candidates]
     validations = syntax.validate(language, doc_prefix, doc_suffix, [c.text for c in cleaned])
     t3 = time.perf_counter()
     items = rank.rank(cleaned, validations, show_invalid=settings.show_invalid)
-    items = repeats.put_first(items, validations[-1].text if repeat is not None else None)
+    items = rank.put_first(items, validations[-1].text if repeat is not None else None)  # the repeat
     items = names.put_first(items, name)
     t4 = time.perf_counter()
 

@@ -117,3 +117,18 @@ def rank(candidates: list[Candidate], validations: list[Validation], show_invali
             seen.add(item.text)
             unique.append(item)
     return unique[:limit] if limit is not None else unique
+
+
+def extra_candidate(text: str, candidates: list[Candidate]) -> Candidate:
+    """A candidate from outside the model (names.py, repeats.py), scored as the model's best: where
+    it is shown is `put_first`'s decision, not the score's."""
+    return Candidate(text=text, score=max((c.score for c in candidates), default=0.0), tokens=0)
+
+
+def put_first(items: list[Ranked], text: str | None) -> list[Ranked]:
+    """`items` (ranked) with the valid one whose text is `text` first; unchanged if there is none
+    (never an invalid one first)."""
+    mine = [item for item in items if text and item.text == text and item.valid]
+    if not mine:
+        return items
+    return [mine[0]] + [item for item in items if item is not mine[0]]

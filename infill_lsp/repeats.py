@@ -14,7 +14,7 @@ written, but an anchor is never indentation alone): the last `ANCHORS_BEFORE` be
 or the rest of the cursor's line with its line break where that holds fewer (`)` + line break).
 The text between the two at another place of the document, on one line and at most `MAX_CHARS`
 long, is a repeat; the one found most often wins, then the nearest to the cursor. It becomes one
-more candidate, validated like the model's, and is shown first (`put_first`): the model's rows
+more candidate, validated like the model's, and is shown first (`rank.put_first`): the model's rows
 stay as the alternatives the user cycles to. Nothing here reads beyond the document.
 """
 
@@ -23,9 +23,6 @@ from __future__ import annotations
 from collections import Counter
 
 import msgspec
-
-from .rank import Ranked
-from .types import Candidate
 
 ANCHORS_BEFORE = (16, 8, 4)  # non-whitespace characters before the cursor, longest first
 ANCHOR_AFTER = 2  # non-whitespace characters after it
@@ -101,21 +98,3 @@ def find(text: str, offset: int) -> Repeat | None:
             middle, times = found.most_common(1)[0]  # ties: the nearest (first inserted)
             return Repeat(text=middle, count=times, anchor=count)
     return None
-
-
-def as_candidate(repeat: Repeat, candidates: list[Candidate]) -> Candidate:
-    """The repeat as one more candidate, scored as the model's best (`put_first` orders it)."""
-    score = max((c.score for c in candidates), default=0.0)
-    return Candidate(text=repeat.text, score=score, tokens=0)
-
-
-def put_first(items: list[Ranked], shown: str | None) -> list[Ranked]:
-    """`items` (ranked) with the repeat first, if it validated; `shown`: the repeat's text as
-    cleaning and validation left it (rank.clean may drop what the document already has after the
-    cursor)."""
-    if not shown:
-        return items
-    mine = [item for item in items if item.text == shown and item.valid]
-    if not mine:
-        return items
-    return [mine[0]] + [item for item in items if item is not mine[0]]

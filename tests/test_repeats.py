@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from infill_lsp import pipeline, repeats
+from infill_lsp import pipeline, rank, repeats
 from infill_lsp.config import Settings
 from infill_lsp.rank import Ranked
 from infill_lsp.types import Budget, Candidate, EngineInfo, InfillResult
@@ -86,11 +86,11 @@ def test_a_huge_document_answers_quickly_and_reads_only_around_the_cursor():
 def test_put_first_orders_a_valid_repeat_first_and_never_an_invalid_one():
     model = Ranked(text="pop", score=-0.1, valid=True)
     mine = Ranked(text="items.append", score=-0.1, valid=True)
-    assert repeats.put_first([model, mine], "items.append") == [mine, model]
+    assert rank.put_first([model, mine], "items.append") == [mine, model]
     invalid = Ranked(text="items.append", score=-0.1, valid=False)
-    assert repeats.put_first([model, invalid], "items.append") == [model, invalid]
-    assert repeats.put_first([model], None) == [model]
-    assert repeats.put_first([model], "") == [model]
+    assert rank.put_first([model, invalid], "items.append") == [model, invalid]
+    assert rank.put_first([model], None) == [model]
+    assert rank.put_first([model], "") == [model]
 
 
 class FakeEngine:
