@@ -30,7 +30,7 @@ def fit(tokens: np.ndarray, losses: np.ndarray, floor: float) -> tuple[float, fl
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", type=Path, nargs="?", default=ROOT / "training" / "infill-small-next")
+    parser.add_argument("model", type=Path, nargs="?", default=ROOT / "infill_lsp" / "models" / "infill-small")
     parser.add_argument("--from-step", type=int, default=280)
     parser.add_argument("--to-step", type=int, default=2100)
     args = parser.parse_args()

@@ -237,10 +237,10 @@ def test_the_config_file_fits_and_the_layout_is_declared_only_when_on():
         check_fits(config, config.data.sequence_tokens + config.data.repo_context_tokens - 1)
 
 
-def test_the_gpu_config_continues_the_kept_run_with_its_shape_and_data():
-    """configs/gpu.toml (issue 12, part A): the kept context run's model and data, a longer schedule."""
+def test_the_gpu_config_continues_the_shipped_run_with_its_shape_and_data():
+    """configs/gpu.toml (issue 12, part A): the shipped context run's model and data, a longer schedule."""
     gpu = load_config(ROOT / "infill_lsp" / "train" / "configs" / "gpu.toml")
-    record = json.loads((ROOT / "training" / "infill-small-next" / "training_state.json").read_text())
+    record = json.loads((ROOT / "infill_lsp" / "models" / "infill-small" / "training_state.json").read_text())
     kept = msgspec.convert(record["config"], TrainConfig)
     assert gpu.model == kept.model and gpu.data == kept.data
     assert gpu.optim.steps > record["totals"]["step"]
