@@ -100,6 +100,28 @@ def test_resume_without_local_state_continues_the_shipped_record_and_its_config(
     assert state["config"]["optim"] == {**msgspec.to_builtins(trained_with.optim), "steps": 8}
 
 
+def test_a_fine_tune_of_weights_past_the_schedule_counts_its_steps_from_theirs(tmp_path):
+    """The shipped record ends at its annealed step (3743), past the default config's 3000: `train --init
+    SHIPPED --data REPO` (README, "Fine-tune on your code") trained nothing and reported the same loss.
+    The steps now count from the weights' own step, and the run learns."""
+    texts = [SAMPLES[i % len(SAMPLES)].read_text() for i in range(200)]
+    corpus = Corpus(texts=texts, manifest=[ManifestEntry("fixtures", "0", "Apache-2.0")],
+                    paths=[f"/repo/file{i}.py" for i in range(200)], languages=["python"] * 200)
+    shipped = tmp_path / "shipped"
+    shutil.copytree(TINY_MODEL, shipped)
+    finished = TrainConfig(optim=OptimConfig(steps=50))
+    (shipped / "training_state.json").write_text(json.dumps({
+        "config": msgspec.to_builtins(finished), "history": [{"step": 50, "loss": 6.0, "lr": 1e-4, "minutes": 1.0}],
+        "totals": {"step": 50, "tokens_seen": 5000, "supervised_tokens": 900, "minutes": 1.0, "device": "cpu"}}))
+    config = TrainConfig(seed=0, data=DataConfig(sequence_tokens=100, holes_per_sequence=8),
+                         optim=OptimConfig(steps=30, batch_size=4, lr=3e-3, warmup=1, log_every=10))
+    history = train(config, tmp_path / "ft", init=str(shipped), corpus=corpus, device="cpu")
+    assert history[-1]["step"] == 80  # 30 more, not "already at 50 of 30"
+    assert history[-1]["heldout_loss"] < history[-1]["heldout_loss_start"]
+    state = torch.load(tmp_path / "ft" / "state.pt", weights_only=False)
+    assert state["config"]["optim"]["steps"] == 80  # a later --resume keeps this schedule
+
+
 def test_resume_continues_from_whichever_of_shipped_and_kept_trained_further(tmp_path):
     from infill_lsp.train.loop import resume_point
 

@@ -324,7 +324,9 @@ def train(config: TrainConfig | None, out: Path, *, init: str | None = None, dat
     `config=None` means the run's own: a resumed run keeps the config it started with, and a run that
     continues from the shipped weights (its local state gone) takes the config they were trained
     with, so the learning-rate schedule and data shape do not change under it. `optim_overrides`
-    (steps, max_minutes from the command line) apply on top either way.
+    (steps, max_minutes from the command line) apply on top either way. `steps` is the schedule's
+    total, the initial weights' own steps included; when those weights are already at or past it
+    (a fine-tune of the shipped model with the default config), it counts from their step instead.
 
     `out/state.pt` (weights, optimizer, schedule, data RNG, history) is rewritten atomically every
     `checkpoint_minutes`, and `out/model/` holds the latest exported checkpoint, so a run that is
@@ -360,6 +362,15 @@ def train(config: TrainConfig | None, out: Path, *, init: str | None = None, dat
     config = config or TrainConfig()
     if optim_overrides:
         config = msgspec.structs.replace(config, optim=msgspec.structs.replace(config.optim, **optim_overrides))
+    start_step = int(carried.get("totals", {}).get("step", 0)) if state is None and carried else 0
+    if start_step >= config.optim.steps:
+        # The initial weights already finished this schedule (the shipped record ends where its learning
+        # rate was annealed, past the default 3000 steps): counted as a total it would train nothing, so
+        # the steps count from where those weights stopped.
+        log.info("the initial weights are at step %d, past this schedule's %d steps: training %d more, to step %d",
+                 start_step, config.optim.steps, config.optim.steps, start_step + config.optim.steps)
+        config = msgspec.structs.replace(
+            config, optim=msgspec.structs.replace(config.optim, steps=start_step + config.optim.steps))
     rng = random.Random(config.seed)
     torch.manual_seed(config.seed)
 
