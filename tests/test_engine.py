@@ -426,3 +426,24 @@ def test_freed_step_tensors_are_reused_without_page_faults():
     applied, kept = faults("keep")
     assert applied == "True" and kept < 100  # 20 steps x 4 tensors of 8.6 MB: ~42,000 pages if all were fresh
     assert faults("default")[1] > 10_000  # served by mmap, handed back when freed: the test can tell
+
+
+def test_weights_are_read_into_memory_of_their_own_not_left_mapped(tiny_model_path, tmp_path):
+    """A float32 checkpoint loaded as float32 (what `train` exports; the fixture too) came back as views
+    of the file's memory map at unaligned offsets: a server whose checkpoint was overwritten in place
+    died of SIGBUS at its next request. Every weight now lives in memory of its own."""
+    import shutil
+    from pathlib import Path
+
+    checkpoint = tmp_path / "fp32-checkpoint"
+    shutil.copytree(tiny_model_path, checkpoint)
+    engine = TransformersEngine(str(checkpoint), device="cpu", dtype="float32")
+    tensors = [*engine.model.parameters(), *engine.model.buffers()]
+    assert tensors and all(t.data_ptr() % 64 == 0 for t in tensors if t.numel())
+    maps = Path("/proc/self/maps")
+    if maps.exists():  # Linux: no weight the model reads lies in a mapping of the file, so rewriting it is safe
+        mapped = [tuple(int(a, 16) for a in line.split()[0].split("-")) for line in maps.read_text().splitlines()
+                  if line.endswith(str(checkpoint / "model.safetensors"))]
+        assert not [t for t in tensors if any(lo <= t.data_ptr() < hi for lo, hi in mapped)]
+        (checkpoint / "model.safetensors").write_bytes(b"")  # what a training run rewriting it does
+        assert engine.infill(InfillRequest(prefix="def f(x):\n    return ", suffix="\n")).candidates

@@ -288,6 +288,23 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def in_own_memory(model) -> int:
+    """Copy the CPU tensors that still live in the checkpoint file's memory map into memory of their own;
+    returns how many were copied.
+
+    A safetensors file already in the wanted dtype (what `infill-lsp train` exports: float32) is mapped,
+    not read: the weights stay views of the file, at its unaligned offsets, and when the file is
+    rewritten in place while the server runs (`cp` of a newer checkpoint over it) the next request
+    reads a truncated mapping and the process dies of SIGBUS. A copy costs the weights' size once, at
+    start. Tied weights stay tied (the same Parameter gets the copy)."""
+    copied = 0
+    for tensor in [*model.parameters(), *model.buffers()]:
+        if tensor.device.type == "cpu" and tensor.numel():
+            tensor.data = tensor.data.clone(memory_format=torch.contiguous_format)
+            copied += 1
+    return copied
+
+
 def resolve_dtype(dtype: str, device: str) -> torch.dtype:
     if dtype == "auto":
         return torch.bfloat16 if device.startswith("cuda") else torch.float32
@@ -359,6 +376,7 @@ class TransformersEngine:
             raise ModelNotFound(f"the weights in {source} are damaged or incomplete ({exc}): copy the checkpoint "
                                 f"again (a download or copy that stopped early leaves a truncated file)") from exc
         self.model.to(self.device).eval()
+        in_own_memory(self.model)
         # A checkpoint trained by `infill-lsp train` says how it was trained to see the code
         # (its prompt window and suffix head); the real DiffusionGemma keeps the settings' layout.
         layout = getattr(self.model.config, "infill_layout", None) or {}
