@@ -28,7 +28,7 @@ import msgspec
 from . import rank
 from .rank import Ranked
 from .repo_context import _DEFINES, TYPED_MIN, name_uses
-from .types import Candidate, ContextChunk
+from .types import ContextChunk
 
 MAX_WORKSPACE_NAMES = 32  # names asked of the definition index per request
 AGREEMENT_MIN = 2  # leading characters a model candidate must share with a completion to vote for it
@@ -108,11 +108,6 @@ def complete(prefix: str, suffix: str, chunks: tuple[ContextChunk, ...] = (),
     best = max(options, key=lambda name: (_agreement(name[len(typed):], votes), name in defined, uses[name],
                                           -len(name), name))
     return NameCompletion(typed=typed, name=best, text=best[len(typed):], known=known)
-
-
-def as_candidate(completion: NameCompletion, candidates: list[Candidate]) -> Candidate:
-    """The completion as one more candidate, scored as the model's best (it is ordered by `put_first`)."""
-    return rank.extra_candidate(completion.text, candidates)
 
 
 def _finishes_a_known_name(text: str, completion: NameCompletion) -> bool:

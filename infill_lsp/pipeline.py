@@ -90,7 +90,7 @@ def complete(
     name = (names.complete(win.prefix, win.suffix, repo + hints, [c.text for c in candidates], workspace_names)
             if settings.complete_names else None)
     if name is not None:  # the name being typed, finished with one the prompt holds (names.py)
-        candidates.append(names.as_candidate(name, candidates))
+        candidates.append(rank.extra_candidate(name.text, candidates))
     repeat = repeats.find(text, offset) if settings.complete_repeats else None
     if repeat is not None:  # what stands between the same neighbours elsewhere in the document
         candidates.append(rank.extra_candidate(repeat.text, candidates))

@@ -288,21 +288,18 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def in_own_memory(model) -> int:
-    """Copy the CPU tensors that still live in the checkpoint file's memory map into memory of their own;
-    returns how many were copied.
+def in_own_memory(model) -> None:
+    """Copy every CPU parameter and buffer into memory of its own (which of them are still views of
+    the checkpoint file cannot be told apart cheaply, and the copy is once, at start).
 
     A safetensors file already in the wanted dtype (what `infill-lsp train` exports: float32) is mapped,
     not read: the weights stay views of the file, at its unaligned offsets, and when the file is
     rewritten in place while the server runs (`cp` of a newer checkpoint over it) the next request
     reads a truncated mapping and the process dies of SIGBUS. A copy costs the weights' size once, at
     start. Tied weights stay tied (the same Parameter gets the copy)."""
-    copied = 0
     for tensor in [*model.parameters(), *model.buffers()]:
         if tensor.device.type == "cpu" and tensor.numel():
             tensor.data = tensor.data.clone(memory_format=torch.contiguous_format)
-            copied += 1
-    return copied
 
 
 def resolve_dtype(dtype: str, device: str) -> torch.dtype:
