@@ -121,6 +121,28 @@ def cursor_at(text: str, line: int, character: int, encoding: str = UTF16) -> Cu
     return Cursor(offset=offset, line=line, line_start=start, line_end=end)
 
 
+def cursor_at_offset(text: str, offset: int) -> Cursor:
+    """The Cursor at a code-point offset (LSP line breaks: LF, CRLF, CR)."""
+    offset = max(0, min(offset, len(text)))
+    line = sum(1 for _ in _LINE_BREAK.finditer(text, 0, offset))
+    start, end = _line_bounds(text, line) or (offset, offset)
+    return Cursor(offset=offset, line=line, line_start=min(start, offset), line_end=max(end, offset))
+
+
+class Selection(msgspec.Struct, frozen=True):
+    """The selected item of an editor's completion menu (LSP 3.18 `selectedCompletionInfo`):
+    accepting it replaces the document's [start, end) with `text`."""
+
+    start: Cursor
+    end: Cursor
+    text: str
+
+    def document(self, text: str) -> tuple[str, Cursor]:
+        """The document as accepting the item leaves it, and the cursor after the item's text."""
+        accepted = text[: self.start.offset] + self.text + text[self.end.offset:]
+        return accepted, cursor_at_offset(accepted, self.start.offset + len(self.text))
+
+
 def window(text: str, offset: int, prefix_chars: int = 8000, suffix_chars: int = 4000) -> Window:
     """Bounded prefix/suffix around `offset`, cut at line boundaries when the budget bites.
 

@@ -1,3 +1,5 @@
+import pytest
+
 from infill_lsp import context
 from infill_lsp.context import UTF8, UTF16, UTF32
 
@@ -217,3 +219,25 @@ def test_the_negotiated_encoding_is_named_by_its_value():
     assert context.encoding_name(PositionEncodingKind.Utf16) == UTF16
     assert context.encoding_name(PositionEncodingKind.Utf32) == UTF32
     assert context.encoding_name("utf-8") == UTF8
+
+
+@pytest.mark.parametrize("text, offset, expected", [
+    ("ab\ncd", 4, context.Cursor(offset=4, line=1, line_start=3, line_end=5)),
+    ("ab\r\ncd", 5, context.Cursor(offset=5, line=1, line_start=4, line_end=6)),
+    ("a\rb", 2, context.Cursor(offset=2, line=1, line_start=2, line_end=3)),
+    ("x\n", 2, context.Cursor(offset=2, line=1, line_start=2, line_end=2)),
+    ("", 0, context.Cursor(offset=0, line=0, line_start=0, line_end=0)),
+])
+def test_cursor_at_offset_is_the_inverse_of_cursor_at(text, offset, expected):
+    cursor = context.cursor_at_offset(text, offset)
+    assert cursor == expected
+    assert context.cursor_at(text, cursor.line, cursor.offset - cursor.line_start) == cursor
+
+
+def test_a_selected_completion_leaves_the_document_with_its_text_and_the_cursor_after_it():
+    text = "x = f(pri)\ny"
+    selection = context.Selection(start=context.cursor_at(text, 0, 6), end=context.cursor_at(text, 0, 9),
+                                  text="print_all")
+    accepted, cursor = selection.document(text)
+    assert accepted == "x = f(print_all)\ny"
+    assert accepted[:cursor.offset] == "x = f(print_all" and (cursor.line, cursor.line_end) == (0, 16)

@@ -244,3 +244,52 @@ async def test_full_document_sync_is_accepted_too(editor):
     for item in items:
         assert item.range.start == types.Position(1, 10) and item.range.end == types.Position(1, 11)
         assert item.insert_text.endswith(")")
+
+
+def _with_selection(params: types.InlineCompletionParams, start: tuple[int, int], end: tuple[int, int],
+                    text: str) -> types.InlineCompletionParams:
+    """The request VS Code sends while its completion menu is open (`selectedCompletionInfo`)."""
+    params.context.selected_completion_info = types.SelectedCompletionInfo(
+        range=types.Range(types.Position(*start), types.Position(*end)), text=text)
+    return params
+
+
+async def test_with_the_completion_menu_open_suggestions_extend_its_selected_item(editor):
+    """VS Code shows an inline completion beside its completion menu only when the completion starts
+    with the selected item's text over the item's range (LSP 3.18); it then completes the document
+    as accepting the item would leave it: the same middles as a document that already holds it."""
+    await editor.start(init_options={"invokedCandidates": 4, "maxTokens": 8, "invokedSteps": 3, "seed": 0})
+    await editor.wait_ready()
+    typed, chosen = "total = f(pri)\n", "print"
+    editor.open(PLAIN_URI, typed, "plaintext")
+    params = _with_selection(editor.inline_params(PLAIN_URI, 0, 13), (0, 10), (0, 13), chosen)
+    items = (await editor.client.text_document_inline_completion_async(params)).items
+    # the same request on a document that already holds the item
+    accepted_uri = "file:///tmp/accepted.txt"
+    editor.open(accepted_uri, "total = f(print)\n", "plaintext")
+    expected = (await editor.complete(accepted_uri, 0, 15)).items
+    assert items, "the precondition (seeded): suggestions"
+    assert [i.insert_text for i in items] == [chosen + i.insert_text for i in expected]
+    for item in items:
+        assert item.insert_text.startswith(chosen) and item.insert_text.endswith(")")
+        assert item.range.start == types.Position(0, 10) and item.range.end == types.Position(0, 14)  # to the line's end
+        assert apply(typed, 0, item) == apply("total = f(print)\n", 0, next(
+            e for e in expected if chosen + e.insert_text == item.insert_text))
+    # accepting counts what the item added to the document: the selected item's rest and the middle
+    first = items[0]
+    await editor.client.workspace_execute_command_async(types.ExecuteCommandParams(
+        command=first.command.command, arguments=first.command.arguments))
+    stats = await editor.stats()
+    assert stats["accepted"] == 1
+    assert stats["acceptedChars"] == len(first.insert_text) - len("pri") - len(")")
+
+
+async def test_a_selected_item_whose_range_does_not_hold_the_cursor_is_ignored(editor):
+    await editor.start(init_options={"invokedCandidates": 4, "maxTokens": 8, "invokedSteps": 3, "seed": 0})
+    await editor.wait_ready()
+    editor.open(PLAIN_URI, "value = abc\n", "plaintext")
+    plain = (await editor.complete(PLAIN_URI, 0, 11)).items
+    for start, end in [((0, 0), (0, 3)), ((0, 11), (0, 9)), ((7, 0), (7, 1))]:
+        params = _with_selection(editor.inline_params(PLAIN_URI, 0, 11), start, end, "abcdef")
+        items = (await editor.client.text_document_inline_completion_async(params)).items
+        assert [(i.insert_text, i.range) for i in items] == [(i.insert_text, i.range) for i in plain]

@@ -425,8 +425,12 @@ class Generator:
             return {"textDocument": {"uri": uri}}
         if method == t.TEXT_DOCUMENT_INLINE_COMPLETION:
             context = {"triggerKind": data.draw(st.sampled_from([1, 2]))}
-            if data.draw(st.booleans()):
-                context["selectedCompletionInfo"] = {"range": {"start": position, "end": position}, "text": text[:20]}
+            if data.draw(st.booleans()):  # the completion menu open: its item's range around the cursor, or anywhere
+                before = {"line": line, "character": data.draw(st.integers(0, character))}
+                after = {"line": line + data.draw(st.sampled_from([0, 0, 1])), "character": data.draw(st.integers(0, 60))}
+                start, end = data.draw(st.sampled_from([(position, position), (before, position), (before, after),
+                                                        (after, before)]))
+                context["selectedCompletionInfo"] = {"range": {"start": start, "end": end}, "text": text[:20]}
             return {"textDocument": {"uri": uri}, "position": position, "context": context}
         if method == t.WORKSPACE_DID_CHANGE_CONFIGURATION:
             return {"settings": {"infill": self.settings(data)}}

@@ -446,6 +446,13 @@ class InfillServer(LanguageServer):
             return empty
         self.stats["requests"] += 1
         invoked = params.context.trigger_kind == types.InlineCompletionTriggerKind.Invoked
+        # With the completion menu open, complete the document as it will be once its selected item is
+        # accepted; the items then start with that item's text, over its range (`Selection`).
+        selection = self._selection(params.context.selected_completion_info, text, cursor, encoding)
+        if selection is not None:
+            text, cursor = selection.document(text)
+            if not text.isascii() and _LONE_SURROGATE.search(text):
+                text = _LONE_SURROGATE.sub("\ufffd", text)
 
         # A newer request makes every older one stale: an editor shows ghost text at one cursor
         # only, so a request for another document (the user switched tabs) is stale too.
@@ -456,7 +463,7 @@ class InfillServer(LanguageServer):
 
         if not invoked and (cached := self.typing.lookup(uri, text, cursor.offset)) is not None:
             self.stats["typing_through"] += 1
-            return self._to_lsp(cached, source, cursor, encoding, remember=False)
+            return self._to_lsp(cached, source, cursor, encoding, remember=False, selection=selection)
 
         engine = self.holder.engine
         if engine is None:
@@ -506,7 +513,7 @@ class InfillServer(LanguageServer):
                     self.set_status("idle")
         if unquote(uri) in self.workspace.text_documents:  # not closed while it ran: nothing outlives a close
             self.typing.remember(uri, text, cursor.offset, result.items)
-        response = self._to_lsp(result.items, source, cursor, encoding)  # the rest of the line as it was
+        response = self._to_lsp(result.items, source, cursor, encoding, selection=selection)  # the rest of the line as it was
         self.last_timings = {**msgspec.to_builtins(result.timings), "handler_ms": (time.perf_counter() - started) * 1e3}
         kept = result.timings.context_chunks
         self.last_context = [{"path": c.path, "startLine": c.start_line, "endLine": c.end_line}
@@ -526,21 +533,44 @@ class InfillServer(LanguageServer):
             self.stats["engine_cancelled"] += 1  # the model stopped early, not just the reply
             raise
 
+    @staticmethod
+    def _selection(info: types.SelectedCompletionInfo | None, text: str, cursor: context.Cursor,
+                   encoding: str) -> context.Selection | None:
+        """The completion menu's selected item, when the request carries one whose range holds the cursor."""
+        if info is None:
+            return None
+        start = context.cursor_at(text, info.range.start.line, info.range.start.character, encoding)
+        end = context.cursor_at(text, info.range.end.line, info.range.end.character, encoding)
+        if start is None or end is None or not start.offset <= cursor.offset <= end.offset:
+            log.debug("ignoring a selected completion whose range does not hold the cursor: %s", info.range)
+            return None
+        return context.Selection(start=start, end=end, text=info.text)
+
     def _to_lsp(self, items: list[Ranked], text: str, cursor: context.Cursor, encoding: str,
-                remember: bool = True) -> types.InlineCompletionList:
+                remember: bool = True, selection: context.Selection | None = None) -> types.InlineCompletionList:
         """Each item replaces [cursor, end of line] with middle + rest of line: the same edit as
-        inserting the middle, in the shape editors render as ghost text mid-line."""
+        inserting the middle, in the shape editors render as ghost text mid-line. With a `selection`
+        (`cursor` is then in the document as the selected item leaves it), each replaces [the item's
+        start, end of its line] with the item's text + middle + the rest of that line: LSP 3.18 has
+        an editor show an inline completion beside its completion menu only when it extends the
+        selected item's text over the same range."""
+        head = added = ""  # the selected item's text; what of it the document does not hold yet
+        first = cursor
+        if selection is not None:
+            head, first, cursor = selection.text, selection.start, selection.end
+            added = head[len(os.path.commonprefix([head, text[first.offset:cursor.offset]])):]
         line_text = text[cursor.line_start:cursor.line_end]
         rest = text[cursor.offset:cursor.line_end]
-        start = types.Position(cursor.line, context.index_to_column(line_text, cursor.offset - cursor.line_start, encoding))
+        start = types.Position(first.line, context.index_to_column(
+            text[first.line_start:first.line_end], first.offset - first.line_start, encoding))
         end = types.Position(cursor.line, context.index_to_column(line_text, len(line_text), encoding))
         request_id = next(self.request_ids)
         out = []
         for index, item in enumerate(items):
             item_id = f"{request_id}.{index}"
-            self.shown[item_id] = item.text
+            self.shown[item_id] = added + item.text  # what accepting it puts into the document
             out.append(types.InlineCompletionItem(
-                insert_text=item.text + rest,
+                insert_text=head + item.text + rest,
                 range=types.Range(start, end),
                 command=types.Command(title="accept", command=ACCEPT_COMMAND, arguments=[{"id": item_id}]),
             ))

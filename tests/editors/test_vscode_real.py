@@ -104,10 +104,17 @@ class Workbench:
         return self.page.evaluate("""() => {
             const editor = document.querySelector('.monaco-editor.focused') || document.querySelector('.monaco-editor');
             if (!editor) return '';
-            const inline = [...editor.querySelectorAll('.view-lines .ghost-text-decoration')].map(e => e.textContent).join('');
+            // the middle that continues the completion menu's selected item is a `-preview` part
+            const parts = '.view-lines .ghost-text-decoration, .view-lines .ghost-text-decoration-preview';
+            const inline = [...editor.querySelectorAll(parts)].map(e => e.textContent).join('');
             const below = [...editor.querySelectorAll('.ghost-text .view-line')].map(e => e.textContent);
             return [inline, ...below].join('\\n').replace(/\\u00a0/g, ' ');
         }""")
+
+    def selected_completion(self) -> str:
+        """The aria label (`return, Text`) of the completion menu's selected item; "" when it is closed."""
+        return self.page.evaluate("""() => [...document.querySelectorAll(
+            '.suggest-widget.visible .monaco-list-row.focused')].map(e => e.getAttribute('aria-label')).join('')""")
 
     def wait_ghost_text(self, timeout: float = 90, other_than: str | None = None) -> str:
         def shown():
@@ -303,3 +310,33 @@ def test_a_server_that_cannot_start_turns_the_status_bar_to_an_error_with_the_re
         label = bench.page.get_attribute(STATUS_ITEM, "aria-label") or ""
         reason = label.replace("\\", "")  # the tooltip is Markdown: its punctuation comes escaped
         assert "infill-lsp: error: no model could be loaded (test)" in reason and "error: infill-lsp" not in reason, label
+
+
+def test_with_the_completion_menu_open_the_ghost_text_continues_its_selected_item(tmp_path, vsix):
+    """VS Code shows an inline suggestion beside its completion menu only when it extends the menu's
+    selected item (LSP 3.18 `selectedCompletionInfo`): with `return` selected after `r`, the ghost text
+    is the rest of `return`, then the model's middle for the document as that item leaves it. Tab takes
+    the menu's item and the middle stays on screen; Tab again writes it. (The tiny model's noise: `r`
+    is too short a word to finish with a name, so only the server's handling of the selection puts
+    `eturn` first.)"""
+    settings = {"infill.model": str(TINY), "infill.showInvalid": True, "infill.seed": 1}
+    with vscode(tmp_path, vsix, settings) as bench:
+        bench.go_to(11, 5)
+        bench.type("n = r")
+        bench.press("Control+Space")  # the completion menu: the document's words that start with r
+        for _ in range(6):
+            label = wait_for(bench.selected_completion, 20, "the completion menu")
+            if label.startswith("return,"):
+                break
+            bench.press("ArrowDown")
+        assert label.startswith("return,"), label
+        ghost = wait_for(lambda: (g := bench.ghost_text()).startswith("eturn") and len(g) > 5 and g, 60,
+                         "ghost text that continues `return`")
+        middle = ghost[len("eturn"):]
+        bench.screenshot("vscode-completion-menu.png")
+        bench.press("Tab")  # the menu's item
+        wait_for(lambda: bench.buffer().splitlines()[10] == "    n = return", 10, "the menu's item in the file")
+        assert wait_for(bench.ghost_text, 30, "the ghost text after the menu's item") == middle
+        bench.press("Tab")
+        wait_for(lambda: not bench.ghost_text(), 10, "the ghost text gone after Tab")
+        assert bench.save() == MAIN_PY.replace("    \n", f"    n = return{middle}\n")

@@ -226,14 +226,17 @@ function lines(input: Readable, onLine: (line: string) => void): Promise<void> {
 
 /** The answer's candidates as VS Code shows them (each without the rest of the line and what was
  * typed through), for partial-accept telemetry; the first one counts as shown. */
-function reportShown(items: vscode.InlineCompletionItem[], document: vscode.TextDocument, position: vscode.Position, typed: string): void {
+function reportShown(items: vscode.InlineCompletionItem[], document: vscode.TextDocument, position: vscode.Position): void {
   const rest = document.lineAt(position.line).text.slice(position.character);
   shown = [];
   for (const item of items) {
     const id = itemId(item.command);
     if (!id || typeof item.insertText !== "string") continue;
-    const middle = item.insertText.endsWith(rest) ? item.insertText.slice(0, item.insertText.length - rest.length) : item.insertText;
-    shown.push({ uri: document.uri.toString(), line: position.line, character: position.character, text: middle.slice(typed.length), id });
+    // what the item's range holds before the cursor: text typed through it, or the start of the completion menu's item it extends
+    const typed = item.range ? document.getText(new vscode.Range(item.range.start, position)) : "";
+    const whole = item.insertText.endsWith(rest) ? item.insertText.slice(0, item.insertText.length - rest.length) : item.insertText;
+    const added = whole.startsWith(typed) ? whole.slice(typed.length) : whole;
+    shown.push({ uri: document.uri.toString(), line: position.line, character: position.character, text: added, id });
   }
   // VS Code's stable API does not say which item is on screen; the first one is shown first.
   if (shown.length > 0 && itemId(items[0].command) === shown[0].id) reportShownOnce(shown[0].id);
@@ -282,7 +285,10 @@ async function provideInlineCompletionItems(
   const offset = document.offsetAt(position);
   const here: Asked = { uri, version: document.version, line: position.line, character: position.character, items: 0 };
   asked = here;
-  if (context.triggerKind === vscode.InlineCompletionTriggerKind.Automatic && answer) {
+  // With the completion menu open the server completes the document as its selected item would leave
+  // it, and VS Code shows only items that extend that item: the last answer is no use.
+  const selecting = context.selectedCompletionInfo !== undefined;
+  if (context.triggerKind === vscode.InlineCompletionTriggerKind.Automatic && answer && !selecting) {
     const keep = typingThrough(answer.key, { uri, text, offset });
     if (keep) {
       const start = document.positionAt(answer.key.offset);
@@ -291,7 +297,7 @@ async function provideInlineCompletionItems(
         const old = answer!.items[i];
         return new vscode.InlineCompletionItem(old.insertText, range, old.command);
       });
-      reportShown(items, document, position, text.slice(answer.key.offset, offset));
+      reportShown(items, document, position);
       here.items = items.length;
       return new vscode.InlineCompletionList(items);
     }
@@ -304,8 +310,8 @@ async function provideInlineCompletionItems(
   if (items.length > 0 && !token.isCancellationRequested) {
     const start = document.offsetAt(items[0].range?.start ?? position);
     const insertTexts = items.map((item) => (typeof item.insertText === "string" ? item.insertText : item.insertText.value));
-    answer = { key: answerAt(uri, text, start, insertTexts), items };
-    reportShown(items, document, position, "");
+    answer = selecting ? undefined : { key: answerAt(uri, text, start, insertTexts), items };
+    reportShown(items, document, position);
   } else {
     answer = undefined;
     shown = [];

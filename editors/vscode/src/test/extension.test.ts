@@ -53,10 +53,11 @@ function until<T>(what: string, fn: () => T | undefined | false | Promise<T | un
 
 const token = new vscode.CancellationTokenSource().token;
 
-function provide(document: vscode.TextDocument, position: vscode.Position, triggerKind: vscode.InlineCompletionTriggerKind) {
+function provide(document: vscode.TextDocument, position: vscode.Position, triggerKind: vscode.InlineCompletionTriggerKind,
+                 selectedCompletionInfo?: { range: vscode.Range; text: string }) {
   const provider = fake.inlineProviders.find((p) => vscode.languages.match(p.selector, document as any))?.provider;
   assert.ok(provider, "an inline completion provider for the document");
-  return provider.provideInlineCompletionItems(document, position, { triggerKind, selectedCompletionInfo: undefined }, token);
+  return provider.provideInlineCompletionItems(document, position, { triggerKind, selectedCompletionInfo }, token);
 }
 
 function stats(): Promise<any> {
@@ -156,6 +157,29 @@ test("the extension in a (fake) editor against the real server", { skip }, async
       assert.deepEqual([next.items[0].range.start.character, next.items[0].range.end.character], [9, document.lineAt(0).text.length]);
       assert.equal((await stats()).requests, requests);
       fake.onDidChangeTextDocument.fire(document.edit(new vscode.Range(0, 9, 0, 10), "")); // and deletes it
+    });
+
+    await t.test("the completion menu open: the server is asked, its items extend the selected item", async () => {
+      fake.onDidChangeTextDocument.fire(document.edit(new vscode.Range(at, at), "ab")); // "total = (ab)"
+      const cursor = new vscode.Position(0, 11);
+      const requests = (await stats()).requests;
+      const selected = { range: new vscode.Range(at, cursor), text: "abs" }; // VS Code's selected item replaces "ab"
+      const list = await provide(document, cursor, vscode.InlineCompletionTriggerKind.Automatic, selected);
+      assert.equal((await stats()).requests, requests + 1); // not an answer typed through: the server completed "abs"
+      assert.ok(list.items.length >= 1);
+      for (const item of list.items) {
+        assert.ok(item.insertText.startsWith("abs") && item.insertText.endsWith(")"), item.insertText);
+        assert.deepEqual([item.range.start.character, item.range.end.character], [9, 12]); // the item's start to the line's end
+      }
+      // partial-accept telemetry follows what the item adds at the cursor: the selected item's rest, then the middle
+      const added: string = list.items[0].insertText.slice(2, -1);
+      assert.ok(added.length >= 2 && added.startsWith("s"), JSON.stringify(added));
+      const before = await stats();
+      fake.onDidChangeTextDocument.fire(document.edit(new vscode.Range(cursor, cursor), added.slice(0, 2)));
+      await until("the partial accept", async () => (await stats()).partiallyAccepted === before.partiallyAccepted + 1, 10_000);
+      assert.equal((await stats()).acceptedChars, before.acceptedChars + 2);
+      fake.onDidChangeTextDocument.fire(document.edit(new vscode.Range(0, 9, 0, 13), ""));
+      assert.equal(document.lineAt(0).text, "total = ()");
     });
 
     await t.test("accept word: a multi-character insertion of the shown suggestion", async () => {
