@@ -434,10 +434,6 @@ class InfillServer(LanguageServer):
         if not self.settings.enabled_for(language_id):
             return empty
         text = source = document.source
-        if not text.isascii() and _LONE_SURROGATE.search(text):
-            # JSON's \ud800 escapes put lone surrogates in a document; no tokenizer takes them. U+FFFD
-            # is one code point and one UTF-16 unit too: every position stays where it was.
-            text = _LONE_SURROGATE.sub("\ufffd", text)
         encoding = context.encoding_name(self.workspace.position_encoding)
         cursor = context.cursor_at(text, params.position.line, params.position.character, encoding)
         if cursor is None:
@@ -451,8 +447,10 @@ class InfillServer(LanguageServer):
         selection = self._selection(params.context.selected_completion_info, text, cursor, encoding)
         if selection is not None:
             text, cursor = selection.document(text)
-            if not text.isascii() and _LONE_SURROGATE.search(text):
-                text = _LONE_SURROGATE.sub("\ufffd", text)
+        if not text.isascii() and _LONE_SURROGATE.search(text):
+            # JSON's \ud800 escapes put lone surrogates in a document (or a selected item); no tokenizer
+            # takes them. U+FFFD is one code point and as many UTF-8/16 units: every position stays where it was.
+            text = _LONE_SURROGATE.sub("\ufffd", text)
 
         # A newer request makes every older one stale: an editor shows ghost text at one cursor
         # only, so a request for another document (the user switched tabs) is stale too.
