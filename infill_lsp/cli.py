@@ -178,11 +178,17 @@ def cmd_corpus(args: argparse.Namespace) -> int:
     from .train.loop import train_tokenizer
     from .train.shards import is_heldout, write_shards
 
+    from .engine import SHIPPED_MODEL
+
+    # Shards hold token ids: by default those of the shipped model, so `train --init` from it (and
+    # `train --resume` once a run's own state is gone) can read them. `new` trains a tokenizer.
+    source = args.tokenizer or (str(SHIPPED_MODEL) if (SHIPPED_MODEL / "tokenizer.json").exists() else "new")
     corpus = collect_multilanguage(Path(args.humaneval) if args.humaneval else None, args.max_bytes)
-    if args.tokenizer:
+    if source != "new":
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
+        logging.info("tokenizing with %s's tokenizer (`--tokenizer new` trains one)", source)
     else:  # a byte-level BPE trained on a sample of the training files (never the held-out ones)
         rng = random.Random(0)
         texts = [t for t, p in zip(corpus.texts, corpus.paths) if not is_heldout(p)]
@@ -318,9 +324,12 @@ def main(argv: list[str] | None = None) -> int:
     corpus = sub.add_parser("corpus", help="collect permissively licensed code on this machine into token shards")
     corpus.add_argument("--out", required=True, help="shard directory to write")
     corpus.add_argument("--max-bytes", type=int, default=120_000_000)
-    corpus.add_argument("--vocab-size", type=int, default=8192)
-    corpus.add_argument("--tokenizer", default="", help="reuse this checkpoint's tokenizer instead of training one")
-    corpus.add_argument("--tokenizer-bytes", type=int, default=30_000_000, help="text the tokenizer is trained on")
+    corpus.add_argument("--tokenizer", default="",
+                        help="the checkpoint whose tokenizer writes the shards (default: the shipped model's, so its "
+                        "weights can train on them); `new`: train a byte-level BPE on the corpus")
+    corpus.add_argument("--vocab-size", type=int, default=8192, help="with --tokenizer new")
+    corpus.add_argument("--tokenizer-bytes", type=int, default=30_000_000,
+                        help="with --tokenizer new: text the tokenizer is trained on")
     corpus.add_argument("--context-tokens", type=int, default=512,
                         help="store each file's repository context (definitions from its package) up to this many "
                         "tokens, for `data.repo_context_tokens` training; 0: none")

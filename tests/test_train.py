@@ -153,3 +153,41 @@ def test_repository_corpus_and_humaneval_exclusion(tmp_path):
         assert corpus.excluded_for_humaneval == 1 and len(corpus.texts) == 1
     else:
         assert len(corpus.texts) == 2
+
+
+def test_weights_train_only_on_shards_written_with_their_own_tokenizer(tmp_path):
+    """Shards hold token ids. `infill-lsp corpus` used to train a tokenizer of its own by default, and
+    `train --init SHIPPED --shards` (or `--resume` once the run's state was gone) then trained the
+    shipped weights on ids that meant other text to them, silently. Now `corpus` writes with the
+    shipped model's tokenizer by default, and `train` refuses shards of another tokenizer, saying how
+    to write the right ones."""
+    from infill_lsp.train.loop import same_tokenizer, train_tokenizer
+    from infill_lsp.train.shards import write_shards
+
+    texts = [SAMPLES[i % len(SAMPLES)].read_text() for i in range(120)]
+    corpus = Corpus(texts=texts, manifest=[ManifestEntry("fixtures", "0", "Apache-2.0")],
+                    paths=[f"/repo/file{i}.py" for i in range(120)], languages=["python"] * 120)
+    own = AutoTokenizer.from_pretrained(TINY_MODEL)
+    other = train_tokenizer([t.upper() for t in texts], own.vocab_size)  # the same recipe on other text
+    assert len(other) == len(own) and not same_tokenizer(own, other)  # same size: nothing else would notice
+    write_shards(corpus, other, tmp_path / "other")
+    write_shards(corpus, own, tmp_path / "own")
+    config = TrainConfig(seed=0, data=DataConfig(sequence_tokens=100, holes_per_sequence=4),
+                         optim=OptimConfig(steps=2, batch_size=2, lr=1e-3, warmup=1, log_every=1))
+    with pytest.raises(ValueError, match=r"another tokenizer.*infill-lsp corpus --tokenizer"):
+        train(config, tmp_path / "wrong", init=str(TINY_MODEL), shards=tmp_path / "other", device="cpu")
+    assert not (tmp_path / "wrong" / "state.pt").exists()
+    history = train(config, tmp_path / "right", init=str(TINY_MODEL), shards=tmp_path / "own", device="cpu")
+    assert history[-1]["step"] == 2
+    assert same_tokenizer(own, AutoTokenizer.from_pretrained(tmp_path / "right"))
+
+
+def test_corpus_writes_shards_with_the_shipped_tokenizer_by_default(tmp_path, monkeypatch):
+    import infill_lsp.engine
+    from infill_lsp.cli import main
+    from infill_lsp.train.loop import same_tokenizer
+
+    monkeypatch.setattr(infill_lsp.engine, "SHIPPED_MODEL", TINY_MODEL)  # as the shipped model, faster
+    assert main(["corpus", "--out", str(tmp_path / "shards"), "--max-bytes", "60000", "--context-tokens", "0",
+                 "--humaneval", str(tmp_path / "none")]) == 0
+    assert same_tokenizer(AutoTokenizer.from_pretrained(TINY_MODEL), AutoTokenizer.from_pretrained(tmp_path / "shards"))

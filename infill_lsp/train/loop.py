@@ -104,6 +104,19 @@ def train_tokenizer(texts: list[str], vocab_size: int):
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>")
 
 
+def same_tokenizer(a, b) -> bool:
+    """Whether two tokenizers give every text the same ids (vocabulary, merges, special tokens,
+    normalisation and pre-tokenisation). Shards hold ids, not text, so weights may train only on
+    shards written with their own tokenizer: with another (a `corpus` run that trained one) every id
+    means other text to them."""
+    def spec(tokenizer) -> str:
+        data = json.loads(tokenizer.backend_tokenizer.to_str())
+        added = sorted((t["id"], t["content"]) for t in data.get("added_tokens") or [])
+        return json.dumps([data.get("model"), added, data.get("normalizer"), data.get("pre_tokenizer")],
+                          sort_keys=True)
+    return spec(a) == spec(b)
+
+
 def build_model(shape: ModelShape, vocab_size: int, canvas_length: int):
     from transformers import (DiffusionGemmaConfig, DiffusionGemmaForBlockDiffusion, DiffusionGemmaTextConfig,
                               Gemma4VisionConfig)
@@ -407,7 +420,13 @@ def train(config: TrainConfig | None, out: Path, *, init: str | None = None, dat
     source = state["init"] if state is not None else init
     if state is not None or init:
         checkpoint = out / "model" if state is not None else Path(init)
-        tokenizer = tokenizer or AutoTokenizer.from_pretrained(checkpoint, local_files_only=True)
+        own = AutoTokenizer.from_pretrained(checkpoint, local_files_only=True)
+        if tokenizer is not None and not same_tokenizer(tokenizer, own):
+            raise ValueError(
+                f"the shards in {shards} were written with another tokenizer than the weights in {checkpoint}: "
+                "their token ids would mean other text to these weights. Write shards for them with "
+                f"`infill-lsp corpus --tokenizer {checkpoint} --out DIR`, or train from scratch (no --init or --resume)")
+        tokenizer = tokenizer or own
         model = DiffusionGemmaForBlockDiffusion.from_pretrained(checkpoint, local_files_only=True, dtype=torch.float32)
     else:
         tokenizer = tokenizer or train_tokenizer(train_texts, config.data.vocab_size)
