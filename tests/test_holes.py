@@ -202,3 +202,34 @@ def test_holes_loss_is_the_unfused_objective(monkeypatch):
     assert len(grads) == len(expected_grads) > 10
     for grad, reference in zip(grads, expected_grads):
         assert torch.allclose(grad, reference, atol=1e-5, rtol=1e-3)
+
+
+def test_language_weights_set_each_languages_share_of_sequences(tmp_path):
+    """`[data] language_weights` (e.g. more Python): a factor on each language's default weight (the
+    square root of its size); a language left out keeps 1; one the shards do not hold is an error, not
+    a silent no-op."""
+    import pytest
+
+    tokenizer = AutoTokenizer.from_pretrained(TINY_MODEL)
+    samples = [s for s in SAMPLES if s.suffix in (".py", ".js")]
+    texts = [samples[i % len(samples)].read_text() for i in range(200)]
+    languages = ["python" if samples[i % len(samples)].suffix == ".py" else "javascript" for i in range(200)]
+    corpus = Corpus(texts=texts, manifest=[ManifestEntry("fixtures", "0", "Apache-2.0", 200, 1)],
+                    languages=languages, paths=[f"/src/pkg{i}/file{i}" for i in range(200)])
+    write_shards(corpus, tokenizer, tmp_path)
+
+    def python_share(weights):
+        data = TokenData(tmp_path, weights)
+        drawn = data.draw(random.Random(0), 2000)
+        in_python = {id(d) for d in data.documents["python"]}
+        return sum(id(d) in in_python for d in drawn) / len(drawn)
+
+    data = TokenData(tmp_path)
+    sizes = {lang: sum(len(d.tokens) for d in docs) ** 0.5 for lang, docs in data.documents.items()}
+    default = sizes["python"] / (sizes["python"] + sizes["javascript"])
+    assert 0.2 < default < 0.8 and abs(python_share(None) - default) < 0.03  # both drawn by default
+    assert python_share({"javascript": 0.0}) == 1.0
+    tripled = 3 * sizes["python"] / (3 * sizes["python"] + sizes["javascript"])
+    assert abs(python_share({"python": 3.0}) - tripled) < 0.03
+    with pytest.raises(ValueError, match="pyhton"):
+        TokenData(tmp_path, {"pyhton": 2.0})

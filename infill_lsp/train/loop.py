@@ -59,6 +59,10 @@ class DataConfig(msgspec.Struct, frozen=True):
     repo_context_dropout: float = 0.3  # share of sequences trained without their context
     repo_anchor_share: float = 0.3  # share of holes at a use of a name the context defines (where there is one)
     max_corpus_bytes: int = 120_000_000
+    # A factor on how often each language of the shards is drawn (by default in proportion to the square
+    # root of its token count, so small languages are not drowned; shards.TokenData): python = 2.0 draws
+    # Python twice as often, 0 never; a language left out keeps 1.
+    language_weights: dict[str, float] = {}
     prefix_tokens: int = 512  # the one-hole-per-example objective ("single") only
     objective: str = "holes"  # "holes" (many per sequence) or "single" (one per example: the old baseline)
 
@@ -394,7 +398,7 @@ def train(config: TrainConfig | None, out: Path, *, init: str | None = None, dat
     token_data = None
     tokenizer = None
     if shards is not None:
-        token_data = TokenData(shards)
+        token_data = TokenData(shards, config.data.language_weights)
         if config.data.repo_context_tokens and not token_data.repo_context:
             raise ValueError(f"{shards} holds no repository context (data.repo_context_tokens > 0): build the shards "
                              "with this version's `infill-lsp corpus`")

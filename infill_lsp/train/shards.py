@@ -199,8 +199,13 @@ class TokenData:
         totals = {lang: sum(len(d.tokens) for d in docs) for lang, docs in self.documents.items()}
         weights = language_weights or {}
         self.languages = sorted(self.documents)
-        # Default: each language in proportion to the square root of its size (small ones not drowned).
-        self.language_weights = [weights.get(lang, totals[lang] ** 0.5) for lang in self.languages]
+        unknown = sorted(set(weights) - set(self.languages))
+        if unknown:
+            raise ValueError(f"language_weights names {', '.join(unknown)}, which {directory} holds none of "
+                             f"(it holds {', '.join(self.languages)})")
+        # Each language in proportion to the square root of its size (small ones not drowned), times its
+        # factor in `language_weights` (1 when left out; 0: never drawn).
+        self.language_weights = [weights.get(lang, 1.0) * totals[lang] ** 0.5 for lang in self.languages]
         self.cumulative = {lang: np.cumsum([len(d.tokens) for d in docs]) for lang, docs in self.documents.items()}
 
     def draw(self, rng: random.Random, count: int) -> list[Document]:

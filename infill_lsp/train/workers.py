@@ -38,8 +38,9 @@ def _start(shards: str, data: dict) -> None:
     from .shards import TokenData
 
     torch.set_num_threads(1)
-    _WORKER["data"] = TokenData(Path(shards))
-    _WORKER["sampler"] = hole_sampler(msgspec.convert(data, DataConfig), AutoTokenizer.from_pretrained(shards))
+    config = msgspec.convert(data, DataConfig)
+    _WORKER["data"] = TokenData(Path(shards), config.language_weights)
+    _WORKER["sampler"] = hole_sampler(config, AutoTokenizer.from_pretrained(shards))
 
 
 def sample_batch(sampler, token_data, seed: int, step: int, batch_size: int) -> HoleBatch:
