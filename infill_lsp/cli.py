@@ -202,7 +202,7 @@ def cmd_corpus(args: argparse.Namespace) -> int:
         tokenizer = train_tokenizer(sample, args.vocab_size)
     manifest = write_shards(corpus, tokenizer, Path(args.out), context_tokens=args.context_tokens)
     print(f"wrote {args.out}: {len(manifest['shards'])} shards, tokens by language {manifest['tokens']}, "
-          f"{manifest['heldout_files']} held-out files")
+          f"{manifest['heldout_files']} held-out files, {manifest['duplicates_dropped']} exact duplicates left out")
     if "repo_context" in manifest:
         ctx = manifest["repo_context"]
         print(f"repository context: {ctx['with_context']} of {ctx['documents']} documents, "

@@ -118,7 +118,7 @@ def test_rows_have_the_engine_canvas_layout():
 def test_shards_round_trip_and_hold_files_out(tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(TINY_MODEL)
     paths = [f"/src/pkg{i}/file{i}.py" for i in range(300)]
-    texts = [SAMPLES[i % len(SAMPLES)].read_text() for i in range(300)]
+    texts = [SAMPLES[i % len(SAMPLES)].read_text() + f"\n# {i}\n" for i in range(300)]  # no exact duplicates
     corpus = Corpus(texts=texts, manifest=[ManifestEntry("fixtures", "0", "Apache-2.0", 300, 1)],
                     languages=["python"] * 300, paths=paths)
     manifest = write_shards(corpus, tokenizer, tmp_path)
@@ -212,7 +212,7 @@ def test_language_weights_set_each_languages_share_of_sequences(tmp_path):
 
     tokenizer = AutoTokenizer.from_pretrained(TINY_MODEL)
     samples = [s for s in SAMPLES if s.suffix in (".py", ".js")]
-    texts = [samples[i % len(samples)].read_text() for i in range(200)]
+    texts = [samples[i % len(samples)].read_text() + f"\n// {i}\n" for i in range(200)]  # no exact duplicates
     languages = ["python" if samples[i % len(samples)].suffix == ".py" else "javascript" for i in range(200)]
     corpus = Corpus(texts=texts, manifest=[ManifestEntry("fixtures", "0", "Apache-2.0", 200, 1)],
                     languages=languages, paths=[f"/src/pkg{i}/file{i}" for i in range(200)])
@@ -233,3 +233,30 @@ def test_language_weights_set_each_languages_share_of_sequences(tmp_path):
     assert abs(python_share({"python": 3.0}) - tripled) < 0.03
     with pytest.raises(ValueError, match="pyhton"):
         TokenData(tmp_path, {"pyhton": 2.0})
+
+
+def test_exact_duplicates_are_left_out_and_never_leak_into_the_held_out_check(tmp_path):
+    """An npm package ships the same file under `lib/` and `lib/esm/`: one copy held out and one
+    trained on put the held-out answer in the training data (9 of 227 held-out files on this
+    machine's corpus did). The held-out copy is kept and its training twins dropped; other repeats
+    are kept once."""
+    from infill_lsp.train.shards import duplicates
+
+    tokenizer = AutoTokenizer.from_pretrained(TINY_MODEL)
+    paths = [f"/src/pkg{i}/file{i}.py" for i in range(300)]
+    held = [p for p in paths if is_heldout(p)]
+    texts = [SAMPLES[i % len(SAMPLES)].read_text() + f"\n# file {i}\n" for i in range(300)]
+    twin = paths.index(held[0])
+    texts[-1] = texts[-2] = texts[twin]  # two training copies of a held-out file
+    texts[0] = texts[1] = texts[2] = "x = 1\n" * 20  # a training file three times
+    assert not is_heldout(paths[-1]) and not any(is_heldout(p) for p in paths[:3])
+    assert duplicates(texts, [is_heldout(p) for p in paths]) == {len(paths) - 1, len(paths) - 2, 1, 2}
+
+    corpus = Corpus(texts=texts, manifest=[ManifestEntry("fixtures", "0", "Apache-2.0", 300, 1)],
+                    languages=["python"] * 300, paths=paths)
+    manifest = write_shards(corpus, tokenizer, tmp_path)
+    assert manifest["duplicates_dropped"] == 4 and manifest["heldout_files"] == len(held)
+    assert texts[twin] in {r["text"] for r in read_heldout(tmp_path)}
+    trained = [tokenizer.decode(d.tokens.tolist()) for d in TokenData(tmp_path).documents["python"]]
+    assert texts[twin] not in trained and trained.count("x = 1\n" * 20) == 1
+    assert len(trained) == 300 - len(held) - 4

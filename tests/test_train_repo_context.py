@@ -263,8 +263,8 @@ def _training_corpus() -> Corpus:
     """Packages of two files: one uses the short functions the other defines."""
     files = {}
     for k in range(16):
-        files[f"pkg{k}/util.py"] = UTIL
-        files[f"pkg{k}/report.py"] = USER
+        files[f"pkg{k}/util.py"] = UTIL + f"# package {k}\n"  # no exact duplicates (write_shards drops them)
+        files[f"pkg{k}/report.py"] = USER + f"# package {k}\n"
     paths = [f"/src/{name}" for name in files]
     return Corpus(texts=list(files.values()), manifest=[ManifestEntry("fixture", "0", "MIT", len(files), 1)],
                   languages=["python"] * len(files), paths=paths, roots=["/src"] * len(files))

@@ -26,7 +26,7 @@ from .corpus import Corpus, collect_multilanguage, collect_repository
 from .holes import HoleSampler, holes_loss
 from . import repo
 from .objective import ExampleBuilder, collate, infill_loss, sample_split
-from .shards import Document, TokenData, heldout_paths, read_heldout
+from .shards import Document, TokenData, duplicates, heldout_paths, read_heldout
 from .workers import BatchWorkers, default_workers
 
 log = logging.getLogger(__name__)
@@ -415,9 +415,11 @@ def train(config: TrainConfig | None, out: Path, *, init: str | None = None, dat
         sources, excluded = msgspec.to_builtins(corpus.manifest), corpus.excluded_for_humaneval
         paths = corpus.paths or [str(i) for i in range(len(corpus.texts))]
         held = heldout_paths(paths)
-        train_indices = [i for i, p in enumerate(paths) if p not in held] or list(range(len(paths)))
+        dropped = duplicates(corpus.texts, [p in held for p in paths])
+        train_indices = ([i for i, p in enumerate(paths) if p not in held and i not in dropped]
+                         or list(range(len(paths))))
         train_texts = [corpus.texts[i] for i in train_indices]
-        heldout_texts = [t for t, p in zip(corpus.texts, paths) if p in held]
+        heldout_texts = [t for i, (t, p) in enumerate(zip(corpus.texts, paths)) if p in held and i not in dropped]
     log.info("data: %s", f"{token_data.total_tokens:,} tokens in shards" if token_data else
              f"{len(corpus.texts)} files, {sum(m['bytes'] for m in sources):,} bytes")
 

@@ -53,6 +53,22 @@ def heldout_paths(paths: list[str], minimum: int = 2) -> set[str]:
     return held
 
 
+def duplicates(texts: list[str], held: list[bool]) -> set[int]:
+    """Indices of files to leave out because their exact text is already in: a held-out file's (a
+    training copy would put the answers of the held-out check in the training data: an npm package
+    ships the same `.d.ts` under `lib/` and `lib/esm/`) or an earlier file's (trained twice as
+    often as its siblings, or counted twice in the held-out check)."""
+    digest = [hashlib.sha1(text.encode("utf-8", "surrogatepass")).digest() for text in texts]
+    order = [i for i in range(len(texts)) if held[i]] + [i for i in range(len(texts)) if not held[i]]
+    seen: set[bytes] = set()
+    dropped = set()
+    for i in order:
+        if digest[i] in seen:
+            dropped.add(i)
+        seen.add(digest[i])
+    return dropped
+
+
 def _bounds(lengths) -> np.ndarray:
     """Offsets [0, l0, l0 + l1, ...] of pieces of these lengths laid end to end."""
     return np.concatenate([[0], np.cumsum(np.fromiter(lengths, dtype=np.int64))]).astype(np.int64)
@@ -81,7 +97,10 @@ def write_shards(corpus: Corpus, tokenizer, out: Path, context_tokens: int = 0) 
         raise ValueError("shards store uint16 token ids: the vocabulary must be below 65,536")
     by_language: dict[str, list[int]] = {}
     heldout = []
+    dropped = duplicates(corpus.texts, [is_heldout(path) for path in corpus.paths])
     for index, (path, language) in enumerate(zip(corpus.paths, corpus.languages)):
+        if index in dropped:
+            continue
         if is_heldout(path):
             heldout.append({"path": path, "language": language, "text": corpus.texts[index]})
         else:
@@ -130,7 +149,8 @@ def write_shards(corpus: Corpus, tokenizer, out: Path, context_tokens: int = 0) 
         for record in heldout:
             fh.write(json.dumps(record) + "\n")
     manifest = {"sources": msgspec.to_builtins(corpus.manifest), "shards": shards, "tokens": totals,
-                "heldout_files": len(heldout), "excluded_for_humaneval": corpus.excluded_for_humaneval}
+                "heldout_files": len(heldout), "excluded_for_humaneval": corpus.excluded_for_humaneval,
+                "duplicates_dropped": len(dropped)}
     if context_tokens > 0:
         documents = sum(s["documents"] for s in shards)
         manifest["repo_context"] = {
@@ -139,8 +159,8 @@ def write_shards(corpus: Corpus, tokenizer, out: Path, context_tokens: int = 0) 
             "with_context": len(with_context),
             "mean_tokens": round(sum(with_context) / len(with_context), 1) if with_context else 0.0}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
-    log.info("wrote %d shards (%s tokens by language) and %d held-out files to %s", len(shards),
-             totals, len(heldout), out)
+    log.info("wrote %d shards (%s tokens by language) and %d held-out files to %s (%d exact duplicates left out)",
+             len(shards), totals, len(heldout), out, len(dropped))
     return manifest
 
 
