@@ -52,6 +52,7 @@ class HoleResult(msgspec.Struct):
     shown_parsing: int
     latency_ms: float
     top: str | None = None
+    path: str = ""  # the held-out file the hole was cut from
 
 
 def _errors(language: str, source: str) -> int:
@@ -134,7 +135,7 @@ def run_holes(engine, holes: list[Hole], *, budget: Budget, settings: Settings =
         raw = rank.clean(result.raw[0].text, hole.text[hole.offset:], rank.line_before_cursor(hole.text[:hole.offset])) if result.raw else None
         answer = hole.answer.rstrip()
         results.append(HoleResult(
-            language=hole.language, kind=hole.kind, top=top,
+            language=hole.language, kind=hole.kind, top=top, path=hole.path,
             exact_top=top is not None and top.rstrip() == answer,
             exact_raw=raw is not None and raw.rstrip() == answer,
             shown=len(result.items),
