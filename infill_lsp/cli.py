@@ -174,11 +174,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_corpus(args: argparse.Namespace) -> int:
     import random
 
+    from .engine import SHIPPED_MODEL
     from .train.corpus import collect_multilanguage
     from .train.loop import train_tokenizer
     from .train.shards import is_heldout, write_shards
-
-    from .engine import SHIPPED_MODEL
 
     # Shards hold token ids: by default those of the shipped model, so `train --init` from it (and
     # `train --resume` once a run's own state is gone) can read them. `new` trains a tokenizer.
