@@ -237,7 +237,7 @@ def test_language_weights_set_each_languages_share_of_sequences(tmp_path):
 
 def test_exact_duplicates_are_left_out_and_never_leak_into_the_held_out_check(tmp_path):
     """An npm package ships the same file under `lib/` and `lib/esm/`: one copy held out and one
-    trained on put the held-out answer in the training data (9 of 227 held-out files on this
+    trained on put the held-out answer in the training data (9 of the 223 held-out files of this
     machine's corpus did). The held-out copy is kept and its training twins dropped; other repeats
     are kept once."""
     from infill_lsp.train.shards import duplicates

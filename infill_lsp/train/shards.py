@@ -97,11 +97,12 @@ def write_shards(corpus: Corpus, tokenizer, out: Path, context_tokens: int = 0) 
         raise ValueError("shards store uint16 token ids: the vocabulary must be below 65,536")
     by_language: dict[str, list[int]] = {}
     heldout = []
-    dropped = duplicates(corpus.texts, [is_heldout(path) for path in corpus.paths])
+    held = [is_heldout(path) for path in corpus.paths]
+    dropped = duplicates(corpus.texts, held)
     for index, (path, language) in enumerate(zip(corpus.paths, corpus.languages)):
         if index in dropped:
             continue
-        if is_heldout(path):
+        if held[index]:
             heldout.append({"path": path, "language": language, "text": corpus.texts[index]})
         else:
             by_language.setdefault(language, []).append(index)
