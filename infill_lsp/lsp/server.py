@@ -213,6 +213,7 @@ class InfillServer(LanguageServer):
             if reporter:
                 loop.call_soon_threadsafe(reporter, message, percent)
 
+        ready = False
         try:
             engine = await loop.run_in_executor(self.worker, load_engine, wanted, progress)
         except asyncio.CancelledError:
@@ -228,7 +229,7 @@ class InfillServer(LanguageServer):
             if holder.config == wanted:
                 holder.engine = engine
                 log.info("engine ready: %s", engine.info)
-                self.set_status("idle")
+                ready = True
             else:
                 self.worker.submit(engine.close)
         finally:
@@ -236,6 +237,8 @@ class InfillServer(LanguageServer):
                 holder.loading = None
             if reporter:
                 self._safe(self.work_done_progress.end, progress_token, types.WorkDoneProgressEnd())
+        if ready:  # after the progress end: a client that sees "idle" has seen the load's progress close
+            self.set_status("idle")
 
     async def _begin_progress(self, token: str, title: str):
         capabilities = getattr(self, "client_capabilities", None)
