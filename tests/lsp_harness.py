@@ -23,6 +23,7 @@ class Editor:
         self.statuses: list[dict] = []
         self.logs: list[str] = []
         self.progress: list = []
+        self.events: list[tuple[str, str]] = []  # ("status", state) and ("progress", kind), as they arrived
         self.registrations: list[dict] = []  # client/registerCapability and unregisterCapability, in order
 
         @self.client.feature(types.CLIENT_REGISTER_CAPABILITY)
@@ -37,6 +38,7 @@ class Editor:
         @self.client.feature("infill/status")
         def on_status(params):
             self.statuses.append(_plain(params))
+            self.events.append(("status", self.statuses[-1]["state"]))
 
         @self.client.feature(types.WINDOW_LOG_MESSAGE)
         def on_log(params: types.LogMessageParams):
@@ -53,6 +55,7 @@ class Editor:
         @self.client.feature(types.PROGRESS)
         def on_progress(params):
             self.progress.append(params)
+            self.events.append(("progress", _plain(params.value)["kind"] if params.value else ""))
 
     async def start(self, *args: str, init_options: dict | None = None, encodings=None, progress=True,
                     stub: list[str] | None = None, watch_files: bool | None = None):

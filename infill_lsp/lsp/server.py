@@ -213,23 +213,24 @@ class InfillServer(LanguageServer):
             if reporter:
                 loop.call_soon_threadsafe(reporter, message, percent)
 
-        ready = False
+        final_status: tuple[str, str | None] | None = None  # sent after the progress end, never before
         try:
             engine = await loop.run_in_executor(self.worker, load_engine, wanted, progress)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            holder.error = f"{type(exc).__name__}: {exc}"
-            holder.failed_at = time.monotonic()
-            log.error("engine failed to load: %s", holder.error)
-            self.set_status("error", holder.error)
-            self._safe(self.window_show_message, types.ShowMessageParams(
-                type=types.MessageType.Error, message=f"infill-lsp: {holder.error}"))
+            if holder.config == wanted:  # a superseded load's failure is not the server's state
+                holder.error = f"{type(exc).__name__}: {exc}"
+                holder.failed_at = time.monotonic()
+                log.error("engine failed to load: %s", holder.error)
+                final_status = ("error", holder.error)
+            else:
+                log.info("a superseded engine load failed: %s: %s", type(exc).__name__, exc)
         else:
             if holder.config == wanted:
                 holder.engine = engine
                 log.info("engine ready: %s", engine.info)
-                ready = True
+                final_status = ("idle", None)
             else:
                 self.worker.submit(engine.close)
         finally:
@@ -237,8 +238,12 @@ class InfillServer(LanguageServer):
                 holder.loading = None
             if reporter:
                 self._safe(self.work_done_progress.end, progress_token, types.WorkDoneProgressEnd())
-        if ready:  # after the progress end: a client that sees "idle" has seen the load's progress close
-            self.set_status("idle")
+        # After the progress end: a client that sees "idle" or "error" has seen the load's progress close.
+        if final_status is not None:
+            self.set_status(*final_status)
+            if final_status[0] == "error":
+                self._safe(self.window_show_message, types.ShowMessageParams(
+                    type=types.MessageType.Error, message=f"infill-lsp: {holder.error}"))
 
     async def _begin_progress(self, token: str, title: str):
         capabilities = getattr(self, "client_capabilities", None)
