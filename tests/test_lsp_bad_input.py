@@ -95,8 +95,8 @@ async def test_unknown_method_and_model_missing():
         assert not (await ed.complete(URI, 0, 4)).items
         assert any(s["state"] == "error" for s in ed.statuses)
         assert any("not a directory" in line for line in ed.logs)
-        # the load's progress is closed before the error is reported: a status bar that shows the
-        # error is not then overwritten by a spinner that never ends
+        # the load's progress is closed before the error is reported: an editor that shows the
+        # error is not still showing the load's spinner beside it
         assert ("progress", "end") in ed.events
         assert ed.events.index(("progress", "end")) < ed.events.index(("status", "error"))
         with pytest.raises(JsonRpcException):
