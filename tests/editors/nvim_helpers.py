@@ -47,17 +47,27 @@ def server_stats(nvim):
 
 
 def drawn(nvim):
-    """The ghost text as drawn: inline virtual text at the cursor plus virtual lines."""
+    """The ghost text as drawn: virtual text at the cursor (inline, or an overlay where it covers the
+    rest of the line) plus virtual lines."""
     marks = nvim.exec_lua(
         'local ns = vim.api.nvim_get_namespaces()["infill"];'
         'return vim.api.nvim_buf_get_extmarks(0, ns, 0, -1, {details = true})')
     text = None
     for _, _, _, details in marks:
-        if details.get("virt_text_pos") == "inline":
+        if details.get("virt_text_pos") in ("inline", "overlay"):
             text = "".join(chunk[0] for chunk in details["virt_text"])
             for line in details.get("virt_lines", []):
                 text += "\n" + "".join(chunk[0] for chunk in line)
     return text
+
+
+def screen(nvim, rows, columns=40):
+    """The first `rows` screen lines as Neovim drew them (its grid, read back after a redraw), right-trimmed."""
+    nvim.command("redraw!")
+    return nvim.exec_lua(
+        "local rows, columns = ... local out = {} "
+        "for r = 1, rows do local s = {} for c = 1, columns do s[c] = vim.fn.screenstring(r, c) end "
+        "out[r] = (table.concat(s):gsub('%s+$', '')) end return out", rows, columns)
 
 
 def hint(nvim):

@@ -6,13 +6,15 @@ middles the test chooses, and logs every message it gets as a JSON line.
 
 Optional: "version" (initialize's serverInfo.version; none without it); "load" (seconds: like
 infill-lsp while its model loads, infill/status `loading` after initialized and empty answers until
-`idle`, which comes that long after the first inlineCompletion request).
+`idle`, which comes that long after the first inlineCompletion request); "replace_rest": true (items
+replace the rest of the line: insertText = middle alone). Its process id is logged as {"pid": N}.
 
 Only the standard library: it stands in for the real server where a test needs exact text
 (several lines, tabs, non-ASCII) that the random fixture model cannot be asked for.
 """
 
 import json
+import os
 import sys
 import threading
 import time
@@ -81,7 +83,7 @@ def complete(message):
     time.sleep(script.get("delay", 0))
     items = [
         {
-            "insertText": middle + rest,
+            "insertText": middle if script.get("replace_rest") else middle + rest,
             "range": {"start": pos, "end": {"line": pos["line"], "character": utf16_len(line)}},
             "command": {"title": "accept", "command": "infill.accept", "arguments": [{"id": f"{request_count}.{i}"}]},
         }
@@ -100,6 +102,7 @@ def main():
         log(message)
         method = message.get("method")
         if method == "initialize":
+            log({"pid": os.getpid()})
             result = {"capabilities": {
                 "textDocumentSync": 1,
                 "inlineCompletionProvider": {},

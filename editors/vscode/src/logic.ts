@@ -156,8 +156,15 @@ export type Insertion = { uri: string; line: number; character: number; text: st
 export function partialAcceptance(shown: Shown | undefined, edit: Insertion): number | undefined {
   if (!shown || edit.uri !== shown.uri || edit.rangeLength !== 0) return undefined;
   if (edit.line !== shown.line || edit.character !== shown.character) return undefined;
-  if (edit.text.length < 2 || edit.text.length >= shown.text.length) return undefined;
-  return shown.text.startsWith(edit.text) ? edit.text.length : undefined;
+  const text = asSuggested(edit.text);
+  if (text.length < 2 || text.length >= shown.text.length) return undefined;
+  return shown.text.startsWith(text) ? text.length : undefined;
+}
+
+/** What VS Code inserted, with the line breaks of a suggestion: in a CRLF document it inserts a
+ * piece of the suggestion with its "\n" turned into "\r\n". */
+function asSuggested(inserted: string): string {
+  return inserted.replace(/\r\n/g, "\n");
 }
 
 /** Which of the answer's candidates a partial acceptance took from (the one on screen is the one
@@ -172,6 +179,7 @@ export function partialAcceptanceOf(candidates: Shown[], edit: Insertion): { ind
 
 /** Where the rest of the suggestion stands after `accepted` characters of it went in. */
 export function advance(shown: Shown, accepted: string): Shown {
+  accepted = asSuggested(accepted);
   const lines = accepted.split("\n");
   const line = shown.line + lines.length - 1;
   const character = (lines.length === 1 ? shown.character : 0) + lines[lines.length - 1].length;

@@ -39,7 +39,8 @@ local api = vim.api
 
 local state = {
   enabled = true,
-  status = "idle", -- the server's infill/status: idle, busy, loading, error
+  status = "idle", -- the server's infill/status: idle, busy, loading, error; or "stopped" (on_server_exit)
+  restarting = false, -- M.restart is stopping the server: its exit is no crash
   percent = nil,
   message = nil,
   -- Candidates of the last response, as ghost text at the anchor:
@@ -89,6 +90,17 @@ local function tick(buf)
   return api.nvim_buf_get_changedtick(buf)
 end
 
+local timer -- the debounce timer of automatic requests (schedule_request)
+local RESTARTS, RESTART_WINDOW_MS = 3, 180000 -- as the VS Code extension: 3 in 3 minutes
+local restarted_at = {} -- vim.uv.now() of each automatic restart
+
+--- Forget a scheduled automatic request: an explicit one, or a dismissal, overrides it.
+local function stop_timer()
+  if timer then
+    timer:stop()
+  end
+end
+
 local function current()
   return state.items[state.index]
 end
@@ -133,12 +145,29 @@ function M.render()
   end
   local lines = vim.split(item.text, "\n", { plain = true })
   local line = api.nvim_get_current_line()
-  local first = expand_tabs(lines[1], vim.fn.strdisplaywidth(line:sub(1, col)))
+  local start = vim.fn.strdisplaywidth(line:sub(1, col))
   local virt_lines = {}
   for i = 2, #lines do
     table.insert(virt_lines, { { expand_tabs(lines[i], 0), "InfillSuggestion" } })
   end
+  local first = expand_tabs(lines[1], start)
   local opts = { virt_text_pos = "inline", hl_mode = "combine" }
+  -- The line's text after the cursor: inline ghost text pushes it right, which is where it ends up
+  -- when one line goes in. When the suggestion replaces it, or has several lines (it then ends up
+  -- after the last one), the ghost text covers it instead (an overlay padded to its width) and the
+  -- part that stays is drawn where accepting puts it.
+  local tail = line:sub(col + 1)
+  if tail ~= "" and (#lines > 1 or item.delete > 0) then
+    local kept = line:sub(col + 1 + item.delete)
+    if #lines > 1 then
+      virt_lines[#virt_lines][1][1] = expand_tabs(lines[#lines] .. kept, 0)
+    else
+      first = expand_tabs(lines[1] .. kept, start)
+    end
+    local cover = vim.fn.strdisplaywidth(tail, start) - vim.fn.strdisplaywidth(first, start)
+    first = first .. string.rep(" ", math.max(0, cover))
+    opts.virt_text_pos = "overlay"
+  end
   opts.virt_text = { { first, "InfillSuggestion" } }
   if #virt_lines > 0 then
     opts.virt_lines = virt_lines
@@ -171,6 +200,7 @@ end
 
 --- Forget the suggestion (and any request in flight).
 function M.dismiss()
+  stop_timer()
   cancel_request()
   clear()
   state.items, state.index, state.anchor = {}, 1, nil
@@ -224,6 +254,7 @@ function M.request(trigger_kind)
   if not state.enabled or not client then
     return false
   end
+  stop_timer()
   cancel_request()
   local row, col = cursor()
   local line = api.nvim_get_current_line()
@@ -283,8 +314,8 @@ end
 --- Insert the start (or all) of the current candidate at the cursor.
 local function accept_part(text)
   local item = current()
-  if not item or not text or text == "" or not state.anchor then
-    return false
+  if not item or not text or text == "" or not state.anchor or vim.fn.pumvisible() == 1 then
+    return false -- nothing to accept, or it is hidden behind the popup menu: the key is itself
   end
   local buf = api.nvim_get_current_buf()
   local row, col = cursor()
@@ -383,7 +414,6 @@ local function follow_typing(buf)
   return true
 end
 
-local timer
 local function schedule_request()
   if not state.enabled then
     return
@@ -454,10 +484,12 @@ function M.status()
     pending = state.request ~= nil,
     version = M.version,
     server_version = state.server_version,
+    restarts = #restarted_at, -- automatic restarts after a crash, in the last 3 minutes
   }
 end
 
---- A short statusline component: "infill", "infill 2/4", "infill …", "infill 40%", "infill !", "infill off".
+--- A short statusline component: "infill", "infill 2/4", "infill …", "infill 40%", "infill !", "infill off",
+--- "infill stopped".
 function M.statusline()
   if not state.enabled then
     return "infill off"
@@ -467,6 +499,8 @@ function M.statusline()
     return "infill …"
   elseif state.status == "error" then
     return "infill !"
+  elseif state.status == "stopped" then
+    return "infill stopped"
   elseif #state.items > 1 then
     return string.format("infill %d/%d", state.index, #state.items)
   end
@@ -478,7 +512,7 @@ local function status_message()
   local detail = ""
   if s.status == "loading" and s.percent then
     detail = string.format(" %d%%", s.percent)
-  elseif s.status == "error" and s.message then
+  elseif (s.status == "error" or s.status == "stopped") and s.message then
     detail = ": " .. s.message
   end
   return string.format("infill: %s, server %s%s, %d suggestion(s)", s.enabled and "on" or "off", s.status, detail, s.items)
@@ -616,6 +650,26 @@ local function check_version(info)
   end
 end
 
+local on_server_exit -- below: what a server that stops leaves behind, and its restart
+
+--- One server serves every project: a buffer of a project it has not seen adds that project's root
+--- to its workspace folders (repository context and the definition index cover them), as
+--- `vim.lsp.buf.add_workspace_folder` would.
+local function add_workspace_folder(client, root)
+  if not root or not client.initialized then
+    return
+  end
+  for _, folder in ipairs(client.workspace_folders or {}) do
+    if folder.name == root then
+      return
+    end
+  end
+  local folder = { uri = vim.uri_from_fname(root), name = root }
+  client:notify("workspace/didChangeWorkspaceFolders", { event = { added = { folder }, removed = {} } })
+  client.workspace_folders = client.workspace_folders or {}
+  table.insert(client.workspace_folders, folder)
+end
+
 local function attach(buf)
   if not api.nvim_buf_is_valid(buf) or vim.bo[buf].buftype ~= "" then
     return
@@ -643,7 +697,13 @@ local function attach(buf)
     cmd = server_cmd(cmd),
     root_dir = vim.fs.root(buf, { ".git" }) or vim.fn.getcwd(),
     init_options = M.config.settings,
+    on_exit = function(code, signal)
+      on_server_exit(code, signal)
+    end,
     on_init = function(_, result)
+      if state.status == "error" or state.status == "stopped" then -- started again (on_server_exit)
+        state.status, state.message = "idle", nil
+      end
       check_version(type(result) == "table" and result.serverInfo or nil)
     end,
     handlers = {
@@ -656,6 +716,9 @@ local function attach(buf)
           if was == "loading" and state.status == "idle" then
             vim.schedule(ask_again)
           end
+          vim.schedule(function()
+            pcall(vim.cmd.redrawstatus, { bang = true }) -- a statusline showing statusline() follows
+          end)
         end
       end,
     },
@@ -663,9 +726,86 @@ local function attach(buf)
     bufnr = buf,
     -- One server for the whole editor (it is not tied to a workspace, and holds a model).
     reuse_client = function(client, config)
-      return client.name == config.name
+      if client.name ~= config.name then
+        return false
+      end
+      add_workspace_folder(client, config.root_dir)
+      return true
     end,
   })
+end
+
+--- Attach every loaded buffer with a filetype that has no server (starting one if none runs).
+local function attach_all()
+  for _, buf in ipairs(api.nvim_list_bufs()) do
+    if api.nvim_buf_is_loaded(buf) and vim.bo[buf].filetype ~= "" and not client_for(buf) then
+      attach(buf)
+    end
+  end
+end
+
+--- The server stopped. Asked to (`:InfillRestart`, Neovim quitting, a plain SIGTERM: code 0 or
+--- signal 15, as Neovim's own client reads it) it stays stopped; otherwise it crashed: the status
+--- says so and it is started again, at most RESTARTS times in RESTART_WINDOW_MS.
+on_server_exit = function(code, signal)
+  vim.schedule(function()
+    M.dismiss()
+    if state.restarting or vim.v.exiting ~= vim.NIL then
+      return
+    end
+    state.percent = nil
+    if code == 0 and (signal == 0 or signal == 15) then
+      state.status, state.message = "stopped", "the server was stopped (:InfillRestart starts it)"
+      return
+    end
+    state.status = "error"
+    state.message = string.format("the server stopped (exit code %d, signal %d)", code, signal)
+    local now = vim.uv.now()
+    restarted_at = vim.tbl_filter(function(t)
+      return now - t < RESTART_WINDOW_MS
+    end, restarted_at)
+    if #restarted_at >= RESTARTS then
+      state.message = state.message .. string.format("; not restarted after %d restarts in 3 minutes "
+        .. "(:InfillRestart starts it)", RESTARTS)
+      vim.notify("infill: " .. state.message, vim.log.levels.ERROR)
+      return
+    end
+    table.insert(restarted_at, now)
+    -- Neovim forgets the old client on its next loop turns; attach once it has.
+    vim.defer_fn(function()
+      if #vim.lsp.get_clients({ name = "infill" }) == 0 then
+        attach_all()
+      end
+    end, 200)
+  end)
+end
+
+--- Stop the server(s) and start one again for the open buffers (`:InfillRestart`).
+function M.restart()
+  M.dismiss()
+  state.restarting = true
+  restarted_at = {}
+  local clients = vim.lsp.get_clients({ name = "infill" })
+  for _, client in ipairs(clients) do
+    client:stop()
+  end
+  local waited = 0
+  local function start_when_gone()
+    local left = vim.lsp.get_clients({ name = "infill" })
+    if #left > 0 and waited < 5000 then
+      if waited == 2000 then
+        for _, client in ipairs(left) do
+          client:stop(true) -- it did not answer shutdown: kill it
+        end
+      end
+      waited = waited + 100
+      return vim.defer_fn(start_when_gone, 100)
+    end
+    state.restarting = false
+    state.status, state.percent, state.message = "idle", nil, nil
+    attach_all()
+  end
+  start_when_gone()
 end
 
 function M.toggle()
@@ -761,6 +901,7 @@ function M.setup(opts)
   })
 
   api.nvim_create_user_command("InfillToggle", M.toggle, { desc = "infill: suggestions on/off" })
+  api.nvim_create_user_command("InfillRestart", M.restart, { desc = "infill: stop the server and start it again" })
   api.nvim_create_user_command("InfillStatus", function()
     vim.notify(status_message())
   end, { desc = "infill: server state" })
@@ -777,11 +918,7 @@ function M.setup(opts)
   setup_client(group)
 
   -- Buffers opened before setup() (lazy loading); a second setup() updates running servers.
-  for _, buf in ipairs(api.nvim_list_bufs()) do
-    if api.nvim_buf_is_loaded(buf) and vim.bo[buf].filetype ~= "" and not client_for(buf) then
-      attach(buf)
-    end
-  end
+  attach_all()
   if again then
     for _, client in ipairs(vim.lsp.get_clients({ name = "infill" })) do
       client:notify("workspace/didChangeConfiguration", { settings = { infill = M.config.settings } })

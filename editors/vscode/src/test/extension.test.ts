@@ -194,9 +194,13 @@ test("the extension in a (fake) editor against the real server", { skip }, async
       fake.onDidChangeTextDocument.fire(document.edit(new vscode.Range(0, 9, 0, 11), ""));
     });
 
-    await t.test("toggle: no suggestions, status bar says off", async () => {
+    await t.test("toggle: no suggestions, status bar says off, the one on screen hidden", async () => {
+      const hidden: number[] = [];
+      fake.commands.set("editor.action.inlineSuggest.hide", () => hidden.push(Date.now()));
       assert.equal(await vscode.commands.executeCommand("infill.toggle"), false);
       assert.equal(statusBar().text, "$(circle-slash) infill");
+      assert.equal(hidden.length, 1);
+      fake.commands.delete("editor.action.inlineSuggest.hide");
       const requests = (await stats()).requests;
       assert.equal(await provide(document, at, vscode.InlineCompletionTriggerKind.Automatic), undefined);
       assert.equal((await stats()).requests, requests);

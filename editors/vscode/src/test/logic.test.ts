@@ -146,6 +146,10 @@ test("partial acceptance is a multi-character insertion that begins the shown su
   assert.deepEqual([rest.line, rest.character, rest.text], [4, 0, "    return total"]);
   const word = advance(shown, "total ");
   assert.deepEqual([word.line, word.character, word.text], [3, 14, "+= value\n    return total"]);
+  // in a CRLF document VS Code inserts the accepted line with "\r\n": the same piece of the suggestion
+  assert.equal(partialAcceptance(shown, { ...at, text: "total += value\r\n" }), 15);
+  const crlf = advance(shown, "total += value\r\n");
+  assert.deepEqual([crlf.line, crlf.character, crlf.text], [4, 0, "    return total"]);
 });
 
 test("a partial acceptance is credited to the candidate it begins, whichever one was on screen", () => {
