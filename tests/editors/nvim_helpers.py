@@ -55,7 +55,7 @@ def drawn(nvim):
     text = None
     for _, _, _, details in marks:
         if details.get("virt_text_pos") in ("inline", "overlay"):
-            text = "".join(chunk[0] for chunk in details["virt_text"])
+            text = "".join(chunk[0] for chunk in details["virt_text"] if chunk[1:] != ["InfillHint"])
             for line in details.get("virt_lines", []):
                 text += "\n" + "".join(chunk[0] for chunk in line)
     return text
@@ -71,12 +71,14 @@ def screen(nvim, rows, columns=40):
 
 
 def hint(nvim):
+    """The `(i/n)` hint: at the line's end, or after the ghost text where that covers the line's rest."""
     marks = nvim.exec_lua(
         'local ns = vim.api.nvim_get_namespaces()["infill"];'
         'return vim.api.nvim_buf_get_extmarks(0, ns, 0, -1, {details = true})')
     for _, _, _, details in marks:
-        if details.get("virt_text_pos") == "eol":
-            return details["virt_text"][0][0]
+        for chunk in details.get("virt_text", []):
+            if len(chunk) > 1 and chunk[1] == "InfillHint":
+                return chunk[0]
     return None
 
 

@@ -7,7 +7,8 @@ middles the test chooses, and logs every message it gets as a JSON line.
 Optional: "version" (initialize's serverInfo.version; none without it); "load" (seconds: like
 infill-lsp while its model loads, infill/status `loading` after initialized and empty answers until
 `idle`, which comes that long after the first inlineCompletion request); "replace_rest": true (items
-replace the rest of the line: insertText = middle alone). Its process id is logged as {"pid": N}.
+replace the rest of the line: insertText = middle alone); "hang_on_shutdown": true (no answer to
+shutdown, exit ignored: only a signal stops it). Its process id is logged as {"pid": N}.
 
 Only the standard library: it stands in for the real server where a test needs exact text
 (several lines, tabs, non-ASCII) that the random fixture model cannot be asked for.
@@ -119,6 +120,8 @@ def main():
             documents[message["params"]["textDocument"]["uri"]] = message["params"]["contentChanges"][-1]["text"]
         elif method == "textDocument/inlineCompletion":
             threading.Thread(target=complete, args=(message,), daemon=True).start()
+        elif method in ("shutdown", "exit") and script.get("hang_on_shutdown"):
+            continue
         elif method == "shutdown":
             send({"jsonrpc": "2.0", "id": message["id"], "result": None})
         elif method == "exit":

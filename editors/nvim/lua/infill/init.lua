@@ -91,14 +91,24 @@ local function tick(buf)
 end
 
 local timer -- the debounce timer of automatic requests (schedule_request)
+local timer_generation = 0 -- bumped by stop_timer: a callback already queued by the timer sees it
 local RESTARTS, RESTART_WINDOW_MS = 3, 180000 -- as the VS Code extension: 3 in 3 minutes
 local restarted_at = {} -- vim.uv.now() of each automatic restart
 
 --- Forget a scheduled automatic request: an explicit one, or a dismissal, overrides it.
 local function stop_timer()
+  timer_generation = timer_generation + 1
   if timer then
     timer:stop()
   end
+end
+
+--- The server's state as the plugin shows it, and the statusline redrawn to show it.
+local function set_status(status, message, percent)
+  state.status, state.message, state.percent = status, message, percent
+  vim.schedule(function()
+    pcall(vim.cmd.redrawstatus, { bang = true })
+  end)
 end
 
 local function current()
@@ -156,28 +166,39 @@ function M.render()
   -- when one line goes in. When the suggestion replaces it, or has several lines (it then ends up
   -- after the last one), the ghost text covers it instead (an overlay padded to its width) and the
   -- part that stays is drawn where accepting puts it.
+  -- An overlay does not wrap: where the line's rest or the cover would reach past the window's
+  -- edge, the inline drawing stays (the rest then shows on the cursor's line).
+  local hint = #state.items > 1 and { string.format(" (%d/%d)", state.index, #state.items), "InfillHint" } or nil
   local tail = line:sub(col + 1)
   if tail ~= "" and (#lines > 1 or item.delete > 0) then
     local kept = line:sub(col + 1 + item.delete)
-    if #lines > 1 then
-      virt_lines[#virt_lines][1][1] = expand_tabs(lines[#lines] .. kept, 0)
-    else
-      first = expand_tabs(lines[1] .. kept, start)
+    local last = #lines > 1 and expand_tabs(lines[#lines] .. kept, 0) or nil
+    local cover_text = #lines > 1 and first or expand_tabs(lines[1] .. kept, start)
+    local tail_width = vim.fn.strdisplaywidth(tail, start)
+    local padded = cover_text .. string.rep(" ", math.max(0, tail_width - vim.fn.strdisplaywidth(cover_text, start)))
+    local info = vim.fn.getwininfo(api.nvim_get_current_win())[1]
+    local room = info and (info.width - info.textoff) or math.huge
+    local widest = math.max(start + vim.fn.strdisplaywidth(padded, start) + (hint and #hint[1] or 0),
+      last and vim.fn.strdisplaywidth(last) or 0)
+    if widest <= room then
+      first = padded
+      if last then
+        virt_lines[#virt_lines][1][1] = last
+      end
+      opts.virt_text_pos = "overlay"
     end
-    local cover = vim.fn.strdisplaywidth(tail, start) - vim.fn.strdisplaywidth(first, start)
-    first = first .. string.rep(" ", math.max(0, cover))
-    opts.virt_text_pos = "overlay"
   end
   opts.virt_text = { { first, "InfillSuggestion" } }
+  if hint and opts.virt_text_pos == "overlay" then
+    table.insert(opts.virt_text, hint) -- at the line's end, the overlay would cover it
+    hint = nil
+  end
   if #virt_lines > 0 then
     opts.virt_lines = virt_lines
   end
   api.nvim_buf_set_extmark(anchor.buf, ns, row - 1, col, opts)
-  if #state.items > 1 then
-    api.nvim_buf_set_extmark(anchor.buf, ns, row - 1, 0, {
-      virt_text = { { string.format(" (%d/%d)", state.index, #state.items), "InfillHint" } },
-      virt_text_pos = "eol",
-    })
+  if hint then
+    api.nvim_buf_set_extmark(anchor.buf, ns, row - 1, 0, { virt_text = { hint }, virt_text_pos = "eol" })
   end
   if item.id and not state.reported[item.id] then
     state.reported[item.id] = true
@@ -419,9 +440,10 @@ local function schedule_request()
     return
   end
   timer = timer or vim.uv.new_timer()
-  timer:stop()
+  stop_timer()
+  local generation = timer_generation
   timer:start(M.config.debounce_ms, 0, vim.schedule_wrap(function()
-    if vim.fn.mode():sub(1, 1) == "i" then
+    if generation == timer_generation and vim.fn.mode():sub(1, 1) == "i" then
       M.request(2)
     end
   end))
@@ -655,8 +677,13 @@ local on_server_exit -- below: what a server that stops leaves behind, and its r
 --- One server serves every project: a buffer of a project it has not seen adds that project's root
 --- to its workspace folders (repository context and the definition index cover them), as
 --- `vim.lsp.buf.add_workspace_folder` would.
+local waiting_roots = {} -- roots of buffers that joined a client before it was initialized (sent by on_init)
+
 local function add_workspace_folder(client, root)
-  if not root or not client.initialized then
+  if not root then
+    return
+  elseif not client.initialized then
+    waiting_roots[root] = true
     return
   end
   for _, folder in ipairs(client.workspace_folders or {}) do
@@ -697,12 +724,17 @@ local function attach(buf)
     cmd = server_cmd(cmd),
     root_dir = vim.fs.root(buf, { ".git" }) or vim.fn.getcwd(),
     init_options = M.config.settings,
-    on_exit = function(code, signal)
-      on_server_exit(code, signal)
+    on_exit = function(code, signal, client_id)
+      on_server_exit(code, signal, client_id)
     end,
-    on_init = function(_, result)
+    on_init = function(client, result)
       if state.status == "error" or state.status == "stopped" then -- started again (on_server_exit)
-        state.status, state.message = "idle", nil
+        set_status("idle", nil, nil)
+      end
+      local roots = vim.tbl_keys(waiting_roots)
+      waiting_roots = {}
+      for _, root in ipairs(roots) do
+        add_workspace_folder(client, root)
       end
       check_version(type(result) == "table" and result.serverInfo or nil)
     end,
@@ -710,15 +742,10 @@ local function attach(buf)
       ["infill/status"] = function(_, result)
         if type(result) == "table" then
           local was = state.status
-          state.status = result.state or state.status
-          state.percent = result.percent
-          state.message = result.message
+          set_status(result.state or state.status, result.message, result.percent)
           if was == "loading" and state.status == "idle" then
             vim.schedule(ask_again)
           end
-          vim.schedule(function()
-            pcall(vim.cmd.redrawstatus, { bang = true }) -- a statusline showing statusline() follows
-          end)
         end
       end,
     },
@@ -726,8 +753,8 @@ local function attach(buf)
     bufnr = buf,
     -- One server for the whole editor (it is not tied to a workspace, and holds a model).
     reuse_client = function(client, config)
-      if client.name ~= config.name then
-        return false
+      if client.name ~= config.name or client:is_stopped() then
+        return false -- a stopping one: the buffer waits for the next (on_server_exit, M.restart)
       end
       add_workspace_folder(client, config.root_dir)
       return true
@@ -744,68 +771,86 @@ local function attach_all()
   end
 end
 
+--- Call `done(true)` once none of the clients `ids` is in Neovim's list any more (it drops an exited
+--- client a few loop turns later), or `done(false)` after `timeout_ms`; `step(waited, left)` runs on
+--- each look before that.
+local function when_gone(ids, timeout_ms, done, step)
+  local waited = 0
+  local function look()
+    local left = vim.tbl_filter(function(id)
+      return vim.lsp.get_client_by_id(id) ~= nil
+    end, ids)
+    if #left == 0 or waited >= timeout_ms then
+      return done(#left == 0)
+    end
+    if step then
+      step(waited, left)
+    end
+    waited = waited + 50
+    vim.defer_fn(look, 50)
+  end
+  look()
+end
+
 --- The server stopped. Asked to (`:InfillRestart`, Neovim quitting, a plain SIGTERM: code 0 or
 --- signal 15, as Neovim's own client reads it) it stays stopped; otherwise it crashed: the status
---- says so and it is started again, at most RESTARTS times in RESTART_WINDOW_MS.
-on_server_exit = function(code, signal)
+--- says so and it is started again for the open buffers, at most RESTARTS times in RESTART_WINDOW_MS.
+on_server_exit = function(code, signal, client_id)
   vim.schedule(function()
     M.dismiss()
     if state.restarting or vim.v.exiting ~= vim.NIL then
       return
     end
-    state.percent = nil
     if code == 0 and (signal == 0 or signal == 15) then
-      state.status, state.message = "stopped", "the server was stopped (:InfillRestart starts it)"
-      return
+      return set_status("stopped", "the server was stopped (:InfillRestart starts it)", nil)
     end
-    state.status = "error"
-    state.message = string.format("the server stopped (exit code %d, signal %d)", code, signal)
+    local message = string.format("the server stopped (exit code %d, signal %d)", code, signal)
     local now = vim.uv.now()
     restarted_at = vim.tbl_filter(function(t)
       return now - t < RESTART_WINDOW_MS
     end, restarted_at)
     if #restarted_at >= RESTARTS then
-      state.message = state.message .. string.format("; not restarted after %d restarts in 3 minutes "
-        .. "(:InfillRestart starts it)", RESTARTS)
-      vim.notify("infill: " .. state.message, vim.log.levels.ERROR)
-      return
+      message = message .. string.format("; not restarted after %d restarts in 3 minutes (:InfillRestart starts it)",
+        RESTARTS)
+      set_status("error", message, nil)
+      return vim.notify("infill: " .. message, vim.log.levels.ERROR)
     end
+    set_status("error", message, nil)
     table.insert(restarted_at, now)
-    -- Neovim forgets the old client on its next loop turns; attach once it has.
-    vim.defer_fn(function()
-      if #vim.lsp.get_clients({ name = "infill" }) == 0 then
-        attach_all()
-      end
-    end, 200)
+    when_gone({ client_id }, 5000, attach_all)
   end)
 end
 
---- Stop the server(s) and start one again for the open buffers (`:InfillRestart`).
+--- Stop the server and start one again for the open buffers (`:InfillRestart`). One that does not
+--- answer shutdown within 2 s is terminated; one still there after 5 s is reported.
 function M.restart()
   M.dismiss()
-  state.restarting = true
   restarted_at = {}
   local clients = vim.lsp.get_clients({ name = "infill" })
+  local ids = vim.tbl_map(function(client)
+    return client.id
+  end, clients)
+  state.restarting = true
   for _, client in ipairs(clients) do
     client:stop()
   end
-  local waited = 0
-  local function start_when_gone()
-    local left = vim.lsp.get_clients({ name = "infill" })
-    if #left > 0 and waited < 5000 then
-      if waited == 2000 then
-        for _, client in ipairs(left) do
-          client:stop(true) -- it did not answer shutdown: kill it
+  when_gone(ids, 5000, function(gone)
+    state.restarting = false
+    if not gone then
+      return set_status("error", "the server did not stop (:InfillRestart tries again)", nil)
+    end
+    set_status("idle", nil, nil)
+    attach_all()
+  end, function(waited, left)
+    if waited == 2000 then
+      for _, id in ipairs(left) do
+        local client = vim.lsp.get_client_by_id(id)
+        if client and client.rpc then
+          pcall(client.rpc.terminate)
         end
       end
-      waited = waited + 100
-      return vim.defer_fn(start_when_gone, 100)
     end
-    state.restarting = false
-    state.status, state.percent, state.message = "idle", nil, nil
-    attach_all()
-  end
-  start_when_gone()
+  end)
 end
 
 function M.toggle()
