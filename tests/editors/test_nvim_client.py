@@ -285,6 +285,16 @@ def test_a_second_project_joins_the_one_server_as_a_workspace_folder(start, tmp_
     assert folders == {Path(nvim.funcs.getcwd()).as_uri(), other.as_uri()}  # notes.txt: no .git, the cwd
 
 
+def test_the_ghost_text_shows_only_in_the_window_with_the_cursor(start):
+    nvim = start(["ghost"], text="first line\n")
+    nvim.command("split")  # two windows on one buffer
+    nvim.input("Gox = ")
+    wait(lambda: suggestion(nvim) == "ghost")
+    rows = screen(nvim, nvim.options["lines"] - 1)
+    assert sum("x = ghost" in row for row in rows) == 1
+    assert rows.count("x =") == 1  # the other window shows the line alone (trailing blank trimmed)
+
+
 def test_tabs_are_drawn_as_the_spaces_they_take(start):
     nvim = start(["\tx\n\ty"])
     nvim.input("Goab")

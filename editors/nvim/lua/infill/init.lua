@@ -153,6 +153,10 @@ function M.render()
   if row ~= anchor.row or col ~= anchor.col or vim.fn.pumvisible() == 1 then
     return
   end
+  -- Extmarks belong to the buffer: scoped to this window, the ghost text does not also show in
+  -- another window on the same buffer (a split). The API is experimental in 0.11: without it,
+  -- every such window shows it.
+  pcall(api.nvim__ns_set, ns, { wins = { api.nvim_get_current_win() } })
   local lines = vim.split(item.text, "\n", { plain = true })
   local line = api.nvim_get_current_line()
   local start = vim.fn.strdisplaywidth(line:sub(1, col))
