@@ -298,6 +298,17 @@ def test_cycle_accept_word_dismiss_and_status(tmp_path, vsix):
         assert bench.save() == saved.replace("    return len(", "    x = return len(")
         bench.wait_status("idle")
 
+        # Toggling suggestions off takes the one on screen away too: Tab then indents, as without us.
+        bench.type("y")
+        bench.wait_ghost_text()
+        bench.run_command("infill: Toggle inline suggestions")
+        bench.wait_status("off", 20)
+        wait_for(lambda: not bench.ghost_text(), 10, "the ghost text gone when turned off")
+        bench.press("Tab")
+        assert bench.save().splitlines()[10].startswith("    x = y") and "x = y" + first not in bench.buffer()
+        bench.run_command("infill: Toggle inline suggestions")
+        bench.wait_status("idle", 20)
+
 
 def test_a_server_that_cannot_start_turns_the_status_bar_to_an_error_with_the_reason(tmp_path, vsix):
     """A server that exits at once (here: one that says why on stderr) is never a permanent
