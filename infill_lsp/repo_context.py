@@ -345,15 +345,18 @@ class Admission:
         self._rules: dict[str, IgnoreRules] = {}
         self._decisions: dict[str, tuple[float, str | None]] = {}
 
-    def set_folders(self, folders: Iterable[str]) -> None:
+    def set_folders(self, folders: Iterable[str]) -> bool:
+        """Whether the folders changed."""
         folders = tuple(folders)
         if folders == self._given:
-            return
+            return False
         self._given = folders
         resolved = tuple(sorted({os.path.realpath(f) for f in folders if f}))
-        if resolved != self.folders:
-            self.folders = resolved
-            self._decisions.clear()
+        if resolved == self.folders:
+            return False
+        self.folders = resolved
+        self._decisions.clear()
+        return True
 
     def forget(self) -> None:
         """Decide again (a `.gitignore` was saved)."""
@@ -431,9 +434,26 @@ class RepoContext:
         """`index`: the workspace's definitions may be indexed (on the index's own thread)."""
         if (budget_tokens, max_files) != (self.budget_tokens, self.max_files):
             self.budget_tokens, self.max_files, self.dirty = budget_tokens, max_files, True
-        self.admission.set_folders(folders)
-        if index and self.definitions is not None and self.admission.folders:
-            self.definitions.watch(self.admission.folders)
+        changed = self.admission.set_folders(folders)
+        if changed:
+            self._forget_outside()
+        if index and self.definitions is not None and (self.admission.folders or changed):
+            self.definitions.watch(self.admission.folders)  # none left: the index empties
+
+    def _forget_outside(self) -> None:
+        """The workspace folders changed: what came from documents no longer inside one goes (pool,
+        edited regions, the ring), as on their close; nothing outside the workspace reaches a prompt."""
+        outside = {uri for uri in [*self.pool, *(e.uri for e in self.edits)]
+                   if self.admission.relative_path(uri) is None}
+        if outside:
+            for uri in outside:
+                self.pool.pop(uri, None)
+            self.edits = [e for e in self.edits if e.uri not in outside]
+            self.dirty = True
+        kept = [chunk for chunk in self.ring if self.admission.relative_path(chunk.uri) is not None]
+        if len(kept) != len(self.ring):
+            self.ring = kept
+            self.stats["ringChanges"] += 1
 
     def _next(self) -> int:
         self._stamp += 1

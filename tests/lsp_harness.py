@@ -58,14 +58,14 @@ class Editor:
             self.events.append(("progress", _plain(params.value)["kind"] if params.value else ""))
 
     async def start(self, *args: str, init_options: dict | None = None, encodings=None, progress=True,
-                    stub: list[str] | None = None, watch_files: bool | None = None):
+                    stub: list[str] | None = None, watch_files: bool | None = None, stub_delay: float = 0.0):
         """Start `infill-lsp serve` and initialize it. `stub`: the model replaced by an engine that
         answers every request with these candidates, best first (tests/stub_server.py).
         `watch_files`: the client says whether it registers workspace/didChangeWatchedFiles
         dynamically (None: it says nothing about it)."""
         command = [sys.executable, "-m", "infill_lsp", "--log-level", "INFO", "serve", *args]
         if stub is not None:
-            command[1:3] = [str(STUB_SERVER), json.dumps({"candidates": stub})]
+            command[1:3] = [str(STUB_SERVER), json.dumps({"candidates": stub, "delay": stub_delay})]
         if not any(a in ("--model", "--engine") for a in args):
             command += ["--model", str(TINY_MODEL)]
         await self.client.start_io(*command)

@@ -6,11 +6,13 @@ document sync, windowing, cleaning, validation, ranking, the reply), only the mo
 Every request gets the same candidates, best first (scores -0.01, -0.02, ...), whatever the prefix,
 suffix or budget; the arguments after the JSON are `infill-lsp`'s own command line. For tests where
 the model's output is beside the point (or must be exact, e.g. characters no suggestion may carry),
-where the random fixture model gives whatever it gives.
+where the random fixture model gives whatever it gives. "delay": seconds each request takes after the
+engine's look at the cancel token (the window where only the server can notice it went stale).
 """
 
 import json
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -30,6 +32,7 @@ class StubEngine:
     def infill(self, request, cancel=None):
         if cancel is not None:
             cancel.raise_if_cancelled()
+        time.sleep(script.get("delay", 0.0))
         return InfillResult(candidates=[Candidate(text=text, score=-0.01 * (i + 1), tokens=len(text))
                                         for i, text in enumerate(self.texts)])
 

@@ -157,6 +157,29 @@ async def test_typing_through_a_suggestion_is_answered_from_cache(editor):
     assert suggestion[1:] in [i.insert_text for i in again]
     stats = await editor.stats()
     assert stats["typingThrough"] == 1 and stats["requests"] == 2
+    # after a settings change (here: another seed) what was shown is not typed through: it was
+    # made under the old settings (another model, showInvalid, ...)
+    editor.client.workspace_did_change_configuration(types.DidChangeConfigurationParams(
+        settings={"infill": {"seed": 1}}))
+    await editor.complete(PLAIN_URI, 0, 5, invoked=False)
+    assert (await editor.stats())["typingThrough"] == 1
+
+
+async def test_a_result_computed_for_an_older_text_is_not_sent(editor):
+    """A client that sends didChange without cancelling the request in flight (its result is for a
+    text that is gone: ranges and the rest of the line as they were) gets nothing for it, and nothing
+    of it is kept to type through."""
+    await editor.start(stub=["foo"], stub_delay=1.0)
+    await editor.wait_ready()
+    editor.open(PLAIN_URI, "x = ", "plaintext")
+    first = asyncio.ensure_future(editor.complete(PLAIN_URI, 0, 4, invoked=False))
+    await asyncio.sleep(0.3)  # the request is in the engine
+    editor.change(PLAIN_URI, 2, (0, 0), (0, 0), "y")  # edited before the cursor while it ran
+    assert not (await asyncio.wait_for(first, 30)).items
+    assert (await editor.stats())["stale"] == 1
+    again = await editor.complete(PLAIN_URI, 0, 5, invoked=False)  # the same place in the new text
+    assert [item.insert_text for item in again.items] == ["foo"]
+    assert (await editor.stats())["typingThrough"] == 0
 
 
 async def test_disabled_language_gets_nothing(editor):

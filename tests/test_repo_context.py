@@ -261,6 +261,25 @@ def test_only_files_inside_the_workspace_folders(tmp_path):
     assert no_folders.pool == {}
 
 
+def test_a_folder_removed_from_the_workspace_takes_its_documents_out_of_the_context(tmp_path):
+    """What came from a folder no longer in the workspace (its documents' chunks, the ring chosen
+    with them) reaches no prompt, as if those documents were closed."""
+    kept, removed = tmp_path / "kept", tmp_path / "removed"
+    kept.mkdir()
+    removed.mkdir()
+    repo = RepoContext()
+    repo.configure(budget_tokens=512, max_files=8, folders=[str(kept), str(removed)])
+    repo.document(uri(removed / "checksum.py"), CHECKSUM)
+    texts = {uri(kept / "main.py"): MAIN}
+    repo.document(uri(kept / "main.py"), MAIN)
+    assert [c.path for c in main_request(repo, kept, texts)] == ["checksum.py"]  # the precondition
+    repo.configure(budget_tokens=512, max_files=8, folders=[str(kept)])
+    assert uri(removed / "checksum.py") not in repo.pool
+    assert main_request(repo, kept, texts) == ()
+    repo.configure(budget_tokens=512, max_files=8, folders=[str(kept)])  # the same folders: nothing to do
+    assert list(repo.pool) == [uri(kept / "main.py")]
+
+
 # -- layout ---------------------------------------------------------------------------------------
 def test_layout_headers_follow_the_files_comment_syntax():
     assert render_header("pkg/util.py") == "# path: pkg/util.py\n"

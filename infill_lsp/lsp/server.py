@@ -278,7 +278,9 @@ class InfillServer(LanguageServer):
         except RecursionError:
             log.warning("ignored settings nested too deeply")
             return
-        self.settings = merge(self.settings, changes)
+        before, self.settings = self.settings, merge(self.settings, changes)
+        if self.settings != before:
+            self.typing.clear()
         if self.settings.repo_context == "off":  # forget what was gathered, not only stop sending it
             if self.repo.definitions is not None:
                 self.repo.definitions.close()
@@ -442,6 +444,7 @@ class InfillServer(LanguageServer):
         if not self.settings.enabled_for(language_id):
             return empty
         text = source = document.source
+        version = document.version
         encoding = context.encoding_name(self.workspace.position_encoding)
         cursor = context.cursor_at(text, params.position.line, params.position.character, encoding)
         if cursor is None:
@@ -517,8 +520,13 @@ class InfillServer(LanguageServer):
                 del self.inflight[uri]
                 if self.state == "busy":
                     self.set_status("idle")
-        if unquote(uri) in self.workspace.text_documents:  # not closed while it ran: nothing outlives a close
-            self.typing.remember(uri, text, cursor.offset, result.items)
+        now = self.workspace.text_documents.get(unquote(uri))
+        if token.cancelled or now is None or (now.version != version and now.source != source):
+            # Superseded after the engine's last look at the token, edited while it ran (a client that
+            # sends didChange without cancelling), or closed: its ranges are for a text that is gone.
+            self.stats["stale"] += 1
+            return empty
+        self.typing.remember(uri, text, cursor.offset, result.items)
         response = self._to_lsp(result.items, source, cursor, encoding, selection=selection)  # the rest of the line as it was
         self.last_timings = {**msgspec.to_builtins(result.timings), "handler_ms": (time.perf_counter() - started) * 1e3}
         kept = result.timings.context_chunks
@@ -613,7 +621,8 @@ class InfillServer(LanguageServer):
     def stats_report(self) -> dict[str, Any]:
         keys = {"requests": "requests", "shown": "shown", "accepted": "accepted",
                 "partiallyAccepted": "partiallyAccepted", "acceptedChars": "acceptedChars", "cancelled": "cancelled",
-                "typingThrough": "typing_through", "engineCancelled": "engine_cancelled"}
+                "typingThrough": "typing_through", "engineCancelled": "engine_cancelled",
+                "stale": "stale"}
         report: dict[str, Any] = {name: self.stats[key] for name, key in keys.items()}
         report["engineReady"] = self.holder.engine is not None
         report["engineError"] = self.holder.error

@@ -42,13 +42,19 @@ class TypingCache:
     def forget(self, uri: str) -> None:
         self._by_uri.pop(uri, None)
 
+    def clear(self) -> None:
+        """The settings changed (another model, showInvalid, ...): what was shown was made under the old ones."""
+        self._by_uri.clear()
+
     def lookup(self, uri: str, text: str, offset: int) -> list[Ranked] | None:
         shown = self._by_uri.get(uri)
         if shown is None or offset < shown.offset:
             return None
         if text[shown.offset - len(shown.before) : shown.offset] != shown.before:
             return None
-        if text[offset : offset + len(shown.after)] != shown.after:
+        # The whole window after the cursor, not its first len(after) characters: near the end of the
+        # document `after` is short, and a bracket the editor closed after it would still match.
+        if text[offset : offset + _ANCHOR] != shown.after:
             return None
         typed = text[shown.offset : offset]
         rest = [
