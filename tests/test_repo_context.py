@@ -430,6 +430,37 @@ def test_http_engine_lays_the_context_out_the_same_way():
 
 
 # -- over stdio -----------------------------------------------------------------------------------
+async def test_documents_open_before_their_folder_joins_the_workspace_become_context_then(workspace):
+    """A document opened while its folder was not in the workspace was not admitted; when the folder
+    is added (workspace/didChangeWorkspaceFolders, or repoContext turned on again) it is read again,
+    and when the folder is removed it goes."""
+    from lsprotocol import types
+    from lsp_harness import Editor
+
+    editor = Editor()
+    try:
+        await editor.start(init_options={"repoContext": "on", "seed": 7, "candidates": 2, "steps": 2, "maxTokens": 8})
+        editor.open(uri(workspace / "checksum.py"), CHECKSUM)
+        editor.open(uri(workspace / "main.py"), MAIN)
+        assert (await editor.stats())["repoContext"]["files"] == 0  # no workspace folder yet
+        folder = types.WorkspaceFolder(uri(workspace), "ws")
+        editor.client.workspace_did_change_workspace_folders(types.DidChangeWorkspaceFoldersParams(
+            event=types.WorkspaceFoldersChangeEvent(added=[folder], removed=[])))
+        assert (await editor.stats())["repoContext"]["files"] == 2
+        editor.client.workspace_did_change_configuration(types.DidChangeConfigurationParams(
+            settings={"infill": {"repoContext": "off"}}))
+        assert (await editor.stats())["repoContext"]["files"] == 0
+        editor.client.workspace_did_change_configuration(types.DidChangeConfigurationParams(
+            settings={"infill": {"repoContext": "on"}}))
+        assert (await editor.stats())["repoContext"]["files"] == 2
+        editor.client.workspace_did_change_workspace_folders(types.DidChangeWorkspaceFoldersParams(
+            event=types.WorkspaceFoldersChangeEvent(added=[], removed=[folder])))
+        assert (await editor.stats())["repoContext"]["files"] == 0
+    finally:
+        await editor.close()
+
+
+
 def _git(root: Path, *args: str) -> None:
     if shutil.which("git"):
         subprocess.run(["git", *args], cwd=root, check=True, capture_output=True)

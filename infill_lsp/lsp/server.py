@@ -287,6 +287,8 @@ class InfillServer(LanguageServer):
             self.repo = repo_context.RepoContext(definitions=definitions.DefinitionIndex())
             self.last_context = None
             self.sync_file_watcher(False)
+        elif before.repo_context == "off" and self.initialized:  # on again: what is open is gathered again
+            self.repo_reread()
 
     # -- repository context (repo_context.py) ------------------------------------------------
     def _repo_gathering(self) -> bool:
@@ -363,6 +365,15 @@ class InfillServer(LanguageServer):
         if self._repo_gathering() and (text := self._doc_text(uri)) is not None:
             self.repo.document(uri, text)
             self._arm_repo_refresh()
+
+    def repo_reread(self) -> None:
+        """The workspace folders changed, or gathering was turned on again: every open document is
+        read again, so one opened before its folder was added is context now (one now outside is
+        dropped by the folders' change itself)."""
+        if not self._repo_gathering():
+            return
+        for document in list(self.workspace.text_documents.values()):
+            self.repo_document(document.uri)
 
     def repo_changed(self, params: types.DidChangeTextDocumentParams) -> None:
         """didChange: remember where the edits were; a whole-document change re-chunks it."""
@@ -687,6 +698,10 @@ def build_server(settings: Settings | None = None, engine: Engine | None = None)
     def did_change_configuration(ls: InfillServer, params: types.DidChangeConfigurationParams) -> None:
         ls.apply_settings(params.settings)
         ls.ensure_engine()
+
+    @server.feature(types.WORKSPACE_DID_CHANGE_WORKSPACE_FOLDERS)
+    def did_change_workspace_folders(ls: InfillServer, params: types.DidChangeWorkspaceFoldersParams) -> None:
+        ls.repo_reread()  # pygls has updated ls.workspace.folders
 
     @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
     def did_open(ls: InfillServer, params: types.DidOpenTextDocumentParams) -> None:
