@@ -218,6 +218,10 @@ def test_a_crashed_server_is_reported_and_started_again_three_times_in_three_min
     assert len(server_pids(nvim)) == 4  # not a fourth restart
     assert "not restarted" in status(nvim)["message"]
     assert nvim.exec_lua('return require("infill").statusline()') == "infill !"
+    nvim.command("checkhealth infill")  # says so, and how to start it
+    report = buffer_text(nvim)
+    nvim.command("bwipeout!")
+    assert "ERROR no server running: the server stopped (exit code" in report and ":InfillRestart" in report, report
 
     nvim.command("InfillRestart")  # the user starts it again
     wait(lambda: len(server_pids(nvim)) == 5)

@@ -63,7 +63,7 @@ local function server_checks(client, infill)
   local ok, response, why = pcall(client.request_sync, client, "infill/health", vim.empty_dict(), TIMEOUT_MS, buf)
   if not ok or not response then
     health.error("the server did not answer infill/health: " .. tostring(ok and why or response),
-      { "see :LspLog; restart Neovim or run `infill-lsp doctor` in a terminal" })
+      { "see :LspLog; :InfillRestart, or run `infill-lsp doctor` in a terminal" })
   elseif response.err then
     health.warn("the server does not answer infill/health: " .. tostring(response.err.message),
       { "update infill-lsp to " .. infill.version .. " (pip install -U infill-lsp)" })
@@ -118,7 +118,10 @@ function M.check()
   end
   local clients = vim.lsp.get_clients({ name = "infill" })
   local s = infill.status()
-  if #clients == 0 then
+  if #clients == 0 and (s.status == "error" or s.status == "stopped") then
+    -- it ran and stopped (crashed past the restart limit, or stopped on purpose)
+    health.error("no server running: " .. (s.message or s.status), { ":InfillRestart starts it again; :LspLog says why it stopped" })
+  elseif #clients == 0 then
     health.info("no server running (it starts with the first buffer of an enabled filetype)")
   else
     health.ok(string.format("server running (client %d): %s%s", clients[1].id, s.status,
