@@ -370,10 +370,12 @@ class InfillServer(LanguageServer):
         """The workspace folders changed, or gathering was turned on again: every open document is
         read again, so one opened before its folder was added is context now (one now outside is
         dropped by the folders' change itself)."""
-        if not self._repo_gathering():
+        if not self._repo_gathering():  # once for all of them (repo_document would ask per document)
             return
         for document in list(self.workspace.text_documents.values()):
-            self.repo_document(document.uri)
+            if (text := self._doc_text(document.uri)) is not None:
+                self.repo.document(document.uri, text)
+        self._arm_repo_refresh()
 
     def repo_changed(self, params: types.DidChangeTextDocumentParams) -> None:
         """didChange: remember where the edits were; a whole-document change re-chunks it."""
