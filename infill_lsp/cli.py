@@ -83,13 +83,21 @@ def cmd_engine(args: argparse.Namespace) -> int:
         print("infill-lsp engine loads a model itself; --engine is for serve/complete", file=sys.stderr)
         return 2
     path = Path(args.socket) if args.socket else default_socket_path()
+    api_key = (args.api_key or os.environ.get("INFILL_ENGINE_API_KEY", "")).strip() or None
     if args.http:
         parse_http(args.http)  # a typo fails before the model loads
-    api_key = args.api_key or os.environ.get("INFILL_ENGINE_API_KEY", "") or None
+        if not api_key:
+            print("infill-lsp engine: --http needs --api-key KEY (or INFILL_ENGINE_API_KEY): any user of this "
+                  "machine could use a TCP port without one (`openssl rand -hex 32` makes a key; the Unix "
+                  "socket is owner-only and needs none)", file=sys.stderr)
+            return 2
+    if args.max_steps < 1:
+        print("infill-lsp engine: --max-steps must be at least 1", file=sys.stderr)
+        return 2
     engine = load_engine(config, progress=lambda message, percent: logging.info(
         "%s%s", "" if percent is None else f"{percent:3d}% ", message))
     try:
-        serve(engine, path, http=args.http or None, api_key=api_key)
+        serve(engine, path, http=args.http or None, api_key=api_key, max_steps=args.max_steps)
     except KeyboardInterrupt:
         pass
     return 0
@@ -242,8 +250,11 @@ def main(argv: list[str] | None = None) -> int:
     engine.add_argument("--socket", help="socket path (default: $XDG_RUNTIME_DIR/infill-lsp/engine.sock)")
     engine.add_argument("--http", metavar="HOST:PORT", default="",
                         help="also serve the HTTP API on TCP (HOST defaults to 127.0.0.1; PORT alone is fine)")
-    engine.add_argument("--api-key", default="", help="bearer token TCP clients must send "
+    engine.add_argument("--api-key", default="", help="bearer token TCP clients must send, needed with --http "
                         "(default: $INFILL_ENGINE_API_KEY; the Unix socket is owner-only and needs none)")
+    engine.add_argument("--max-steps", type=int, default=256, metavar="N",
+                        help="most denoising steps one request may ask for; more are cut to N, as vLLM's "
+                             "max_denoising_steps (default: 256)")
     engine.set_defaults(func=cmd_engine)
 
     complete = sub.add_parser("complete", help="print ranked completions at FILE:LINE:COL (1-based)")

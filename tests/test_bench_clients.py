@@ -25,7 +25,7 @@ QUICK = Budget(candidates=1, max_middle_tokens=2, steps=1)
 def engine_socket(tmp_path_factory):
     path = tmp_path_factory.mktemp("load") / "run" / "engine.sock"
     proc = subprocess.Popen([sys.executable, "-m", "infill_lsp", "engine", "--model", str(TINY_MODEL),
-                             "--socket", str(path)], stderr=subprocess.DEVNULL)
+                             "--socket", str(path), "--max-steps", "1000000"], stderr=subprocess.DEVNULL)
     for _ in range(1200):
         if path.exists():
             break

@@ -23,7 +23,8 @@ from conftest import TINY_MODEL, with_layout
 
 def start_daemon(path, *extra, model=TINY_MODEL):
     proc = subprocess.Popen(
-        [sys.executable, "-m", "infill_lsp", "engine", "--model", str(model), "--socket", str(path), *extra],
+        [sys.executable, "-m", "infill_lsp", "engine", "--model", str(model), "--socket", str(path),
+         "--max-steps", "1000000", *extra],  # requests of 100,000 steps hold the model thread until cancelled
         stderr=subprocess.PIPE, text=True,
     )
     for _ in range(1200):
@@ -180,3 +181,79 @@ def test_stale_socket_is_replaced(tmp_path):
 def test_unreachable_engine_is_reported():
     with pytest.raises(EngineUnavailable, match="unreachable"):
         HttpEngine("/nonexistent/engine.sock")
+
+
+def test_http_needs_an_api_key(tmp_path, monkeypatch):
+    """Any user of the machine can reach a TCP port: `--http` without a key is refused before the
+    model loads, and no socket is left behind."""
+    monkeypatch.delenv("INFILL_ENGINE_API_KEY", raising=False)
+    path = tmp_path / "e" / "engine.sock"
+    run = subprocess.run([sys.executable, "-m", "infill_lsp", "engine", "--model", str(TINY_MODEL), "--socket",
+                          str(path), "--http", "127.0.0.1:0"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and "--http needs --api-key" in run.stderr, run.stderr
+    assert not path.exists()
+
+
+def test_connections_to_the_tcp_port_cannot_crowd_out_the_socket(tmp_path):
+    """Without a key an outsider can still open connections to the TCP port: 300 that never send a
+    request leave the owner's socket answering (each listener has its own limit), and the port
+    closes them once their request head is overdue."""
+    from infill_lsp.engine.daemon import HEADER_SECONDS
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    path = tmp_path / "e" / "engine.sock"
+    proc = start_daemon(path, "--http", f"127.0.0.1:{port}", "--api-key", "k" * 32)
+    idle = []
+    try:
+        for _ in range(300):
+            conn = socket.create_connection(("127.0.0.1", port), timeout=10)
+            idle.append(conn)
+        time.sleep(0.5)  # let the server accept them all
+        with httpx.Client(transport=httpx.HTTPTransport(uds=str(path)), base_url="http://engine", timeout=10) as client:
+            assert client.get("/v1/models").status_code == 200
+        started = time.monotonic()
+        idle[0].settimeout(HEADER_SECONDS + 20)
+        assert idle[0].recv(1) == b""  # closed by the server, not by our timeout (that would raise)
+        assert time.monotonic() - started < HEADER_SECONDS + 20
+    finally:
+        for conn in idle:
+            conn.close()
+        proc.send_signal(signal.SIGINT)
+        proc.wait(10)
+
+
+def test_the_socket_directory_must_be_a_private_real_directory(tmp_path):
+    """A symbolic link as the socket's directory (another user's, in /tmp, could later point it at
+    their own listener) and a directory others can write to (they could swap the socket) are
+    refused; an existing private directory of the user's own keeps its mode (no chmod of $HOME)."""
+    target = tmp_path / "target"
+    target.mkdir(mode=0o700)
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    with pytest.raises(PermissionError, match="symbolic link"):
+        prepare_socket_path(link / "engine.sock")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(PermissionError, match="writable by other users"):
+        prepare_socket_path(shared / "engine.sock")
+    home = tmp_path / "home"
+    home.mkdir()
+    home.chmod(0o755)
+    prepare_socket_path(home / "engine.sock")
+    assert stat.S_IMODE(home.stat().st_mode) == 0o755
+    fresh = tmp_path / "new" / "dir"
+    prepare_socket_path(fresh / "engine.sock")
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o700
+
+
+def test_sigterm_stops_both_listeners_and_removes_the_socket(tmp_path):
+    """systemd and `kill` stop it with SIGTERM: with the socket and the TCP port each served by its
+    own server, one signal still stops both, exit status 0, and the socket goes."""
+    path = tmp_path / "e" / "engine.sock"
+    proc = start_daemon(path, "--http", "127.0.0.1:0", "--api-key", "k" * 32)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(20) == 0
+    assert not path.exists()

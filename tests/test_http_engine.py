@@ -1,6 +1,7 @@
 """The HTTP engine backend end to end against the real resident engine (tiny model), and its
 requests against vLLM's own request model and DiffusionGemma checks."""
 
+import os
 import random
 import signal
 import socket
@@ -34,7 +35,8 @@ def free_port() -> int:
 
 def start_engine(path, *extra):
     proc = subprocess.Popen([sys.executable, "-m", "infill_lsp", "engine", "--model", str(TINY_MODEL),
-                             "--socket", str(path), *extra], stderr=subprocess.DEVNULL)
+                             "--socket", str(path), "--max-steps", "1000000", *extra],
+                            stderr=subprocess.DEVNULL)  # requests of ENDLESS steps hold the model thread
     for _ in range(1200):
         if path.exists():
             return proc
@@ -104,6 +106,37 @@ def test_bearer_token_is_required_on_http(server):
     engine = HttpEngine(url, api_key=KEY)
     assert engine.infill(InfillRequest(prefix="a", suffix="", budget=SHORT)).candidates
     engine.close()
+
+
+def test_a_key_read_with_its_line_ending_still_works(server):
+    """A key copied from a CRLF `.env` file ends in a carriage return, which no HTTP header may carry."""
+    _, url = server
+    HttpEngine(url, api_key=KEY + "\r\n").close()
+    HttpEngine(url, api_key=f" {KEY} ").close()
+
+
+def test_a_key_a_header_cannot_carry_is_refused_without_echoing_it(server):
+    _, url = server
+    threads = {t.ident for t in threading.enumerate()}
+    for key in ("clé-secrète-42", "two words-secret-42", "line\nbreak-secret-42"):
+        with pytest.raises(EngineUnavailable) as refused:
+            HttpEngine(url, api_key=key)
+        assert "secret" not in str(refused.value) and "header" in str(refused.value)
+    assert not [t for t in threading.enumerate() if t.ident not in threads and t.name == "infill-http"]
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root to give a socket away")
+def test_a_socket_of_another_user_is_not_used(tmp_path):
+    path = tmp_path / "theirs.sock"
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(path))
+    listener.listen(1)
+    try:
+        os.chown(path, 12345, -1)
+        with pytest.raises(EngineUnavailable, match="belongs to another user"):
+            HttpEngine(str(path))
+    finally:
+        listener.close()
 
 
 def test_tls_follows_the_scheme(server):

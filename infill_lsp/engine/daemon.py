@@ -3,7 +3,10 @@
 It speaks HTTP: the subset of vLLM's OpenAI-compatible API that `HttpEngine` sends (see
 `http_server`), so one client backend serves both this daemon and a vLLM server. It listens on
 an owner-only Unix socket (directory 0700, socket 0600) and, with `--http HOST:PORT`, on TCP
-too (127.0.0.1 unless told otherwise; `--api-key` makes TCP clients show a bearer token).
+too (127.0.0.1 unless told otherwise), where clients show the bearer token `--api-key` sets (any
+user of the machine can reach a TCP port, so `--http` needs one). Each listener has its own
+connection limit, so connections to the TCP port (which close when their request has not
+arrived within HEADER_SECONDS) cannot crowd out the owner's socket.
 Requests from all clients queue for the single model worker thread; a client going away stops
 its request between denoising steps.
 """
@@ -29,12 +32,33 @@ def default_socket_path() -> Path:
 
 
 def prepare_socket_path(path: Path) -> None:
-    """Make the parent owner-only and clear a stale socket; refuse if a live daemon owns it."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    parent = path.parent.stat()
-    if parent.st_uid != os.getuid():
-        raise PermissionError(f"{path.parent} belongs to another user")
-    os.chmod(path.parent, 0o700)
+    """Make sure the socket's directory is ours and only ours, and clear a stale socket; refuse if a
+    live daemon owns it.
+
+    The directory must be a real directory (not a link another user could point elsewhere later),
+    ours, and writable by nobody else (or they could swap the socket). One we create, or the
+    default one, is made 0700; an existing one of the user's own (`--socket ~/engine.sock`) keeps
+    its mode."""
+    parent = path.parent
+    created = False
+    if not parent.is_symlink():
+        try:
+            parent.mkdir(parents=True, mode=0o700)
+            created = True
+        except FileExistsError:
+            pass
+    info = parent.lstat()
+    if stat.S_ISLNK(info.st_mode):
+        raise PermissionError(f"{parent} is a symbolic link: the engine's socket goes in a real directory")
+    if not stat.S_ISDIR(info.st_mode):
+        raise FileExistsError(f"{parent} is not a directory")
+    if info.st_uid != os.getuid():
+        raise PermissionError(f"{parent} belongs to another user")
+    if created or parent == default_socket_path().parent:
+        os.chmod(parent, 0o700)
+    elif info.st_mode & 0o022:
+        raise PermissionError(f"{parent} is writable by other users: they could replace the socket "
+                              f"(chmod go-w {parent}, or another --socket)")
     if path.exists() or path.is_symlink():
         if not stat.S_ISSOCK(path.lstat().st_mode):
             raise FileExistsError(f"{path} exists and is not a socket")
@@ -89,32 +113,75 @@ def _exit_on_sigterm(signum, frame) -> None:
     raise SystemExit(0)
 
 
-def serve(engine: Engine, path: Path, http: str | None = None, api_key: str | None = None) -> None:
-    """Run until SIGINT/SIGTERM: the HTTP API on the socket (and on TCP with `http`)."""
+HEADER_SECONDS = 10.0  # a TCP connection must have sent its request's head by then
+
+
+def _deadline_protocol():
+    """uvicorn's h11 protocol, closing a connection whose request head has not arrived within
+    HEADER_SECONDS of connecting (uvicorn times out only idle keep-alive connections, after a
+    response): otherwise connections that never send a request hold the listener's slots."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class FirstRequestDeadline(H11Protocol):
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._head_deadline = self.loop.call_later(HEADER_SECONDS, self._head_overdue)
+
+        def _head_overdue(self) -> None:
+            if self.cycle is None and not self.transport.is_closing():
+                self.transport.close()
+
+        def connection_lost(self, exc) -> None:
+            self._head_deadline.cancel()
+            super().connection_lost(exc)
+
+    return FirstRequestDeadline
+
+
+def serve(engine: Engine, path: Path, http: str | None = None, api_key: str | None = None,
+          max_steps: int | None = None) -> None:
+    """Run until SIGINT/SIGTERM: the HTTP API on the socket (and on TCP with `http`, which needs
+    `api_key`), one uvicorn server per listener over one app and one model queue."""
+    import asyncio
+
     import uvicorn
 
     from .http_server import EngineService, build_app
 
-    if http and not api_key and parse_http(http)[0] not in ("127.0.0.1", "localhost", "::1"):
-        log.warning("--http %s without --api-key: anyone who can reach it can use the model", http)
-    service = EngineService(engine)
-    sockets = [bind_unix(path)]
+    if http and not api_key:
+        raise ValueError("--http needs --api-key (or INFILL_ENGINE_API_KEY): any user of this machine, and "
+                         "anyone the port is reachable from, could use the model; the Unix socket needs none")
+    service = EngineService(engine, **({"served_steps": max_steps} if max_steps else {}))
+    app = build_app(service, api_key)
+    # SIGTERM (systemd, kill) exits through the finally blocks below, from the moment the socket exists.
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
-        if http:
-            sockets.append(bind_tcp(http))
-        config = uvicorn.Config(build_app(service, api_key), lifespan="off", access_log=False, log_level="warning",
-                                timeout_graceful_shutdown=3, limit_concurrency=256, timeout_keep_alive=30,
-                                h11_max_incomplete_event_size=64 * 1024)
-        where = f"{path}" + (f" and http://{sockets[1].getsockname()[0]}:{sockets[1].getsockname()[1]}" if http else "")
-        log.info("engine listening on %s (%s)", where, engine.info.model)
-        # uvicorn re-raises the signal it stopped on once it is done: SIGTERM then exits through here too.
-        previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+        sockets = [bind_unix(path)]
         try:
-            uvicorn.Server(config).run(sockets=sockets)
+            if http:
+                sockets.append(bind_tcp(http))
+
+            def config(**extra) -> uvicorn.Config:
+                return uvicorn.Config(app, lifespan="off", access_log=False, log_level="warning",
+                                      timeout_graceful_shutdown=3, limit_concurrency=256, timeout_keep_alive=30,
+                                      h11_max_incomplete_event_size=64 * 1024, **extra)
+            servers = [(uvicorn.Server(config(http="h11")), sockets[0])]
+            if http:
+                servers.append((uvicorn.Server(config(http=_deadline_protocol())), sockets[1]))
+            tcp = f" and http://{sockets[1].getsockname()[0]}:{sockets[1].getsockname()[1]}" if http else ""
+            log.info("engine listening on %s%s (%s)", path, tcp, engine.info.model)
+
+            async def run_all() -> None:
+                # Each server takes SIGINT/SIGTERM over and hands it back to the one before it on its
+                # way out (uvicorn re-raises the signal it stopped on), so one signal stops them all;
+                # the last re-raise reaches _exit_on_sigterm (SIGTERM) or Python's handler (SIGINT).
+                await asyncio.gather(*(server.serve(sockets=[sock]) for server, sock in servers))
+
+            asyncio.run(run_all())
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            for sock in sockets:
+                sock.close()
+            path.unlink(missing_ok=True)
     finally:
-        for sock in sockets:
-            sock.close()
-        path.unlink(missing_ok=True)
+        signal.signal(signal.SIGTERM, previous)
         service.close()

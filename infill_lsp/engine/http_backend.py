@@ -124,6 +124,28 @@ def parse_address(address: str) -> tuple[str, str | None]:
     return UDS_BASE_URL, os.path.expanduser(path)
 
 
+def _usable_key(key: str) -> str:
+    """The bearer token as a header can carry it: surrounding whitespace (a CRLF `.env` line) is
+    dropped; a key with other characters a header cannot hold is refused without being echoed,
+    since the error reaches the editor's status and the log."""
+    key = key.strip()
+    if any(not 0x21 <= ord(c) <= 0x7E for c in key):
+        raise EngineUnavailable(f"the engine API key (--engine-api-key or {API_KEY_ENV}) has a character an "
+                                "HTTP header cannot carry (spaces, control characters or non-ASCII)")
+    return key
+
+
+def _check_socket_owner(path: str) -> None:
+    """The engine's socket must be ours: a socket another user made (or a link to one) would get
+    the code around the cursor and answer with their completions."""
+    try:
+        owner = os.stat(path).st_uid
+    except OSError:
+        return  # nothing there yet: connecting says it is unreachable
+    if owner != os.getuid():
+        raise EngineUnavailable(f"engine socket {path} belongs to another user (uid {owner}): not connecting")
+
+
 class ServerFacts(msgspec.Struct):
     model: str
     owned_by: str
@@ -164,7 +186,9 @@ class HttpEngine:
         self.prefix_tokens = prefix_tokens
         self.suffix_head_tokens = suffix_head_tokens
         self.read_timeout = read_timeout
-        api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV, "")
+        api_key = _usable_key(api_key if api_key is not None else os.environ.get(API_KEY_ENV, ""))
+        if self.socket_path:
+            _check_socket_owner(self.socket_path)
         self.stats: Counter[str] = Counter()
         self._suffix_cache: OrderedDict[str, list[int]] = OrderedDict()
         self._context_cache: OrderedDict[str, list[int]] = OrderedDict()  # rendered context chunk -> its ids
@@ -179,8 +203,8 @@ class HttpEngine:
             transport = httpx.AsyncHTTPTransport(uds=self.socket_path, limits=limits, retries=0)
             return httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=timeout, transport=transport)
 
-        self._client: httpx.AsyncClient = self._run(make_client())
         try:
+            self._client: httpx.AsyncClient = self._run(make_client())
             self.facts: ServerFacts = self._run(self._discover(model))
         except BaseException:
             self.close()

@@ -39,8 +39,11 @@ request whose client goes away while it queues is dropped without running (`engi
   `stream: true` is answered as server-sent events (the whole answer at once, then `[DONE]`).
 
 A client that disconnects cancels its engine work (checked between denoising steps), like
-vLLM's `with_cancellation`. On TCP (`--http`) every route but /health needs
-`Authorization: Bearer KEY` when the server has an API key; the Unix socket is owner-only.
+vLLM's `with_cancellation`. On TCP (`--http`, which the daemon opens only with an API key) every
+route but /health needs `Authorization: Bearer KEY`; the Unix socket is owner-only. Malformed or
+hostile input is a 4xx in OpenAI's error shape, anything unexpected a 500 in that shape; big
+prompts are tokenized off the event loop, and a request's denoising steps are cut to the served
+maximum (`--max-steps`), as vLLM does.
 """
 
 from __future__ import annotations
@@ -48,7 +51,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import re
 import secrets
 import time
 from collections import Counter
@@ -89,10 +91,27 @@ MAX_BODY = 8 * 1024 * 1024  # bytes in one request body
 MAX_N = 32
 MAX_TOKENS = 512
 SERVED_CANVAS = 1024  # widest canvas a read may ask for (middle + suffix head)
+SERVED_STEPS = 256  # most denoising steps a read may ask for (vLLM clamps to its max_denoising_steps)
+SEEDS = range(-(2**63), 2**64)  # what torch.Generator.manual_seed takes
 OWNER = "infill-lsp"
 # FIM prompts templated by the client (StarCoder's and Qwen's spellings): split back into prefix and suffix
-FIM_MARKERS = re.compile(r"(?:<fim_prefix>|<\|fim_prefix\|>)(?P<prefix>.*)(?:<fim_suffix>|<\|fim_suffix\|>)"
-                         r"(?P<suffix>.*)(?:<fim_middle>|<\|fim_middle\|>)", re.DOTALL)
+FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE = ("<fim_prefix>", "<|fim_prefix|>"), ("<fim_suffix>", "<|fim_suffix|>"), \
+    ("<fim_middle>", "<|fim_middle|>")
+
+
+def split_fim(prompt: str) -> tuple[str, str] | None:
+    """(prefix, suffix) of `<fim_prefix>P<fim_suffix>S<fim_middle>` (either spelling), split at the
+    last suffix marker; None for any other prompt. String scans, linear in the prompt: a regular
+    expression with two greedy groups took minutes on a prompt of many markers."""
+    start = next((m for m in FIM_PREFIX if prompt.startswith(m)), None)
+    end = next((m for m in FIM_MIDDLE if prompt.endswith(m)), None)
+    if start is None or end is None or len(prompt) < len(start) + len(end):
+        return None
+    inner = prompt[len(start):len(prompt) - len(end)]
+    at, marker = max((inner.rfind(m), m) for m in FIM_SUFFIX)
+    if at < 0:
+        return None
+    return inner[:at], inner[at + len(marker):]
 
 
 class HTTPError(Exception):
@@ -108,11 +127,15 @@ def _json(value, status: int = 200) -> Response:
 class EngineService:
     """The engine behind the routes: one model worker thread, counters, the tokenizer."""
 
-    def __init__(self, engine: Engine, *, served_canvas: int = SERVED_CANVAS):
+    def __init__(self, engine: Engine, *, served_canvas: int = SERVED_CANVAS, served_steps: int = SERVED_STEPS):
         self.engine = engine
         self.model = engine.info.model
         self.served_canvas = served_canvas
+        self.served_steps = served_steps
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="infill-model")
+        # Tokenizing a big prompt takes seconds: off the event loop (health checks and cancels go on),
+        # and not behind the model's queue.
+        self.text_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="infill-text")
         self.counters: Counter[str] = Counter()
         self.tokenizer = getattr(engine, "tokenizer", None)
         config = getattr(getattr(engine, "model", None), "config", None)
@@ -133,6 +156,10 @@ class EngineService:
         if self.tokenizer is None:
             raise HTTPError(501, "this engine has no tokenizer", "NotImplementedError")
         return self.tokenizer.backend_tokenizer.decode(ids, skip_special_tokens=False)
+
+    async def off_loop(self, fn, *args):
+        """fn(*args) on the text thread (tokenizing, decoding: seconds for a prompt of megabytes)."""
+        return await asyncio.wrap_future(self.text_worker.submit(fn, *args))
 
     # -- running the engine -------------------------------------------------------------------
     def _call(self, token: CancelToken, fn, *args):
@@ -203,6 +230,7 @@ class EngineService:
 
     def close(self) -> None:
         self.worker.shutdown(wait=False, cancel_futures=True)
+        self.text_worker.shutdown(wait=False, cancel_futures=True)
 
 
 async def _disconnected(request: Request) -> None:
@@ -227,9 +255,18 @@ async def _read_json(request: Request) -> dict:
         body = msgspec.json.decode(b"".join(chunks))
     except msgspec.DecodeError as exc:
         raise HTTPError(400, f"body is not JSON: {exc}") from None
+    except RecursionError:
+        raise HTTPError(400, "body is not JSON this server reads: nested too deeply") from None
     if not isinstance(body, dict):
         raise HTTPError(400, "body must be a JSON object")
     return body
+
+
+def _seed(body: dict) -> int | None:
+    seed = body.get("seed")
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed not in SEEDS):
+        raise HTTPError(400, "seed must be an integer in [-2**63, 2**64)", param="seed")
+    return seed
 
 
 def _int(body: dict, key: str, default: int | None, lo: int, hi: int) -> int | None:
@@ -272,9 +309,13 @@ class Handlers:
         prompt = body.get("prompt")
         if not isinstance(prompt, str):
             raise HTTPError(400, "prompt must be a string", param="prompt")
-        ids = self.s.encode(prompt, bool(body.get("add_special_tokens", True)))
-        strs = [self.s.decode([t]) for t in ids] if body.get("return_token_strs") else None
-        return _json(TokenizeResponse(count=len(ids), max_model_len=self.s.max_model_len, tokens=ids, token_strs=strs))
+        special, with_strs = bool(body.get("add_special_tokens", True)), bool(body.get("return_token_strs"))
+
+        def tokenize() -> TokenizeResponse:
+            ids = self.s.encode(prompt, special)
+            strs = [self.s.decode([t]) for t in ids] if with_strs else None
+            return TokenizeResponse(count=len(ids), max_model_len=self.s.max_model_len, tokens=ids, token_strs=strs)
+        return _json(await self.s.off_loop(tokenize))
 
     async def detokenize(self, request: Request) -> Response:
         body = await _read_json(request)
@@ -282,7 +323,7 @@ class Handlers:
         tokens = body.get("tokens")
         if not isinstance(tokens, list) or not all(isinstance(t, int) and 0 <= t < max(self.s.vocab_size, 1) for t in tokens):
             raise HTTPError(400, "tokens must be a list of token ids", param="tokens")
-        return _json({"prompt": self.s.decode(tokens)})
+        return _json({"prompt": await self.s.off_loop(self.s.decode, tokens)})
 
     async def completions(self, request: Request) -> Response:
         body = await _read_json(request)
@@ -313,9 +354,10 @@ class Handlers:
         if (message := validate_diffusion_xargs(xargs, s.served_canvas, s.vocab_size)) is not None:
             raise HTTPError(400, message, param="extra_args")
         max_tokens = _int(body, "max_tokens", 16, 1, 1 << 30)
-        seed = body.get("seed")
-        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
-            raise HTTPError(400, "seed must be an integer", param="seed")
+        seed = _seed(body)
+        stop_token_ids = body.get("stop_token_ids") or []
+        if not isinstance(stop_token_ids, list) or not all(isinstance(t, int) for t in stop_token_ids):
+            raise HTTPError(400, "stop_token_ids must be a list of token ids", param="stop_token_ids")
         width = xargs.get(CANVAS_LENGTH) or s.served_canvas
         canvas = xargs.get(SEED_CANVAS)
         pins = sorted(set(xargs.get(PINNED) or []))
@@ -330,16 +372,19 @@ class Handlers:
             raise HTTPError(400, "the canvas has no free position to denoise", param="extra_args")
         tail = list(canvas[middle:]) if canvas is not None else []
         stops = {t for t in (s.end_id, s.pad_id) if t is not None}
-        stops.update(t for t in body.get("stop_token_ids") or [] if isinstance(t, int))
+        stops.update(stop_token_ids)
         cut = next((i for i, t in enumerate(tail) if t in stops), len(tail))
         suffix = s.decode(tail[:cut]) if cut else ""
-        prompt_ids = self._prompt_ids(body.get("prompt"))
-        if isinstance(body.get("prompt"), str):
-            prefix = body["prompt"]
-        else:
-            ids = prompt_ids[1:] if prompt_ids and prompt_ids[0] == s.bos_id else prompt_ids
-            prefix = s.decode([t for t in ids if t not in stops]) if ids else ""
-        steps = xargs.get(MAX_STEPS) or Budget().steps
+        prompt = body.get("prompt")
+        self._check_prompt(prompt)
+
+        def prompt_text() -> tuple[list[int], str]:  # a prompt may be megabytes: tokenized off the loop
+            if isinstance(prompt, str):
+                return s.encode(prompt, True), prompt
+            ids = prompt[1:] if prompt and prompt[0] == s.bos_id else prompt
+            return prompt, s.decode([t for t in ids if t not in stops]) if ids else ""
+        prompt_ids, prefix = await s.off_loop(prompt_text)
+        steps = min(xargs.get(MAX_STEPS) or Budget().steps, s.served_steps)
         m = min(middle, max_tokens)
         own = OwnRequest(suffix=suffix)
         if xargs.get(OWN_REQUEST) is not None:
@@ -375,12 +420,14 @@ class Handlers:
             prompt_tokens=timings.prompt_tokens, context_tokens=timings.context_tokens,
             context_chunks=timings.context_chunks)))
 
-    def _prompt_ids(self, prompt) -> list[int]:
+    def _check_prompt(self, prompt) -> None:
         if isinstance(prompt, str):
-            return self.s.encode(prompt, True)
+            if self.s.tokenizer is None:
+                raise HTTPError(501, "this engine has no tokenizer", "NotImplementedError")
+            return
         if isinstance(prompt, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt) \
                 and all(0 <= t < max(self.s.vocab_size, 1) for t in prompt):
-            return prompt
+            return
         raise HTTPError(400, "prompt must be a string or a list of token ids", param="prompt")
 
     # -- FIM (editors' completion clients) ----------------------------------------------------
@@ -393,8 +440,8 @@ class Handlers:
             prompt = prompt[0]
         if not isinstance(prompt, str):
             raise HTTPError(400, "a FIM request's prompt must be a string", param="prompt")
-        if suffix is None and (marked := FIM_MARKERS.fullmatch(prompt)):  # a client that templates FIM itself
-            prompt, suffix = marked.group("prefix"), marked.group("suffix")
+        if suffix is None and (marked := split_fim(prompt)):  # a client that templates FIM itself
+            prompt, suffix = marked
         suffix = suffix or ""
         if not isinstance(suffix, str):
             raise HTTPError(400, "suffix must be a string", param="suffix")
@@ -403,7 +450,7 @@ class Handlers:
         path = body.get("path") if isinstance(body.get("path"), str) else None
         settings = Settings()
         budget = Budget(candidates=max(n, settings.candidates), max_middle_tokens=max_tokens, steps=settings.steps)
-        seed = body.get("seed") if isinstance(body.get("seed"), int) else None
+        seed = _seed(body)
         token = CancelToken()
         text = prompt + suffix
         result = await self.s.run(request, _complete, pipeline, self.s.engine, text, len(prompt), language, path,
@@ -481,6 +528,14 @@ async def _http_error(request: Request, exc: Exception) -> Response:
                     media_type="application/json")
 
 
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    """Anything a route did not expect: an OpenAI-style 500 for the client (Starlette re-raises it
+    afterwards, and uvicorn logs the traceback)."""
+    message = f"internal error: {type(exc).__name__}"
+    return Response(error_body(message, 500, "InternalServerError", None), status_code=500,
+                    media_type="application/json")
+
+
 def build_app(service: EngineService, api_key: str | None = None):
     h = Handlers(service)
     routes = [
@@ -491,4 +546,5 @@ def build_app(service: EngineService, api_key: str | None = None):
         Route("/detokenize", h.detokenize, methods=["POST"]),
         Route("/v1/completions", h.completions, methods=["POST"]),
     ]
-    return _Guard(Starlette(routes=routes, exception_handlers={HTTPError: _http_error}), api_key or None)
+    handlers = {HTTPError: _http_error, Exception: _internal_error}
+    return _Guard(Starlette(routes=routes, exception_handlers=handlers), api_key or None)
