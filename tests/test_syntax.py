@@ -708,3 +708,64 @@ def test_a_big_declaration_file_is_checked_whole_outside_python():
     missing_type, member = validate("typescript", prefix, suffix, ["None:;", "None: any;"])
     assert not missing_type.valid and missing_type.checked
     assert member.valid
+
+
+def _at_bar(document: str) -> tuple[str, str]:
+    offset = document.index("|")
+    return document[:offset], document[offset + 1:]
+
+
+def _verdicts(language, document, middles):
+    prefix, suffix = _at_bar(document)
+    return [v.valid for v in validate(language, prefix, suffix, middles, truncate=False)]
+
+
+HELPERS_PY = "".join(f"def helper{i}(a):\n    return a + {i}\n\n\n" for i in range(70))
+HELPERS_GO = "".join(f"func helper{i}(a int) int {{\n\treturn a + {i}\n}}\n\n" for i in range(60))
+HELPERS_JS = "".join(f"function helper{i}(a) {{\n  return a + {i};\n}}\n\n" for i in range(60))
+
+
+@pytest.mark.parametrize("language, document, good, bad", [
+    ("python", 'SOURCE_A = """\n' + HELPERS_PY + '"""\n\n\ndef test_a():\n    assert run(SOURCE_A) == |EXPECTED\n\n\n'
+     'SOURCE_B = """\n' + HELPERS_PY + '"""\n', "1 + ", "("),
+    ("go", "package main\n\nvar before = `\n" + HELPERS_GO + "`\n\nfunc check(x int) int {\n\treturn |\n}\n\n"
+     "var after = `\n" + HELPERS_GO[:2400] + "`\n", "x + 1", "x +"),
+    ("javascript", "const before = `\n" + HELPERS_JS + "`;\n\nfunction check(x) {\n  return |;\n}\n\n"
+     "const after = `\n" + HELPERS_JS + "`;\n", "x + 1", "x)"),
+])
+def test_a_region_cut_between_two_multiline_strings_is_not_read_inside_out(language, document, good, bad):
+    """Test files keep whole programs in multi-line strings, with top-level-looking lines inside them.
+    A region cut at those lines parsed inside out (the code between the strings a string), and every
+    candidate passed as string content; the whole document is asked then, and the cursor is in code."""
+    assert _verdicts(language, document, [good, bad]) == [True, False]
+
+
+def test_a_candidate_is_judged_by_its_own_statement_when_newer_syntax_elsewhere_stops_cpython():
+    """A `type` alias (Python 3.12) above: the server's CPython refuses the file at line 1 whatever the
+    candidate, so the candidate's own statement is compiled instead."""
+    document = "type Vector = list[float]\n\ndef f(x, y):\n    total = 0\n    |\n    return total\n"
+    assert _verdicts("python", document, ["total += x * y", "x = 1\n      y = 2", "total, x += 1"]) == [True, False, False]
+
+
+def test_a_coding_cookie_does_not_switch_cpython_off():
+    """The editor has decoded the file already: compiled as bytes, `# -*- coding: latin-1 -*-` made
+    the UTF-8 of `naïve` undecodable (and a comment like `# Response encoding: chosen` an unknown
+    codec), so the strict check was lost."""
+    document = "# -*- coding: latin-1 -*-\nna\u00efve = 'caf\u00e9'\n\ndef f(x):\n    y = x\n    |\n    return y\n"
+    assert _verdicts("python", document, ["y += 1", "y += 1\n  y = 2"]) == [True, False]
+    document = "# Response encoding: chosen by the caller, see send().\ndef send(payload):\n    data = payload\n    |\n    return data\n"
+    assert _verdicts("python", document, ["data = data.encode()", "data, n += 1"]) == [True, False]
+
+
+def test_json_is_held_to_a_json_reader_and_jsonc_keeps_its_comments():
+    """tree-sitter-json takes comments and raw control characters: a `package.json` suggestion must
+    be JSON; in `jsonc` (tsconfig.json) a comment is fine."""
+    document = '{\n  "name": "demo",|\n  "version": 1\n}\n'
+    middles = ['\n  "main": "index.js",', " // the package name", '\n  "a": "tab\there",', '\n  "b": [1, 2],']
+    assert _verdicts("json", document, middles) == [True, False, False, True]
+    assert _verdicts("jsonc", document, middles[:2]) == [True, True]
+    assert language_for("jsonc") == "jsonc" and language_for(None, "tsconfig.jsonc") == "jsonc"
+    # a long JSON file cut around the cursor (the region alone is no JSON): still no comment
+    rows = "".join(f'  "key{i}": {i},\n' for i in range(300))
+    document = "{\n" + rows + '  "name": "demo",|\n' + rows + '  "last": 0\n}\n'
+    assert _verdicts("json", document, ['\n  "main": "index.js",', " // the package name"]) == [True, False]

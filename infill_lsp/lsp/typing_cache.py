@@ -1,8 +1,8 @@
 """Typing through a suggestion: answer from the last result while the user types what it shows.
 
-If the text typed since the last answer is a prefix of a shown suggestion, and the code
-after the cursor has not changed, the rest of that suggestion is still the answer: no model
-work, no flicker.
+If the text typed since the last answer is a prefix of a shown suggestion, and the rest of the
+document has not changed, the rest of that suggestion is still the answer: no model work, no
+flicker.
 """
 
 from __future__ import annotations
@@ -11,13 +11,10 @@ import msgspec
 
 from ..rank import Ranked
 
-_ANCHOR = 256  # characters on each side compared to decide it's the same place
-
-
 class Shown(msgspec.Struct):
     offset: int
-    before: str  # text just before the cursor when it was computed
-    after: str  # text just after it
+    before: str  # the whole text before the cursor when it was computed
+    after: str  # and after it
     items: list[Ranked]
 
 
@@ -27,12 +24,7 @@ class TypingCache:
 
     def remember(self, uri: str, text: str, offset: int, items: list[Ranked]) -> None:
         if items:
-            self._by_uri[uri] = Shown(
-                offset=offset,
-                before=text[max(0, offset - _ANCHOR) : offset],
-                after=text[offset : offset + _ANCHOR],
-                items=items,
-            )
+            self._by_uri[uri] = Shown(offset=offset, before=text[:offset], after=text[offset:], items=items)
         else:
             self._by_uri.pop(uri, None)
 
@@ -47,14 +39,15 @@ class TypingCache:
         self._by_uri.clear()
 
     def lookup(self, uri: str, text: str, offset: int) -> list[Ranked] | None:
+        """The rest of the shown suggestions when the text is the one they were validated in, with
+        only a prefix of them typed at the cursor. The whole text on both sides is compared (no
+        copy: startswith/endswith): an edit anywhere else, far above (a `def` turned into an `if`,
+        so a `return` would no longer compile) or in what the editor closed after the cursor,
+        means the pipeline runs again."""
         shown = self._by_uri.get(uri)
-        if shown is None or offset < shown.offset:
+        if shown is None or offset < shown.offset or len(text) - len(shown.after) != offset:
             return None
-        if text[shown.offset - len(shown.before) : shown.offset] != shown.before:
-            return None
-        # The whole window after the cursor, not its first len(after) characters: near the end of the
-        # document `after` is short, and a bracket the editor closed after it would still match.
-        if text[offset : offset + _ANCHOR] != shown.after:
+        if not text.startswith(shown.before) or not text.endswith(shown.after):
             return None
         typed = text[shown.offset : offset]
         rest = [

@@ -28,6 +28,8 @@ GRAMMARS: dict[str, tuple[str, str]] = {
     "lua": ("tree_sitter_lua", "language"),
     "bash": ("tree_sitter_bash", "language"),
     "json": ("tree_sitter_json", "language"),
+    "jsonc": ("tree_sitter_json", "language"),  # JSON with comments (tsconfig.json, settings.json): same grammar,
+    # but only "json" is also held to Python's JSON reader
     "ruby": ("tree_sitter_ruby", "language"),
 }
 
@@ -49,6 +51,7 @@ LANGUAGE_IDS = {
     "sh": "bash",
     "bash": "bash",
     "json": "json",
+    "jsonc": "jsonc",
     "ruby": "ruby",
 }
 
@@ -60,7 +63,7 @@ EXTENSIONS = {
     ".c": "c", ".h": "c",
     ".cc": "cpp", ".cpp": "cpp", ".cxx": "cpp", ".c++": "cpp", ".hpp": "cpp", ".hh": "cpp", ".hxx": "cpp",
     ".lua": "lua", ".sh": "bash", ".bash": "bash",
-    ".json": "json", ".rb": "ruby", ".rake": "ruby", ".gemspec": "ruby",
+    ".json": "json", ".jsonc": "jsonc", ".rb": "ruby", ".rake": "ruby", ".gemspec": "ruby",
 }
 
 

@@ -53,6 +53,7 @@ only for a candidate that passed rule 2 with an error right after it.
 from __future__ import annotations
 
 import ast
+import json
 import logging
 import re
 import threading
@@ -166,12 +167,16 @@ def _touches(start: int, end: int, lo: int, hi: int) -> bool:
 
 
 def _compile_error(source: bytes, top_level_await: bool) -> Exception | None:
-    """What CPython's compiler (nothing runs) refuses the source with, or None when it compiles."""
+    """What CPython's compiler (nothing runs) refuses the source with, or None when it compiles.
+
+    Compiled as text, not bytes: the editor has already decoded the file, so a coding cookie
+    (`# -*- coding: latin-1 -*-`, or a comment that only looks like one) must not decode it again."""
     flags = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT if top_level_await else 0
+    text = source.decode("utf-8", "replace").removeprefix("\ufeff")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            compile(source, "<region>", "exec", flags=flags, dont_inherit=True)
+            compile(text, "<region>", "exec", flags=flags, dont_inherit=True)
         return None
     except Exception as error:  # SyntaxError mostly; ValueError (NUL bytes), RecursionError, MemoryError
         return error
@@ -269,6 +274,33 @@ def _adds_error_over(errors: list[tuple[str, int, int]], before: list[tuple[str,
                for kind, start, end in errors)
 
 
+def json_loads(data: bytes) -> bool:
+    """Does Python's JSON reader take it? Stricter than tree-sitter-json, which takes comments and
+    raw control characters in strings (JSON with comments is the `jsonc` language, not checked so)."""
+    try:
+        json.loads(data)
+        return True
+    except (ValueError, RecursionError):
+        return False
+
+
+_CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+
+
+def _json_extras(root: tree_sitter.Node, data: bytes, lo: int, hi: int) -> bool:
+    """Does the text inserted at [lo, hi) bring a comment or a raw control character into JSON?"""
+    if _CONTROL.search(data, lo, hi):
+        return True
+    node = root.descendant_for_byte_range(lo, hi)
+    stack = [node] if node is not None else []
+    while stack:
+        current = stack.pop()
+        if current.type == "comment" and current.start_byte < hi and current.end_byte > lo:
+            return True
+        stack.extend(child for child in current.children if child.start_byte < hi and child.end_byte > lo)
+    return False
+
+
 # Grammars whose cut text says nothing: they close no `end` a cut leaves open with a MISSING token,
 # and the unclosed function becomes one ERROR that ends at the last token or at the cut, whatever
 # the candidate is. The cut check is skipped for them.
@@ -294,6 +326,7 @@ class RegionChecker:
         strict = STRICT_PARSERS.get(language, ())
         self.repair_check = strict[-1] if strict else None  # a broken region is "repaired" only if this accepts it
         self.strict = next((check for check in strict if check(self.data)), None)  # the strictest that accepts it
+        self.json_strict = language == "json" and json_loads(self.data)  # a region JSON reads must stay so
 
     def in_long_literal(self) -> bool:
         """Is the cursor inside a string or comment that spans lines? A broken region narrowed to lines
@@ -331,6 +364,9 @@ class RegionChecker:
         lo, hi = self.at, self.at + len(inserted)
         if self.broken and _opens_only_comments(tree.root_node, data, lo, hi):
             return False
+        if self.language == "json" and (not json_loads(data) if self.json_strict
+                                        else _json_extras(tree.root_node, data, lo, hi)):
+            return False
         if not self.errors:  # the region parsed: it must still parse (and compile, where it compiled)
             if self.strict is not None:
                 return not errors and self.strict(data)
@@ -357,7 +393,32 @@ class RegionChecker:
         blamed = python_blamed_lines(data, error)
         if blamed is not None and blamed[0] <= data.count(b"\n", 0, hi) + 1 and blamed[1] > data.count(b"\n", 0, lo):
             return True
-        return self._mismatched_unindent(error, data, lo, hi)
+        return self._mismatched_unindent(error, data, lo, hi) or (error is not None and self._breaks_statement(data, lo, hi))
+
+    @cached_property
+    def _statement(self) -> tuple[int, int] | None:
+        """The top-level statements around the cursor, [start, end) in bytes, when they compile on
+        their own; None otherwise. In a file CPython refuses somewhere else (syntax newer than the
+        server's Python: a `type` alias, PEP 695 generics; or a half-written line far above), its
+        first error hides the candidate's: the statement the candidate is written into is asked
+        instead."""
+        around = [child for child in self.tree.root_node.children
+                  if child.start_byte <= self.at <= child.end_byte and not child.is_extra]
+        if not around:
+            return None
+        start, end = around[0].start_byte, around[-1].end_byte
+        if start and self.data[start - 1:start] != b"\n":  # not at the start of a line: not a statement
+            return None
+        if _compile_error(self.data[start:end], top_level_await=True) is not None:
+            return None
+        return start, end
+
+    def _breaks_statement(self, data: bytes, lo: int, hi: int) -> bool:
+        """Does the candidate at [lo, hi) keep the statements around the cursor from compiling?"""
+        if self._statement is None:
+            return False
+        start, end = self._statement
+        return _compile_error(data[start:end + (hi - lo)], top_level_await=True) is not None
 
     @cached_property
     def _baseline_compile_error(self) -> Exception | None:
@@ -551,7 +612,13 @@ def _whole(parser: tree_sitter.Parser, prefix: str, suffix: str, checker: Region
     a long class, a table or a doc comment leaves brackets unmatched, and one ERROR spanning the
     cursor refused every candidate, the removed text included (32 of 535 held-out holes, in files
     that parse). A document up to WHOLE bytes (WHOLE_INCREMENTAL outside Python) is then checked
-    whole: its errors, if it has any, are its own (the line being typed), not a cut's."""
+    whole: its errors, if it has any, are its own (the line being typed), not a cut's.
+
+    Also asked when a region that parses puts the cursor in a string or comment over
+    several lines: a cut between two multi-line strings (two embedded programs in a test file, Go
+    raw strings, JavaScript templates) can parse inside out, the code between them a string and
+    theirs code, and then any candidate is string content. Checked whole, the cursor is in code
+    again (and the caller takes the whole document only then; a real docstring keeps its region)."""
     limit = WHOLE if language == "python" else WHOLE_INCREMENTAL
     if len(prefix) + len(suffix) > limit:  # at least as many bytes: too big, whatever the encoding
         return checker
@@ -582,6 +649,10 @@ def validate(language: str | None, prefix: str, suffix: str, middles: list[str],
             after = _encode(suffix[: after_bytes * 4])
             end = region_end(after, after_bytes)
             checker = checker_for(parser, before[region_start(before, before_bytes):], after[:end], language)
+            if checker.in_long_literal():  # the cut may have turned strings inside out: the whole document says
+                whole = _whole(parser, prefix, suffix, checker, language)
+                if whole is not checker and not whole.in_long_literal():
+                    checker = whole
             if (checker.strict is None and language == "python") or (checker.errors and language != "python"):
                 checker = _widened(parser, prefix, suffix, checker, language,
                                    end_cut=not _ends_at_top_level(after, end))
