@@ -62,7 +62,11 @@ def test_bad_input_gets_a_4xx_in_openais_shape_and_the_server_goes_on(served):
     assert_error(client.post("/v1/completions", json=read(stop_token_ids=["x"])), 400, "stop_token_ids")
     for seed in (2**64, -(2**63) - 1, "7", 1.5):
         assert_error(client.post("/v1/completions", json=read(seed=seed)), 400, "seed")
-        assert_error(client.post("/v1/completions", json={"prompt": "x = ", "suffix": "\n", "seed": seed}), 400, "seed")
+    fim = {"prompt": "x = ", "suffix": "\n", "max_tokens": 4}
+    for seed in (2**64, -(2**63) - 1):
+        assert_error(client.post("/v1/completions", json={**fim, "seed": seed}), 400, "seed")
+    for ignored in ("7", 1.5, True):  # FIM clients' stray seeds are ignored, as before
+        assert client.post("/v1/completions", json={**fim, "seed": ignored}).status_code == 200
     assert_error(client.post("/v1/completions", json=read(prompt={"not": "ids"})), 400, "prompt")
     for seed in (2**64 - 1, -(2**63), 0):  # the whole range torch's generators take
         assert client.post("/v1/completions", json=read(seed=seed)).status_code == 200

@@ -745,6 +745,13 @@ def test_a_candidate_is_judged_by_its_own_statement_when_newer_syntax_elsewhere_
     candidate, so the candidate's own statement is compiled instead."""
     document = "type Vector = list[float]\n\ndef f(x, y):\n    total = 0\n    |\n    return total\n"
     assert _verdicts("python", document, ["total += x * y", "x = 1\n      y = 2", "total, x += 1"]) == [True, False, False]
+    # the statements on both sides are asked with it: a clause continues the one before, a header
+    # heads the indented lines after
+    head = "type Vector = list[float]\n\n"
+    assert _verdicts("python", head + "if x:\n    a()\n|print('done')\n",
+                     ["else:\n    print('b')\n", "elif y:\n    pass\n", "x = 1\n  y = 2\n"]) == [True, True, False]
+    assert _verdicts("python", head + "try:\n    import a\n|    a = None\nprint(a)\n", ["except ImportError:\n"]) == [True]
+    assert _verdicts("python", head + "x = 1|\n    print(x)\n", ["\nfor i in range(3):"]) == [True]
 
 
 def test_a_coding_cookie_does_not_switch_cpython_off():

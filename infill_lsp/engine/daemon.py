@@ -5,8 +5,8 @@ It speaks HTTP: the subset of vLLM's OpenAI-compatible API that `HttpEngine` sen
 an owner-only Unix socket (directory 0700, socket 0600) and, with `--http HOST:PORT`, on TCP
 too (127.0.0.1 unless told otherwise), where clients show the bearer token `--api-key` sets (any
 user of the machine can reach a TCP port, so `--http` needs one). Each listener has its own
-connection limit, so connections to the TCP port (which close when their request has not
-arrived within HEADER_SECONDS) cannot crowd out the owner's socket.
+connection limit, so connections to the TCP port (which close when their next request's head has
+not arrived within HEADER_SECONDS) cannot crowd out the owner's socket.
 Requests from all clients queue for the single model worker thread; a client going away stops
 its request between denoising steps.
 """
@@ -113,29 +113,46 @@ def _exit_on_sigterm(signum, frame) -> None:
     raise SystemExit(0)
 
 
-HEADER_SECONDS = 10.0  # a TCP connection must have sent its request's head by then
+HEADER_SECONDS = 10.0  # a TCP connection must send each request's head within this of connecting or of its last answer
 
 
 def _deadline_protocol():
-    """uvicorn's h11 protocol, closing a connection whose request head has not arrived within
-    HEADER_SECONDS of connecting (uvicorn times out only idle keep-alive connections, after a
-    response): otherwise connections that never send a request hold the listener's slots."""
+    """uvicorn's h11 protocol, closing a connection whose next request head has not arrived within
+    HEADER_SECONDS of connecting or of the last response (uvicorn's keep-alive timer stops at the
+    first byte, so a partial head held a connection forever): otherwise connections that never
+    finish a request hold the listener's slots."""
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
-    class FirstRequestDeadline(H11Protocol):
-        def connection_made(self, transport) -> None:
-            super().connection_made(transport)
-            self._head_deadline = self.loop.call_later(HEADER_SECONDS, self._head_overdue)
+    class HeadDeadline(H11Protocol):
+        _head_deadline = None
 
-        def _head_overdue(self) -> None:
-            if self.cycle is None and not self.transport.is_closing():
+        def _arm(self) -> None:
+            if self._head_deadline is not None:
+                self._head_deadline.cancel()
+            # uvicorn makes a new cycle for each request head it reads: the same one at the deadline
+            # means no head arrived since
+            self._head_deadline = self.loop.call_later(HEADER_SECONDS, self._head_overdue, self.cycle)
+
+        def _head_overdue(self, armed_with) -> None:
+            idle = armed_with is None or armed_with.response_complete  # not a (pipelined) request still running
+            if self.cycle is armed_with and idle and not self.transport.is_closing():
                 self.transport.close()
 
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._arm()
+
         def connection_lost(self, exc) -> None:
-            self._head_deadline.cancel()
+            if self._head_deadline is not None:
+                self._head_deadline.cancel()
             super().connection_lost(exc)
 
-    return FirstRequestDeadline
+    return HeadDeadline
 
 
 def serve(engine: Engine, path: Path, http: str | None = None, api_key: str | None = None,

@@ -450,7 +450,9 @@ class Handlers:
         path = body.get("path") if isinstance(body.get("path"), str) else None
         settings = Settings()
         budget = Budget(candidates=max(n, settings.candidates), max_middle_tokens=max_tokens, steps=settings.steps)
-        seed = _seed(body)
+        # FIM clients never needed a seed: one that is not an integer is ignored, as before; one torch
+        # cannot take is refused
+        seed = _seed(body) if isinstance(body.get("seed"), int) and not isinstance(body.get("seed"), bool) else None
         token = CancelToken()
         text = prompt + suffix
         result = await self.s.run(request, _complete, pipeline, self.s.engine, text, len(prompt), language, path,

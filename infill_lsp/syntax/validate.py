@@ -400,13 +400,18 @@ class RegionChecker:
         """The top-level statements around the cursor, [start, end) in bytes, when they compile on
         their own; None otherwise. In a file CPython refuses somewhere else (syntax newer than the
         server's Python: a `type` alias, PEP 695 generics; or a half-written line far above), its
-        first error hides the candidate's: the statement the candidate is written into is asked
-        instead."""
-        around = [child for child in self.tree.root_node.children
-                  if child.start_byte <= self.at <= child.end_byte and not child.is_extra]
-        if not around:
+        first error hides the candidate's: the statements the candidate is written into are asked
+        instead. The one before the cursor and the one after it are in, with any that contains it:
+        a candidate may continue the one before (`else:` after an `if`) or head the one after (a
+        `for` line over the indented body below it)."""
+        children = [child for child in self.tree.root_node.children if not child.is_extra]
+        before = [i for i, child in enumerate(children) if child.start_byte < self.at]
+        after = [i for i, child in enumerate(children) if child.end_byte > self.at]
+        if not before and not after:
             return None
-        start, end = around[0].start_byte, around[-1].end_byte
+        first = before[-1] if before else after[0]
+        last = after[0] if after else before[-1]
+        start, end = children[first].start_byte, children[max(first, last)].end_byte
         if start and self.data[start - 1:start] != b"\n":  # not at the start of a line: not a statement
             return None
         if _compile_error(self.data[start:end], top_level_await=True) is not None:
@@ -649,7 +654,10 @@ def validate(language: str | None, prefix: str, suffix: str, middles: list[str],
             after = _encode(suffix[: after_bytes * 4])
             end = region_end(after, after_bytes)
             checker = checker_for(parser, before[region_start(before, before_bytes):], after[:end], language)
-            if checker.in_long_literal():  # the cut may have turned strings inside out: the whole document says
+            whole = None  # the whole document's checker, built at most once
+            if checker.in_long_literal() and len(prefix) + len(suffix) <= WHOLE:
+                # the cut may have turned strings inside out: the whole document says (up to WHOLE, in
+                # any language: this costs a whole parse for every request in a long comment)
                 whole = _whole(parser, prefix, suffix, checker, language)
                 if whole is not checker and not whole.in_long_literal():
                     checker = whole
@@ -657,7 +665,8 @@ def validate(language: str | None, prefix: str, suffix: str, middles: list[str],
                 checker = _widened(parser, prefix, suffix, checker, language,
                                    end_cut=not _ends_at_top_level(after, end))
             if checker.errors or (checker.strict is None and language == "python"):
-                checker = _whole(parser, prefix, suffix, checker, language)
+                checker = whole if whole is not None and whole is not checker else \
+                    _whole(parser, prefix, suffix, checker, language)
             return [checker.check(middle, truncate) for middle in middles]
     except Exception:  # a grammar bug must not cost the user their suggestions
         log.exception("syntax validation failed for %s; showing candidates unchecked", language)
