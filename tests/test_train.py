@@ -101,7 +101,7 @@ def test_resume_without_local_state_continues_the_shipped_record_and_its_config(
 
 
 def test_a_fine_tune_of_weights_past_the_schedule_counts_its_steps_from_theirs(tmp_path):
-    """The shipped record ends at its annealed step (3743 then, 7831 now), past the default config's 3000: `train --init
+    """The shipped record ends at its annealed step (3743, then 7831, now 10631), past the default config's 3000: `train --init
     SHIPPED --data REPO` (README, "Fine-tune on your code") trained nothing and reported the same loss.
     The steps now count from the weights' own step, and the run learns."""
     texts = [SAMPLES[i % len(SAMPLES)].read_text() for i in range(200)]
