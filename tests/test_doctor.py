@@ -17,7 +17,7 @@ def test_a_checkpoint_that_loads_is_reported_with_its_size():
     out = _doctor("--model", str(TINY_MODEL))
     assert out.returncode == 0, out.stdout + out.stderr
     assert "ok   model:" in out.stdout and "parameters" in out.stdout
-    assert "grammars: 13 loaded" in out.stdout and out.stderr == ""  # quiet: results only
+    assert "grammars: 14 loaded" in out.stdout and out.stderr == ""  # quiet: results only
 
 
 def test_missing_model_fails_with_the_fix(tmp_path):
